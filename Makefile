@@ -1,0 +1,54 @@
+# `make demo` and `make test` work from a clean clone: each sets up .venv first.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint typecheck proto-check unit gen bench redis-server clean
+
+$(STAMP): pyproject.toml requirements.lock
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -r requirements.lock
+	$(BIN)/pip install --quiet --no-deps -e .
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python scripts/demo
+
+test: $(STAMP) redis-server lint typecheck proto-check unit
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+proto-check: $(STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" buf lint
+	PATH="$(CURDIR)/$(BIN):$$PATH" scripts/check_breaking
+	$(BIN)/python scripts/gen --check
+
+unit: $(STAMP)
+	$(BIN)/pytest -q
+
+# Tests start private redis-server processes; install it from Debian when missing and we are root.
+redis-server:
+	@command -v redis-server >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; \
+	  else \
+	    echo "redis-server is missing: install it (e.g. sudo apt-get install redis-server) and rerun"; exit 1; \
+	  fi; }
+
+gen: $(STAMP)
+	$(BIN)/python scripts/gen
+
+bench: $(STAMP) redis-server
+	$(BIN)/python scripts/bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""LLM Provider Service: a gRPC server that queues essay comparisons and runs them on LLMs."""

@@ -1,0 +1,138 @@
+"""The LPS application: queue, providers, processor, gRPC server and metrics endpoint, wired."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from wsgiref.simple_server import WSGIServer
+
+from grpc_health.v1 import health, health_pb2
+from grpc_health.v1._async import HealthServicer
+from opentelemetry import trace
+from prometheus_client import CollectorRegistry, start_http_server
+
+from lps_server.config import Settings
+from lps_server.intake import Intake
+from lps_server.metrics import LpsMetrics
+from lps_server.processor import Processor
+from lps_server.providers import ProviderRegistry
+from lps_server.queue import LocalQueue, QueueBackend, make_queue
+from lps_server.server import SERVICE_NAME, create_server, server_credentials
+from lps_server.servicer import LlmProviderServicer
+
+log = logging.getLogger(__name__)
+STREAM_FLUSH_GRACE_S = 5.0
+
+
+class LpsApp:
+    """One LPS replica. `start()` binds and serves; `stop()` drains and shuts down.
+
+    Args:
+        settings: the configuration.
+        registry: the Prometheus registry metrics go to (a fresh one by default).
+        tracer_provider: where spans go (the global provider by default).
+        queue: a queue backend (built from settings by default).
+        providers: a provider registry (built from settings by default).
+        clock: Unix time source.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        registry: CollectorRegistry | None = None,
+        tracer_provider: trace.TracerProvider | None = None,
+        queue: QueueBackend | None = None,
+        providers: ProviderRegistry | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.registry = registry or CollectorRegistry()
+        self.metrics = LpsMetrics(self.registry)
+        self.queue = queue or make_queue(settings)
+        self.providers = providers or ProviderRegistry.from_settings(settings)
+        self.intake = Intake(
+            queue=self.queue, providers=self.providers, settings=settings, clock=clock
+        )
+        self.processor = Processor(
+            queue=self.queue,
+            providers=self.providers,
+            settings=settings,
+            metrics=self.metrics,
+            tracer_provider=tracer_provider,
+            clock=clock,
+        )
+        self.health = HealthServicer()
+        servicer = LlmProviderServicer(
+            intake=self.intake,
+            queue=self.queue,
+            providers=self.providers,
+            settings=settings,
+            metrics=self.metrics,
+            tracer_provider=tracer_provider,
+            clock=clock,
+        )
+        self.server, self.grpc_port = create_server(
+            servicer,
+            host=settings.grpc_host,
+            port=settings.grpc_port,
+            health_servicer=self.health,
+            credentials=server_credentials(settings),
+        )
+        self.metrics_port: int | None = None
+        self._metrics_http: WSGIServer | None = None
+        self._processor_task: asyncio.Task[None] | None = None
+
+    async def start(self, *, serve_metrics: bool = True) -> None:
+        """Start serving gRPC (and /metrics unless disabled) and processing the queue."""
+        await self.server.start()
+        if serve_metrics:
+            self._metrics_http, _ = start_http_server(
+                self.settings.metrics_port, addr=self.settings.metrics_host, registry=self.registry
+            )
+            self.metrics_port = self._metrics_http.server_port
+        self._processor_task = asyncio.create_task(self.processor.run())
+        for name in (SERVICE_NAME, health.OVERALL_HEALTH):
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log.info(
+            "lps listening grpc=%s:%d metrics=%s backend=%s mode=%s",
+            self.settings.grpc_host,
+            self.grpc_port,
+            f"{self.settings.metrics_host}:{self.metrics_port}" if self.metrics_port else "off",
+            self.queue.name,
+            self.settings.queue_processing_mode.value,
+            extra={"grpc_port": self.grpc_port, "metrics_port": self.metrics_port},
+        )
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Drain and shut down: health NOT_SERVING, refuse new work, finish accepted work.
+
+        With the in-process queue every accepted request is processed before the processor stops
+        (requests still queued when `grace` runs out end FAILED, naming the shutdown). With Redis,
+        queued work stays in Redis for other replicas and only the bundles in flight are finished.
+        """
+        grace = self.settings.shutdown_grace_seconds if grace is None else grace
+        await self.health.enter_graceful_shutdown()
+        self.intake.close()
+        if self._processor_task is not None:
+            self.processor.stop(drain=isinstance(self.queue, LocalQueue))
+            done, _ = await asyncio.wait({self._processor_task}, timeout=grace)
+            if not done:
+                log.warning("grace period of %.1fs ran out; stopping bundles in flight", grace)
+                self.processor.stop()
+                self.processor.cancel_in_flight()
+                await asyncio.wait({self._processor_task}, timeout=STREAM_FLUSH_GRACE_S)
+        if isinstance(self.queue, LocalQueue) and (leftover := self.queue.pending()):
+            await self.processor.abandon(
+                leftover, "server shut down before this request was processed; submit it again"
+            )
+        # Let streaming calls deliver the last results before connections close.
+        await self.server.stop(STREAM_FLUSH_GRACE_S)
+        await self.queue.close()
+        await self.providers.aclose()
+        if self._metrics_http is not None:
+            self._metrics_http.shutdown()
+            self._metrics_http.server_close()
+        log.info("lps stopped")

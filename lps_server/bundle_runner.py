@@ -1,0 +1,282 @@
+"""Runs one bundle: the provider call, per-item outcomes, retries with backoff, and results."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from opentelemetry import trace
+
+from lps_server.config import Settings
+from lps_server.domain import (
+    BundleFacts,
+    ComparisonResult,
+    ErrorCode,
+    Failure,
+    ProcessingMode,
+    QueuedRequest,
+)
+from lps_server.metrics import LpsMetrics
+from lps_server.providers import (
+    ComparisonItem,
+    ItemFailure,
+    ItemOutcome,
+    Provider,
+    ProviderRegistry,
+)
+from lps_server.providers.base import ItemSuccess, ProviderCallError
+from lps_server.providers.registry import UnknownProviderError
+from lps_server.queue.base import QueueBackend
+from lps_server.results import completed, failed
+from lps_server.tracing import context_from, trace_id_of
+
+log = logging.getLogger(__name__)
+BACKOFF_CAP_S = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class _Call:
+    """What one provider call returned for its items."""
+
+    outcomes: list[ItemOutcome]
+    duration_s: float
+    answered: bool
+
+
+class BundleRunner:
+    """Processes leased bundles; several may run at once, at most LPS_MAX_CONCURRENT_CALLS calls
+    per provider."""
+
+    def __init__(
+        self,
+        *,
+        queue: QueueBackend,
+        providers: ProviderRegistry,
+        settings: Settings,
+        metrics: LpsMetrics,
+        tracer: trace.Tracer,
+        clock: Callable[[], float],
+        rng: random.Random,
+    ) -> None:
+        self._queue = queue
+        self._providers = providers
+        self._settings = settings
+        self._metrics = metrics
+        self._tracer = tracer
+        self._clock = clock
+        self._rng = rng
+        self._mode = settings.queue_processing_mode
+        self._provider_slots = {
+            name: asyncio.Semaphore(settings.max_concurrent_calls) for name in providers.names()
+        }
+
+    async def run(self, items: list[QueuedRequest]) -> None:
+        """Process one bundle of compatible, unexpired requests to their final results."""
+        route = items[0].route
+        bundle_id = uuid.uuid4().hex if self._mode == ProcessingMode.SERIAL_BUNDLE else ""
+        facts = {
+            q.request_id: BundleFacts(bundle_id, i, len(items), self._mode)
+            for i, q in enumerate(items)
+        }
+        try:
+            provider = self._providers.get(route.provider)
+        except UnknownProviderError as exc:
+            failure = Failure(ErrorCode.CONFIGURATION, str(exc))
+            now = self._clock()
+            await self._queue.complete(
+                [(q, failed(q, failure, now, facts[q.request_id])) for q in items]
+            )
+            return
+        now = self._clock()
+        spans = {
+            q.request_id: self._tracer.start_span(
+                "lps.process",
+                context=context_from(q.trace_context),
+                attributes=_span_attributes(q, facts[q.request_id], now),
+            )
+            for q in items
+        }
+        heartbeat = asyncio.create_task(self._heartbeat([q.request_id for q in items]))
+        try:
+            with self._tracer.start_as_current_span(
+                "lps.bundle",
+                context=trace.set_span_in_context(spans[items[0].request_id]),
+                links=[trace.Link(s.get_span_context()) for s in spans.values()],
+                attributes={
+                    "lps.bundle_id": bundle_id,
+                    "lps.bundle_size": len(items),
+                    "lps.provider": route.provider.value,
+                    "lps.model": route.model,
+                },
+            ):
+                await self._attempt_until_done(items, provider, facts, spans)
+        finally:
+            heartbeat.cancel()
+            for span in spans.values():
+                span.end()
+
+    async def _attempt_until_done(
+        self,
+        items: list[QueuedRequest],
+        provider: Provider,
+        facts: dict[str, BundleFacts],
+        spans: dict[str, trace.Span],
+    ) -> None:
+        route = items[0].route
+        model_label = self._providers.model_label(route)
+        labels = {"provider": route.provider.value, "model": model_label}
+        pending = items
+        attempt = 0
+        while pending:
+            attempt += 1
+            call = await self._call(provider, pending, attempt)
+            self._metrics.response_duration.labels(**labels).observe(call.duration_s)
+            if call.answered and self._mode == ProcessingMode.SERIAL_BUNDLE:
+                self._metrics.record_bundle_call(size=len(pending), **labels)
+            now = self._clock()
+            done = []
+            retry: list[tuple[QueuedRequest, ItemFailure]] = []
+            for queued, outcome in zip(pending, call.outcomes, strict=True):
+                rid = queued.request_id
+                trace_id = trace_id_of(spans[rid])
+                if isinstance(outcome, ItemSuccess):
+                    result = completed(
+                        queued,
+                        outcome,
+                        now=now,
+                        response_time_s=call.duration_s,
+                        facts=facts[rid],
+                        trace_id=trace_id,
+                    )
+                    done.append((queued, result))
+                elif outcome.retryable and attempt <= self._settings.queue_max_retries:
+                    retry.append((queued, outcome))
+                    self._metrics.provider_retries.labels(
+                        error_code=outcome.code.value, **labels
+                    ).inc()
+                else:
+                    failure = _final_failure(outcome, attempt)
+                    result = failed(queued, failure, now, facts[rid], trace_id=trace_id)
+                    done.append((queued, result))
+            await self._store(done, labels)
+            if retry:
+                await asyncio.sleep(self._backoff(attempt, [f for _, f in retry]))
+            pending = [q for q, _ in retry]
+
+    async def _call(
+        self, provider: Provider, pending: Sequence[QueuedRequest], attempt: int
+    ) -> _Call:
+        route = pending[0].route
+        items = [
+            ComparisonItem(
+                key=q.request_id,
+                essay_a=q.request.essay_a,
+                essay_b=q.request.essay_b,
+                instructions=q.request.instructions,
+            )
+            for q in pending
+        ]
+        async with self._provider_slots[route.provider]:
+            with self._tracer.start_as_current_span(
+                "lps.provider_call",
+                attributes={"lps.attempt": attempt, "lps.items": len(items)},
+            ) as span:
+                started = time.monotonic()
+                try:
+                    outcomes = await provider.compare(
+                        items, model=route.model, overrides=pending[0].request.overrides
+                    )
+                    answered = True
+                except ProviderCallError as exc:
+                    outcomes, answered = [exc.failure] * len(items), False
+                except Exception as exc:  # a provider bug must fail its items, not the server
+                    log.exception("provider %s raised unexpectedly", route.provider.value)
+                    message = f"provider {route.provider.value} failed: {type(exc).__name__}"
+                    outcomes = [ItemFailure(ErrorCode.INTERNAL, message)] * len(items)
+                    answered = False
+                duration = time.monotonic() - started
+                if len(outcomes) != len(items):
+                    message = (
+                        f"provider {route.provider.value} answered {len(outcomes)} of "
+                        f"{len(items)} items"
+                    )
+                    outcomes = [ItemFailure(ErrorCode.INVALID_RESPONSE, message)] * len(items)
+                if not answered:
+                    span.set_status(trace.StatusCode.ERROR, outcomes[0].message)  # type: ignore[union-attr]
+        return _Call(outcomes, duration, answered)
+
+    async def _store(
+        self, done: list[tuple[QueuedRequest, ComparisonResult]], labels: dict[str, str]
+    ) -> None:
+        """Store results, then count and log the ones this replica ended first."""
+        if not done:
+            return
+        firsts = await self._queue.complete(done)
+        for (queued, result), first in zip(done, firsts, strict=True):
+            if not first:
+                continue
+            status = result.status.value
+            self._metrics.requests.labels(status=status, **labels).inc()
+            self._metrics.queue_wait.labels(
+                queue_processing_mode=self._mode.value, result=status
+            ).observe(max(0.0, result.completed_at - queued.enqueued_at))
+            usage = result.token_usage
+            self._metrics.tokens.labels(token_type="prompt", **labels).inc(usage.prompt_tokens)
+            self._metrics.tokens.labels(token_type="completion", **labels).inc(
+                usage.completion_tokens
+            )
+            self._metrics.cost.labels(**labels).inc(result.cost_usd)
+            log.info(
+                "request %s %s",
+                queued.request_id,
+                status,
+                extra={
+                    "request_id": queued.request_id,
+                    "correlation_id": result.correlation_id,
+                    "status": status,
+                    "bundle_id": result.bundle.bundle_id if result.bundle else "",
+                    "bundle_size": result.bundle.size if result.bundle else 1,
+                    "metadata": dict(result.metadata),
+                    "error": result.failure.message if result.failure else "",
+                },
+            )
+
+    def _backoff(self, attempt: int, failures: Sequence[ItemFailure]) -> float:
+        """Exponential backoff with full jitter, never shorter than a provider's Retry-After."""
+        base = self._settings.retry_backoff_ms / 1000.0
+        delay = self._rng.uniform(0, min(BACKOFF_CAP_S, base * 2 ** (attempt - 1)))
+        hints = [f.retry_after for f in failures if f.retry_after is not None]
+        return max([delay, *hints])
+
+    async def _heartbeat(self, request_ids: list[str]) -> None:
+        period = self._settings.queue_lease_seconds / 3.0
+        while True:
+            await asyncio.sleep(period)
+            await self._queue.extend(request_ids, now=self._clock())
+
+
+def _final_failure(outcome: ItemFailure, attempts: int) -> Failure:
+    suffix = f" (after {attempts} attempt{'s' if attempts != 1 else ''})"
+    return Failure(outcome.code, outcome.message + suffix, outcome.retryable, attempts)
+
+
+def _span_attributes(
+    queued: QueuedRequest, facts: BundleFacts, now: float
+) -> dict[str, str | int | float]:
+    request = queued.request
+    return {
+        "lps.request_id": queued.request_id,
+        "lps.correlation_id": request.correlation_id,
+        "lps.cj_batch_id": request.metadata.get("cj_batch_id", ""),
+        "lps.provider": queued.route.provider.value,
+        "lps.model": queued.route.model,
+        "lps.bundle_id": facts.bundle_id,
+        "lps.bundle_index": facts.index,
+        "lps.bundle_size": facts.size,
+        "lps.queue_wait_seconds": max(0.0, now - queued.enqueued_at),
+    }

@@ -1,0 +1,75 @@
+"""The bundling rule: which queued requests may share one provider call.
+
+Two requests are compatible when they resolved to the same provider and model, carry the same
+overrides and the same `cj_llm_batching_mode` hint, and allow the same bundle size. The queue keys
+every request by this compatibility key at intake. A bundle is then formed as: the request at the
+head of the queue (highest priority, oldest), plus up to `limit - 1` more requests of its key, taken
+in queue order however far back they stand. Requests of other keys are not moved: the next bundle
+is led by whatever is then at the head, so no request waits behind newer work of its own priority,
+and interleaved groups still form full bundles.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+
+from lps_server.domain import Overrides, ProcessingMode, Route
+
+BATCHING_MODE_KEY = "cj_llm_batching_mode"
+PREFERRED_BUNDLE_SIZE_KEY = "preferred_bundle_size"
+MAX_BUNDLE_SIZE = 64
+
+
+def bundle_limit(metadata: Mapping[str, str], *, mode: ProcessingMode, max_per_call: int) -> int:
+    """The largest bundle this request may lead or join.
+
+    `preferred_bundle_size` can only lower the configured maximum, and counts only when it is an
+    integer in 1..64. In per-request mode every call carries one request.
+    """
+    if mode != ProcessingMode.SERIAL_BUNDLE:
+        return 1
+    hint = metadata.get(PREFERRED_BUNDLE_SIZE_KEY, "").strip()
+    if hint.isdigit() and 1 <= int(hint) <= MAX_BUNDLE_SIZE:
+        return min(max_per_call, int(hint))
+    return max_per_call
+
+
+def compatibility_key(
+    route: Route, overrides: Overrides, metadata: Mapping[str, str], *, limit: int
+) -> str:
+    """A stable key, equal for exactly the requests that may share a bundle.
+
+    The key starts with the bundle limit (`"8:..."`) so a queue backend can read it without the
+    request body.
+    """
+    facts = [
+        route.provider.value,
+        route.model,
+        overrides.temperature,
+        overrides.max_tokens,
+        overrides.system_prompt,
+        metadata.get(BATCHING_MODE_KEY, ""),
+    ]
+    digest = hashlib.sha256(json.dumps(facts).encode()).hexdigest()[:24]
+    return f"{limit}:{digest}"
+
+
+def limit_of(key: str) -> int:
+    """The bundle limit encoded in a compatibility key."""
+    return int(key.split(":", 1)[0])
+
+
+def enrich_metadata(
+    metadata: Mapping[str, str], *, route: Route, mode: ProcessingMode
+) -> dict[str, str]:
+    """The metadata with the routing keys added; existing caller keys are left as they are.
+
+    Idempotent: enriching enriched metadata changes nothing.
+    """
+    enriched = dict(metadata)
+    enriched["resolved_provider"] = route.provider.value
+    enriched["resolved_model"] = route.model
+    enriched["queue_processing_mode"] = mode.value
+    return enriched

@@ -1,0 +1,72 @@
+"""The one place where server errors become gRPC status codes with `google.rpc` details."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+
+import grpc
+from google.protobuf import any_pb2
+from google.protobuf.duration_pb2 import Duration
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from lps_server.errors import (
+    FieldViolation,
+    InvalidRequestError,
+    LpsError,
+    QueueFullError,
+    QueueUnavailableError,
+    ShuttingDownError,
+    UnauthenticatedError,
+    UnknownRequestError,
+)
+
+log = logging.getLogger(__name__)
+
+_CODES: list[tuple[type[LpsError], int]] = [
+    (InvalidRequestError, code_pb2.INVALID_ARGUMENT),
+    (QueueFullError, code_pb2.RESOURCE_EXHAUSTED),
+    (QueueUnavailableError, code_pb2.UNAVAILABLE),
+    (ShuttingDownError, code_pb2.UNAVAILABLE),
+    (UnknownRequestError, code_pb2.NOT_FOUND),
+    (UnauthenticatedError, code_pb2.UNAUTHENTICATED),
+]
+
+
+def bad_request(violations: list[FieldViolation]) -> error_details_pb2.BadRequest:
+    """The BadRequest detail listing each invalid field."""
+    return error_details_pb2.BadRequest(
+        field_violations=[
+            error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
+            for v in violations
+        ]
+    )
+
+
+def retry_info(seconds: float) -> error_details_pb2.RetryInfo:
+    """The RetryInfo detail telling when to try again."""
+    delay = Duration()
+    delay.FromNanoseconds(int(seconds * 1e9))
+    return error_details_pb2.RetryInfo(retry_delay=delay)
+
+
+def to_status(exc: BaseException) -> grpc.Status:
+    """The gRPC status for an exception; unexpected ones become INTERNAL without a traceback."""
+    code = next((c for cls, c in _CODES if isinstance(exc, cls)), None)
+    if code is None:
+        ref = uuid.uuid4().hex[:12]
+        log.error("unexpected error (ref %s)", ref, exc_info=exc)
+        message = f"internal server error (ref {ref}; the server log has the details)"
+        return rpc_status.to_status(status_pb2.Status(code=code_pb2.INTERNAL, message=message))
+    status = status_pb2.Status(code=code, message=str(exc))
+    detail = None
+    if isinstance(exc, InvalidRequestError):
+        detail = bad_request(exc.violations)
+    elif isinstance(exc, QueueFullError):
+        detail = retry_info(exc.retry_after)
+    if detail is not None:
+        packed = any_pb2.Any()
+        packed.Pack(detail)
+        status.details.append(packed)
+    return rpc_status.to_status(status)

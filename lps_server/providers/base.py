@@ -1,0 +1,95 @@
+"""The provider interface: a call takes N comparison items and returns one outcome per item."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from lps_server.domain import ErrorCode, Essay, Judgement, Overrides, ProviderName, TokenUsage
+
+#: Failure codes that a later attempt may cure.
+RETRYABLE_CODES = frozenset(
+    {
+        ErrorCode.RATE_LIMITED,
+        ErrorCode.PROVIDER_UNAVAILABLE,
+        ErrorCode.TIMEOUT,
+        ErrorCode.INVALID_RESPONSE,
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ComparisonItem:
+    """One comparison inside a provider call; `key` is unique within the call."""
+
+    key: str
+    essay_a: Essay
+    essay_b: Essay
+    instructions: str
+
+
+@dataclass(frozen=True, slots=True)
+class ItemSuccess:
+    """A judgement for one item, with the tokens and cost attributed to it."""
+
+    judgement: Judgement
+    usage: TokenUsage
+    cost_usd: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class ItemFailure:
+    """A failure of one item; `retry_after` is the provider's hint in seconds, if any."""
+
+    code: ErrorCode
+    message: str
+    retry_after: float | None = None
+
+    @property
+    def retryable(self) -> bool:
+        """True when another attempt may succeed."""
+        return self.code in RETRYABLE_CODES
+
+
+ItemOutcome = ItemSuccess | ItemFailure
+
+
+class ProviderCallError(Exception):
+    """The whole call failed; every item of it shares this failure."""
+
+    def __init__(self, code: ErrorCode, message: str, *, retry_after: float | None = None) -> None:
+        self.failure = ItemFailure(code, message, retry_after)
+        super().__init__(message)
+
+
+class Provider(Protocol):
+    """An LLM provider adapter."""
+
+    @property
+    def name(self) -> ProviderName:
+        """Which provider this adapter calls."""
+        ...
+
+    @property
+    def default_model(self) -> str:
+        """The model used when a request does not override it."""
+        ...
+
+    def known_models(self) -> frozenset[str]:
+        """Models this adapter is configured for; other names are reported as `other` in metrics."""
+        ...
+
+    async def compare(
+        self, items: Sequence[ComparisonItem], *, model: str, overrides: Overrides
+    ) -> list[ItemOutcome]:
+        """Judge every item; the result has one outcome per item, in order.
+
+        Raises:
+            ProviderCallError: the call as a whole failed.
+        """
+        ...
+
+    async def aclose(self) -> None:
+        """Release connections."""
+        ...

@@ -1,0 +1,131 @@
+"""The built-in mock provider: a deterministic judge whose right answer is known.
+
+An essay's latent quality is q = ln(1 + D), D its number of distinct words (lower-cased, split on
+non-letters). Essay A wins with probability 1 / (1 + exp(-(q_A - q_B) / T)); the draw comes from a
+SHA-256 of the request id and both texts, so every process agrees on every verdict.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import math
+import random
+import re
+from collections.abc import Sequence
+
+from lps_server.domain import ErrorCode, Judgement, Overrides, ProviderName, TokenUsage, Winner
+from lps_server.providers.base import ComparisonItem, ItemFailure, ItemOutcome, ItemSuccess
+
+_WORD = re.compile(r"[^\W\d_]+")
+_INJECTED = (
+    (ErrorCode.RATE_LIMITED, "mock provider: injected rate limit (429)"),
+    (ErrorCode.PROVIDER_UNAVAILABLE, "mock provider: injected unavailability (503)"),
+    (ErrorCode.PROVIDER_ERROR, "mock provider: injected internal error (500, not retried)"),
+)
+_COMPLETION_TOKENS = 48
+
+
+def distinct_words(text: str) -> int:
+    """Number of distinct lower-cased words, split on non-letters."""
+    return len(set(_WORD.findall(text.lower())))
+
+
+def quality(text: str) -> float:
+    """The mock judge's latent quality of an essay."""
+    return math.log1p(distinct_words(text))
+
+
+def judge(request_id: str, text_a: str, text_b: str, *, temperature: float) -> Judgement:
+    """The mock judge's verdict; a pure function of its arguments."""
+    q_a, q_b = quality(text_a), quality(text_b)
+    p_a = 1.0 / (1.0 + math.exp(-(q_a - q_b) / temperature))
+    digest = hashlib.sha256("\x00".join((request_id, text_a, text_b)).encode()).digest()
+    draw = int.from_bytes(digest[:8], "big") / 2**64
+    winner = Winner.ESSAY_A if draw < p_a else Winner.ESSAY_B
+    gap = abs(q_a - q_b)
+    confidence = max(1, min(5, 1 + int(gap / 0.15)))
+    d_a, d_b = distinct_words(text_a), distinct_words(text_b)
+    chosen = "A" if winner == Winner.ESSAY_A else "B"
+    justification = (
+        f"Essay {chosen} is preferred: essay A uses {d_a} distinct words and essay B {d_b}, "
+        f"and the richer vocabulary carries a more developed argument."
+    )
+    return Judgement(winner=winner, justification=justification, confidence=confidence)
+
+
+class MockProvider:
+    """A provider that answers a whole bundle in one simulated call.
+
+    Args:
+        model: the model name reported in results.
+        latency_ms: simulated latency per call.
+        latency_per_item_ms: simulated latency added per item.
+        jitter: relative latency jitter, 0.1 meaning +-10%.
+        error_rate: probability that an item fails with an injected error.
+        temperature: the judge's temperature T.
+        rng: randomness for jitter and error injection (verdicts never use it).
+    """
+
+    def __init__(
+        self,
+        *,
+        model: str = "mock-judge-1",
+        latency_ms: float = 0.0,
+        latency_per_item_ms: float = 0.0,
+        jitter: float = 0.1,
+        error_rate: float = 0.0,
+        temperature: float = 0.1,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._model = model
+        self._latency_ms = latency_ms
+        self._per_item_ms = latency_per_item_ms
+        self._jitter = jitter
+        self._error_rate = error_rate
+        self._temperature = temperature
+        self._rng = rng or random.Random(0)
+        self.calls = 0
+
+    @property
+    def name(self) -> ProviderName:
+        """Always ProviderName.MOCK."""
+        return ProviderName.MOCK
+
+    @property
+    def default_model(self) -> str:
+        """The configured mock model name."""
+        return self._model
+
+    def known_models(self) -> frozenset[str]:
+        """Only the configured model name."""
+        return frozenset({self._model})
+
+    async def compare(
+        self, items: Sequence[ComparisonItem], *, model: str, overrides: Overrides
+    ) -> list[ItemOutcome]:
+        """Judge all items after the simulated latency of one call."""
+        self.calls += 1
+        delay_ms = self._latency_ms + self._per_item_ms * len(items)
+        if delay_ms > 0:
+            delay_ms *= 1.0 + self._jitter * (2.0 * self._rng.random() - 1.0)
+            await asyncio.sleep(delay_ms / 1000.0)
+        shared_prompt_tokens = _tokens(items[0].instructions) // len(items) if items else 0
+        return [self._answer(item, shared_prompt_tokens) for item in items]
+
+    def _answer(self, item: ComparisonItem, shared_prompt_tokens: int) -> ItemOutcome:
+        if self._error_rate > 0 and self._rng.random() < self._error_rate:
+            code, message = self._rng.choice(_INJECTED)
+            return ItemFailure(code, message, retry_after=None)
+        a, b = item.essay_a.text, item.essay_b.text
+        verdict = judge(item.key, a, b, temperature=self._temperature)
+        prompt = shared_prompt_tokens + _tokens(item.essay_a.text) + _tokens(item.essay_b.text)
+        return ItemSuccess(verdict, TokenUsage(prompt, _COMPLETION_TOKENS), cost_usd=0.0)
+
+    async def aclose(self) -> None:
+        """Nothing to release."""
+
+
+def _tokens(text: str) -> int:
+    # The usual rule of thumb: about four characters per token.
+    return (len(text) + 3) // 4

@@ -1,0 +1,83 @@
+"""Which providers this server can call, and how a request resolves to a provider and model."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable
+
+from lps_server.config import Settings
+from lps_server.domain import Overrides, ProviderName, Route
+from lps_server.providers.base import Provider
+from lps_server.providers.mock import MockProvider
+
+OTHER_MODEL = "other"
+
+
+class UnknownProviderError(LookupError):
+    """The request names a provider this server is not configured for."""
+
+
+class ProviderRegistry:
+    """The configured providers, keyed by name."""
+
+    def __init__(self, providers: Iterable[Provider]) -> None:
+        self._providers = {p.name: p for p in providers}
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ProviderRegistry:
+        """Build the mock provider (always available) from settings."""
+        mock = MockProvider(
+            model=settings.mock_model,
+            latency_ms=settings.mock_latency_ms,
+            latency_per_item_ms=settings.mock_latency_per_item_ms,
+            jitter=settings.mock_latency_jitter,
+            error_rate=settings.mock_error_rate,
+            temperature=settings.mock_judge_temperature,
+            rng=random.Random(settings.mock_seed),
+        )
+        return cls([mock])
+
+    def names(self) -> list[ProviderName]:
+        """Configured provider names."""
+        return list(self._providers)
+
+    def get(self, name: ProviderName) -> Provider:
+        """The provider called `name`.
+
+        Raises:
+            UnknownProviderError: it is not configured.
+        """
+        try:
+            return self._providers[name]
+        except KeyError:
+            raise UnknownProviderError(
+                f"provider {name.value!r} is not configured on this server "
+                f"(configured: {', '.join(p.value for p in self._providers)})"
+            ) from None
+
+    def is_configured(self, name: ProviderName) -> bool:
+        """True when requests may name this provider."""
+        return name in self._providers
+
+    def resolve(self, overrides: Overrides) -> Route:
+        """The provider and model a request goes to: the override's model, else the default.
+
+        Raises:
+            UnknownProviderError: no provider is named, or it is not configured.
+        """
+        if overrides.provider is None:
+            raise UnknownProviderError("no provider named")
+        provider = self.get(overrides.provider)
+        return Route(provider.name, overrides.model or provider.default_model)
+
+    def model_label(self, route: Route) -> str:
+        """A bounded metric label for the route's model: known models by name, else `other`."""
+        provider = self._providers.get(route.provider)
+        if provider is not None and route.model in provider.known_models():
+            return route.model
+        return OTHER_MODEL
+
+    async def aclose(self) -> None:
+        """Close every provider."""
+        for provider in self._providers.values():
+            await provider.aclose()

@@ -1,0 +1,289 @@
+"""The embedded in-process queue: the default backend, with the same semantics as Redis.
+
+Requests wait in one heap per compatibility key plus a global heap that finds the head of the
+queue; entries taken from one heap are skipped lazily in the other (each entry carries the token it
+was queued with). Nothing survives the process: for durability and many replicas use Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from lps_server.bundling import limit_of
+from lps_server.domain import ComparisonResult, QueuedRequest, RequestStatus
+from lps_server.queue.base import ChannelEntry, Lease, QueueStats, SubmitOutcome, SweepResult
+from lps_server.queue.ordering import queue_score, request_bytes
+
+CHANNEL_MAX_ENTRIES = 100_000
+RETRY_AFTER_FULL_S = 2.0
+
+
+@dataclass(slots=True)
+class _Record:
+    queued: QueuedRequest
+    status: RequestStatus
+    score: float
+    token: int = 0
+    result: ComparisonResult | None = None
+    finished_at: float = 0.0
+
+
+@dataclass(slots=True)
+class _Channel:
+    entries: deque[tuple[int, ComparisonResult]] = field(
+        default_factory=lambda: deque(maxlen=CHANNEL_MAX_ENTRIES)
+    )
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+    last_publish: float = 0.0
+
+
+class LocalQueue:
+    """An in-process QueueBackend.
+
+    Args:
+        max_size: most queued requests.
+        max_bytes: most bytes of queued essay text, instructions and metadata.
+        priority_aging_s: how far ahead of older work one priority step puts a request.
+        retention_s: how long ended results and idle channels are kept.
+    """
+
+    name = "local"
+
+    def __init__(
+        self,
+        *,
+        max_size: int = 100_000,
+        max_bytes: int = 1 << 30,
+        priority_aging_s: float = 30.0,
+        retention_s: float = 86_400.0,
+    ) -> None:
+        self.max_size = max_size
+        self._max_bytes = max_bytes
+        self._aging = priority_aging_s
+        self._retention = retention_s
+        self._records: dict[str, _Record] = {}
+        self._groups: dict[str, list[tuple[float, int, str]]] = {}
+        self._head: list[tuple[float, int, str, str]] = []
+        self._tokens = itertools.count(1)
+        self._queued = 0
+        self._queued_bytes = 0
+        self._processing = 0
+        self._channels: dict[str, _Channel] = {}
+        self._cursor = itertools.count(1)
+        self._work = asyncio.Event()
+        self._closed = False
+
+    async def submit(self, requests: Sequence[QueuedRequest]) -> list[SubmitOutcome]:
+        """Enqueue new requests; known ids return their status, overflow is rejected."""
+        outcomes = []
+        for queued in requests:
+            known = self._records.get(queued.request_id)
+            if known is not None:
+                outcomes.append(SubmitOutcome(queued.request_id, known.status, created=False))
+                continue
+            size = request_bytes(queued)
+            if self._queued >= self.max_size or self._queued_bytes + size > self._max_bytes:
+                outcomes.append(self._full(queued.request_id))
+                continue
+            score = queue_score(queued, aging_s=self._aging)
+            record = _Record(queued, RequestStatus.QUEUED, score)
+            self._records[queued.request_id] = record
+            self._enqueue(record)
+            outcomes.append(SubmitOutcome(queued.request_id, RequestStatus.QUEUED, created=True))
+        return outcomes
+
+    def _full(self, request_id: str) -> SubmitOutcome:
+        limit = f"{self.max_size} requests or {self._max_bytes} bytes"
+        return SubmitOutcome(
+            request_id,
+            None,
+            created=False,
+            rejected=f"queue is full ({limit}); retry later",
+            retry_after=RETRY_AFTER_FULL_S,
+        )
+
+    def _enqueue(self, record: _Record) -> None:
+        record.status = RequestStatus.QUEUED
+        record.token = next(self._tokens)
+        group = record.queued.group
+        rid = record.queued.request_id
+        heapq.heappush(self._groups.setdefault(group, []), (record.score, record.token, rid))
+        heapq.heappush(self._head, (record.score, record.token, rid, group))
+        self._queued += 1
+        self._queued_bytes += request_bytes(record.queued)
+        self._work.set()
+
+    def _is_live(self, rid: str, token: int) -> bool:
+        record = self._records.get(rid)
+        if record is None or record.token != token:
+            return False
+        return record.status == RequestStatus.QUEUED
+
+    async def lease(self, *, now: float, group: str | None = None, max_items: int = 1) -> Lease:
+        """Take the head and more of its group (or only `group`), up to the group's limit."""
+        if group is None:
+            while self._head and not self._is_live(self._head[0][2], self._head[0][1]):
+                heapq.heappop(self._head)
+            if not self._head:
+                return Lease()
+            group = self._head[0][3]
+        limit = min(max_items, limit_of(group))
+        heap = self._groups.get(group, [])
+        items: list[QueuedRequest] = []
+        expired: list[QueuedRequest] = []
+        while heap and len(items) < limit:
+            _, token, rid = heapq.heappop(heap)
+            if not self._is_live(rid, token):
+                continue
+            record = self._records[rid]
+            self._queued -= 1
+            self._queued_bytes -= request_bytes(record.queued)
+            if record.queued.is_expired(now):
+                record.status = RequestStatus.PROCESSING
+                expired.append(record.queued)
+                continue
+            record.status = RequestStatus.PROCESSING
+            self._processing += 1
+            items.append(record.queued)
+        if not heap:
+            self._groups.pop(group, None)
+        if self._queued == 0:
+            self._work.clear()
+        return Lease(items=items, expired=expired, group=group)
+
+    async def wait_for_work(self, timeout: float) -> None:
+        """Return as soon as a request is queued, or after `timeout`."""
+        if self._queued > 0 or self._closed:
+            return
+        try:
+            await asyncio.wait_for(self._work.wait(), timeout)
+        except TimeoutError:
+            return
+
+    async def extend(self, request_ids: Sequence[str], *, now: float) -> None:
+        """Leases never lapse in-process: the process holding them is the only one."""
+
+    async def release(self, request_ids: Sequence[str]) -> None:
+        """Requeue leased requests at their original position."""
+        for rid in request_ids:
+            record = self._records.get(rid)
+            if record is not None and record.status == RequestStatus.PROCESSING:
+                self._processing -= 1
+                self._enqueue(record)
+
+    async def complete(self, done: Sequence[tuple[QueuedRequest, ComparisonResult]]) -> list[bool]:
+        """Store and publish each result once; False for requests that had ended already."""
+        stored = []
+        for queued, result in done:
+            record = self._records.get(queued.request_id)
+            if record is None or record.status.is_final:
+                stored.append(False)
+                continue
+            if record.status == RequestStatus.PROCESSING and result.status != RequestStatus.EXPIRED:
+                self._processing -= 1
+            elif record.status == RequestStatus.QUEUED:
+                # Ended without being leased (drain at shutdown): take it out of the count.
+                self._queued -= 1
+                self._queued_bytes -= request_bytes(record.queued)
+                record.token = -1
+            record.status = result.status
+            record.result = result
+            record.finished_at = result.completed_at
+            for channel in {queued.request.result_channel, queued.reply_to} - {""}:
+                self._publish(channel, result)
+            stored.append(True)
+        return stored
+
+    def _publish(self, name: str, result: ComparisonResult) -> None:
+        channel = self._channels.setdefault(name, _Channel())
+        channel.entries.append((next(self._cursor), result))
+        channel.last_publish = result.completed_at
+        channel.changed.set()
+        channel.changed = asyncio.Event()
+
+    async def get(self, request_id: str) -> ComparisonResult | None:
+        """The stored result, or a status-only result while the request is not done."""
+        record = self._records.get(request_id)
+        if record is None:
+            return None
+        if record.result is not None:
+            return record.result
+        queued = record.queued
+        return ComparisonResult(
+            request_id=request_id,
+            status=record.status,
+            correlation_id=queued.request.correlation_id,
+            requested_at=queued.enqueued_at,
+            metadata=dict(queued.request.metadata),
+        )
+
+    async def read_channel(
+        self, channel: str, *, cursor: str, timeout: float
+    ) -> list[ChannelEntry]:
+        """Entries after `cursor`; waits up to `timeout` for the first when there are none."""
+        after = int(cursor) if cursor.isdigit() else 0
+        state = self._channels.setdefault(channel, _Channel())
+        entries = [ChannelEntry(str(n), r) for n, r in state.entries if n > after]
+        if entries or timeout <= 0 or self._closed:
+            return entries
+        try:
+            await asyncio.wait_for(state.changed.wait(), timeout)
+        except TimeoutError:
+            return []
+        return [ChannelEntry(str(n), r) for n, r in state.entries if n > after]
+
+    async def sweep(self, *, now: float) -> SweepResult:
+        """Take expired requests out of the queue and forget results past retention."""
+        expired = []
+        for record in list(self._records.values()):
+            if record.status == RequestStatus.QUEUED and record.queued.is_expired(now):
+                self._queued -= 1
+                self._queued_bytes -= request_bytes(record.queued)
+                record.status = RequestStatus.PROCESSING
+                record.token = -1
+                expired.append(record.queued)
+            elif record.status.is_final and record.finished_at + self._retention < now:
+                del self._records[record.queued.request_id]
+        for name, channel in list(self._channels.items()):
+            if channel.entries and channel.last_publish + self._retention < now:
+                del self._channels[name]
+        if self._queued == 0:
+            self._work.clear()
+        return SweepResult(expired=expired)
+
+    async def stats(self, *, now: float) -> QueueStats:
+        """Depth by status and the oldest queued age."""
+        counts = dict.fromkeys(RequestStatus, 0)
+        oldest = now
+        for record in self._records.values():
+            counts[record.status] += 1
+            if record.status == RequestStatus.QUEUED:
+                oldest = min(oldest, record.queued.enqueued_at)
+        return QueueStats(
+            queued=self._queued,
+            processing=counts[RequestStatus.PROCESSING],
+            completed=counts[RequestStatus.COMPLETED],
+            failed=counts[RequestStatus.FAILED],
+            expired=counts[RequestStatus.EXPIRED],
+            oldest_queued_age_s=max(0.0, now - oldest),
+        )
+
+    async def ping(self) -> None:
+        """The in-process queue is always reachable."""
+
+    async def close(self) -> None:
+        """Wake every waiter so loops can notice shutdown."""
+        self._closed = True
+        self._work.set()
+        for channel in self._channels.values():
+            channel.changed.set()
+
+    def pending(self) -> list[QueuedRequest]:
+        """Queued requests in queue order (used to end them at shutdown)."""
+        live = [r for r in self._records.values() if r.status == RequestStatus.QUEUED]
+        return [r.queued for r in sorted(live, key=lambda r: (r.score, r.token))]

@@ -1,0 +1,88 @@
+"""Builders for the final result of a queued request: completed, failed or expired."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from lps_server.bundling import enrich_metadata
+from lps_server.domain import (
+    BundleFacts,
+    ComparisonResult,
+    ErrorCode,
+    Failure,
+    ProcessingMode,
+    QueuedRequest,
+    RequestStatus,
+)
+from lps_server.providers.base import ItemSuccess
+
+
+def _base(queued: QueuedRequest, mode: ProcessingMode, status: RequestStatus) -> ComparisonResult:
+    request = queued.request
+    return ComparisonResult(
+        request_id=queued.request_id,
+        status=status,
+        correlation_id=request.correlation_id,
+        provider=queued.route.provider,
+        model=queued.route.model,
+        requested_at=queued.enqueued_at,
+        metadata=enrich_metadata(request.metadata, route=queued.route, mode=mode),
+    )
+
+
+def completed(
+    queued: QueuedRequest,
+    outcome: ItemSuccess,
+    *,
+    now: float,
+    response_time_s: float,
+    facts: BundleFacts,
+    trace_id: str,
+) -> ComparisonResult:
+    """The result of a request the provider judged."""
+    return replace(
+        _base(queued, facts.mode, RequestStatus.COMPLETED),
+        judgement=outcome.judgement,
+        token_usage=outcome.usage,
+        cost_usd=outcome.cost_usd,
+        response_time_s=response_time_s,
+        completed_at=now,
+        trace_id=trace_id,
+        bundle=facts,
+    )
+
+
+def failed(
+    queued: QueuedRequest,
+    failure: Failure,
+    now: float,
+    facts: BundleFacts,
+    *,
+    trace_id: str = "",
+    response_time_s: float = 0.0,
+) -> ComparisonResult:
+    """The result of a request that ended without a judgement."""
+    return replace(
+        _base(queued, facts.mode, RequestStatus.FAILED),
+        failure=failure,
+        completed_at=now,
+        trace_id=trace_id,
+        response_time_s=response_time_s,
+        bundle=facts,
+    )
+
+
+def expired(queued: QueuedRequest, now: float, mode: ProcessingMode) -> ComparisonResult:
+    """The result of a request whose TTL passed before any provider call."""
+    waited = now - queued.enqueued_at
+    failure = Failure(
+        ErrorCode.EXPIRED,
+        f"request expired after waiting {waited:.1f}s in the queue (its TTL passed "
+        "before a provider was called)",
+        retryable=True,
+    )
+    return replace(
+        _base(queued, mode, RequestStatus.EXPIRED),
+        failure=failure,
+        completed_at=now,
+    )

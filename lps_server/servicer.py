@@ -1,0 +1,194 @@
+"""The gRPC servicer: the only server module that speaks protobuf besides `convert`."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import grpc
+from opentelemetry import trace
+from opentelemetry.context import Context
+
+from generated.lps.v1 import comparison_pb2 as pb
+from generated.lps.v1 import llm_provider_service_pb2 as svc
+from generated.lps.v1 import llm_provider_service_pb2_grpc as svc_grpc
+from lps_server.config import Settings
+from lps_server.convert import STATUS_TO_PB, request_from_pb, result_to_pb, stats_to_pb
+from lps_server.domain import QueuedRequest
+from lps_server.errors import (
+    FieldViolation,
+    InvalidRequestError,
+    QueueFullError,
+    UnknownRequestError,
+)
+from lps_server.grpc_errors import to_status
+from lps_server.intake import Intake, new_request_id
+from lps_server.metrics import LpsMetrics
+from lps_server.providers import ProviderRegistry
+from lps_server.queue.base import QueueBackend
+from lps_server.stream_submit import StreamSubmission
+from lps_server.tracing import TRACER_NAME, context_from, current_carrier
+from lps_server.validation import validate_request
+
+STREAM_POLL_S = 5.0
+Ctx = grpc.aio.ServicerContext[Any, Any]
+
+
+class LlmProviderServicer(svc_grpc.LlmProviderServiceServicer):
+    """Implements `lps.v1.LlmProviderService` over an Intake and a QueueBackend."""
+
+    def __init__(
+        self,
+        *,
+        intake: Intake,
+        queue: QueueBackend,
+        providers: ProviderRegistry,
+        settings: Settings,
+        metrics: LpsMetrics,
+        tracer_provider: trace.TracerProvider | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._intake = intake
+        self._queue = queue
+        self._providers = providers
+        self._settings = settings
+        self._metrics = metrics
+        self._tracer = trace.get_tracer(TRACER_NAME, tracer_provider=tracer_provider)
+        self._clock = clock
+
+    @asynccontextmanager
+    async def _rpc(self, method: str, context: Ctx) -> AsyncIterator[None]:
+        """Translate errors into statuses and record the call's code and latency."""
+        started = time.perf_counter()
+        code = grpc.StatusCode.OK
+        try:
+            yield
+        except grpc.aio.AbortError:
+            code = grpc.StatusCode.UNKNOWN
+            raise
+        except Exception as exc:
+            status = to_status(exc)
+            code = status.code
+            await context.abort(status.code, status.details, status.trailing_metadata)
+        finally:
+            labels = {"method": method, "code": code.name}
+            self._metrics.grpc_requests.labels(**labels).inc()
+            self._metrics.grpc_latency.labels(**labels).observe(time.perf_counter() - started)
+
+    def _incoming_context(self, context: Ctx) -> Context:
+        carrier = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
+        return context_from(carrier)
+
+    def prepare(
+        self, msg: pb.ComparisonRequest, *, path: str, reply_to: str, parent: Context
+    ) -> QueuedRequest:
+        """Validate and route one request message.
+
+        Raises:
+            InvalidRequestError: with every field violation.
+        """
+        violations = validate_request(
+            msg, path=path, settings=self._settings, providers=self._providers
+        )
+        if violations:
+            raise InvalidRequestError(violations)
+        request = request_from_pb(msg, request_id=msg.request_id or new_request_id())
+        with self._tracer.start_as_current_span(
+            "lps.submit",
+            context=parent,
+            attributes={
+                "lps.request_id": request.request_id,
+                "lps.correlation_id": request.correlation_id,
+                "lps.cj_batch_id": request.metadata.get("cj_batch_id", ""),
+            },
+        ):
+            queued = self._intake.prepare(
+                request, reply_to=reply_to, trace_context=current_carrier()
+            )
+        return queued
+
+    async def SubmitComparison(
+        self, request: svc.SubmitComparisonRequest, context: Ctx
+    ) -> svc.SubmitComparisonResponse:
+        """Enqueue one request; idempotent by request_id."""
+        async with self._rpc("SubmitComparison", context):
+            if not request.HasField("request"):
+                raise InvalidRequestError([_missing("request")])
+            parent = self._incoming_context(context)
+            queued = self.prepare(request.request, path="request", reply_to="", parent=parent)
+            (outcome,) = await self._intake.submit([queued])
+            if outcome.status is None:
+                raise QueueFullError(outcome.rejected, retry_after=outcome.retry_after)
+            return svc.SubmitComparisonResponse(
+                request_id=outcome.request_id, status=STATUS_TO_PB[outcome.status]
+            )
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def SubmitComparisons(
+        self,
+        request_iterator: AsyncIterator[svc.SubmitComparisonsRequest],
+        context: Ctx,
+    ) -> AsyncIterator[svc.SubmitComparisonsResponse]:
+        """Acknowledge every streamed request, then stream each accepted one's result."""
+        async with self._rpc("SubmitComparisons", context):
+            submission = StreamSubmission(
+                servicer=self,
+                intake=self._intake,
+                queue=self._queue,
+                reply_to=f"reply:{uuid.uuid4().hex}",
+                parent=self._incoming_context(context),
+            )
+            async for event in submission.run(request_iterator):
+                yield event
+
+    async def StreamResults(
+        self, request: svc.StreamResultsRequest, context: Ctx
+    ) -> AsyncIterator[svc.StreamResultsResponse]:
+        """Follow a result channel from a cursor until the client goes away."""
+        async with self._rpc("StreamResults", context):
+            if not request.result_channel:
+                raise InvalidRequestError([_missing("result_channel")])
+            cursor = request.cursor
+            while True:
+                entries = await self._queue.read_channel(
+                    request.result_channel, cursor=cursor, timeout=STREAM_POLL_S
+                )
+                for entry in entries:
+                    cursor = entry.cursor
+                    yield svc.StreamResultsResponse(
+                        result=result_to_pb(entry.result), cursor=entry.cursor
+                    )
+
+    async def GetComparison(
+        self, request: svc.GetComparisonRequest, context: Ctx
+    ) -> svc.GetComparisonResponse:
+        """Status and, once ended, the result of one request."""
+        async with self._rpc("GetComparison", context):
+            if not request.request_id:
+                raise InvalidRequestError([_missing("request_id")])
+            result = await self._queue.get(request.request_id)
+            if result is None:
+                raise UnknownRequestError(f"no request with id {request.request_id!r} is known")
+            return svc.GetComparisonResponse(result=result_to_pb(result))
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def GetQueueStats(
+        self, request: svc.GetQueueStatsRequest, context: Ctx
+    ) -> svc.GetQueueStatsResponse:
+        """Depth by status, oldest queued age and processing mode."""
+        async with self._rpc("GetQueueStats", context):
+            stats = await self._queue.stats(now=self._clock())
+            return stats_to_pb(
+                stats,
+                mode=self._settings.queue_processing_mode,
+                backend=self._queue.name,
+                max_size=self._queue.max_size,
+            )
+        raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _missing(field: str) -> FieldViolation:
+    return FieldViolation(field, "is required")

@@ -1,0 +1,188 @@
+"""One `SubmitComparisons` call: acknowledge requests as they arrive, then stream their results.
+
+Results come back on a reply channel private to the call (any replica can publish to it), and each
+request id is answered at most once on the call. Requests already known from an earlier call are
+answered from the stored result (at once if it has ended, else when it does).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Sequence
+from typing import TYPE_CHECKING
+
+from opentelemetry.context import Context
+
+from generated.lps.v1 import comparison_pb2 as pb
+from generated.lps.v1 import llm_provider_service_pb2 as svc
+from lps_server.convert import STATUS_TO_PB, duration_pb, result_to_pb
+from lps_server.domain import ComparisonResult, QueuedRequest
+from lps_server.errors import InvalidRequestError, LpsError, ShuttingDownError
+from lps_server.grpc_errors import to_status
+from lps_server.intake import Intake
+from lps_server.queue.base import QueueBackend
+
+if TYPE_CHECKING:
+    from lps_server.servicer import LlmProviderServicer
+
+log = logging.getLogger(__name__)
+CHANNEL_WAIT_S = 1.0
+_READ_DONE = object()
+
+
+class StreamSubmission:
+    """State of one streaming submission."""
+
+    def __init__(
+        self,
+        *,
+        servicer: LlmProviderServicer,
+        intake: Intake,
+        queue: QueueBackend,
+        reply_to: str,
+        parent: Context,
+    ) -> None:
+        self._servicer = servicer
+        self._intake = intake
+        self._queue = queue
+        self._reply_to = reply_to
+        self._parent = parent
+        self._out: asyncio.Queue[object] = asyncio.Queue()
+        self._awaiting: set[str] = set()
+        self._answered: set[str] = set()
+        self._early: dict[str, ComparisonResult] = {}
+        self._foreign: set[str] = set()
+        self._index = 0
+
+    async def run(
+        self, messages: AsyncIterator[svc.SubmitComparisonsRequest]
+    ) -> AsyncIterator[svc.SubmitComparisonsResponse]:
+        """Yield acks and results until the client has half-closed and every accepted request
+        has its result."""
+        reader = asyncio.create_task(self._read(messages))
+        follower = asyncio.create_task(self._follow())
+        reading = True
+        try:
+            while reading or self._awaiting:
+                item = await self._out.get()
+                if item is _READ_DONE:
+                    reading = False
+                    await reader  # re-raises a failure to read the client's messages
+                elif isinstance(item, svc.SubmissionAck):
+                    yield svc.SubmitComparisonsResponse(ack=item)
+                    for early in self._release_early(item):
+                        yield early
+                elif isinstance(item, ComparisonResult):
+                    answer = self._answer(item)
+                    if answer is not None:
+                        yield answer
+        finally:
+            reader.cancel()
+            follower.cancel()
+
+    def _answer(self, result: ComparisonResult) -> svc.SubmitComparisonsResponse | None:
+        rid = result.request_id
+        if rid in self._answered:
+            return None
+        if rid not in self._awaiting:
+            # The result overtook its own ack (another replica was quick): hold it.
+            self._early[rid] = result
+            return None
+        self._awaiting.discard(rid)
+        self._foreign.discard(rid)
+        self._answered.add(rid)
+        return svc.SubmitComparisonsResponse(result=result_to_pb(result))
+
+    def _release_early(self, ack: svc.SubmissionAck) -> list[svc.SubmitComparisonsResponse]:
+        early = self._early.pop(ack.request_id, None) if ack.accepted else None
+        event = self._answer(early) if early is not None else None
+        return [event] if event is not None else []
+
+    async def _read(self, messages: AsyncIterator[svc.SubmitComparisonsRequest]) -> None:
+        try:
+            async for message in messages:
+                for ack in await self._accept(message.requests):
+                    self._out.put_nowait(ack)
+        finally:
+            self._out.put_nowait(_READ_DONE)
+
+    async def _accept(self, requests: Sequence[pb.ComparisonRequest]) -> list[svc.SubmissionAck]:
+        acks: list[svc.SubmissionAck | None] = []
+        prepared: list[tuple[int, QueuedRequest]] = []
+        for msg in requests:
+            path = f"requests[{self._index}]"
+            self._index += 1
+            try:
+                queued = self._servicer.prepare(
+                    msg, path=path, reply_to=self._reply_to, parent=self._parent
+                )
+            except InvalidRequestError as exc:
+                acks.append(_rejection(msg.request_id, exc))
+                continue
+            prepared.append((len(acks), queued))
+            acks.append(None)
+        try:
+            outcomes = await self._intake.submit([q for _, q in prepared])
+        except (LpsError, ShuttingDownError) as exc:
+            for slot, queued in prepared:
+                acks[slot] = _rejection(queued.request_id, exc)
+            return [a for a in acks if a is not None]
+        for (slot, queued), outcome in zip(prepared, outcomes, strict=True):
+            if outcome.status is None:
+                acks[slot] = svc.SubmissionAck(
+                    request_id=outcome.request_id,
+                    accepted=False,
+                    error=svc.SubmissionError(
+                        code="RESOURCE_EXHAUSTED",
+                        message=outcome.rejected,
+                        retry_after=duration_pb(outcome.retry_after),
+                    ),
+                )
+                continue
+            acks[slot] = svc.SubmissionAck(
+                request_id=outcome.request_id, accepted=True, status=STATUS_TO_PB[outcome.status]
+            )
+            rid = queued.request_id
+            if rid in self._awaiting or rid in self._answered:
+                continue
+            self._awaiting.add(rid)
+            if not outcome.created:
+                self._foreign.add(rid)
+        return [a for a in acks if a is not None]
+
+    async def _follow(self) -> None:
+        """Move results from the reply channel (and for known ids, the store) to the output."""
+        cursor = ""
+        while True:
+            try:
+                entries = await self._queue.read_channel(
+                    self._reply_to, cursor=cursor, timeout=CHANNEL_WAIT_S
+                )
+                for entry in entries:
+                    cursor = entry.cursor
+                    self._out.put_nowait(entry.result)
+                for rid in list(self._foreign):
+                    result = await self._queue.get(rid)
+                    if result is not None and result.status.is_final:
+                        self._foreign.discard(rid)
+                        self._out.put_nowait(result)
+            except LpsError as exc:
+                log.warning("result stream interrupted, retrying: %s", exc)
+                await asyncio.sleep(CHANNEL_WAIT_S)
+
+
+def _rejection(request_id: str, exc: LpsError) -> svc.SubmissionAck:
+    status = to_status(exc)
+    violations = getattr(exc, "violations", [])
+    return svc.SubmissionAck(
+        request_id=request_id,
+        accepted=False,
+        error=svc.SubmissionError(
+            code=status.code.name,
+            message=str(exc),
+            field_violations=[
+                svc.FieldViolation(field=v.field, description=v.description) for v in violations
+            ],
+        ),
+    )
