@@ -64,7 +64,7 @@ class Settings:
         for f in fields(cls):
             raw = source.get(f"LPS_{f.name.upper()}")
             if raw is not None and raw != "":
-                values[f.name] = _parse(f.name, raw, _PARSERS.get(f.name, _TYPE_PARSERS[f.type]))
+                values[f.name] = _parse(f.name, raw, _PARSERS.get(f.name) or _TYPE_PARSERS[f.type])
         return replace(cls(**values), **overrides).validated()
 
     def validated(self) -> Settings:

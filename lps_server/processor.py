@@ -84,17 +84,22 @@ class Processor:
             while not self._stopping.is_set():
                 await self._slots.acquire()
                 try:
-                    lease = await self._next_lease()
+                    lease = await self._queue.lease(
+                        now=self._clock(), max_items=self._settings.bundle_size
+                    )
                     failures = 0
+                    if lease.items or lease.expired:
+                        await self._fill(lease)
                 except QueueUnavailableError as exc:
                     self._slots.release()
                     failures += 1
                     await self._backoff_unavailable(exc, failures)
                     continue
-                if lease is None:
+                if not lease.items and not lease.expired:
                     self._slots.release()
                     if self._draining:
                         break
+                    await self._wait_for_work_or_stop(timeout=IDLE_WAIT_S)
                     continue
                 task = asyncio.create_task(self._run_lease(lease))
                 self._in_flight.add(task)
@@ -121,15 +126,6 @@ class Processor:
         """Cancel bundles in flight; their unfinished requests are released to the queue."""
         for task in self._in_flight:
             task.cancel()
-
-    async def _next_lease(self) -> Lease | None:
-        lease = await self._queue.lease(now=self._clock(), max_items=self._settings.bundle_size)
-        if not lease.items and not lease.expired:
-            if not self._draining:
-                await self._wait_for_work_or_stop(timeout=IDLE_WAIT_S)
-            return None
-        await self._fill(lease)
-        return lease
 
     async def _fill(self, lease: Lease) -> None:
         """Wait up to LPS_SERIAL_BUNDLE_MAX_WAIT_MS for more compatible work to top a bundle up."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -68,6 +69,10 @@ class LlmProviderServicer(svc_grpc.LlmProviderServiceServicer):
             yield
         except grpc.aio.AbortError:
             code = grpc.StatusCode.UNKNOWN
+            raise
+        except (asyncio.CancelledError, GeneratorExit):
+            # The client cancelled or left: how every StreamResults call ends. Not an OK call.
+            code = grpc.StatusCode.CANCELLED
             raise
         except Exception as exc:
             status = to_status(exc)

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
 
+from cj_client import LpsClient
+from lps_server.app import LpsApp
+from lps_server.config import Settings
 from tests.redis_server import RedisProcess
 
 
@@ -33,3 +37,36 @@ async def redis_url(redis_proc: RedisProcess) -> AsyncIterator[str]:
 def registry() -> CollectorRegistry:
     """A fresh Prometheus registry."""
     return CollectorRegistry()
+
+
+@pytest.fixture
+async def start_lps(
+    registry: CollectorRegistry,
+) -> AsyncIterator[Callable[..., Awaitable[LpsApp]]]:
+    """A factory of started in-process LPS apps on port 0; each is stopped after the test."""
+    apps: list[LpsApp] = []
+
+    async def start(**settings: Any) -> LpsApp:
+        base: dict[str, Any] = {"grpc_host": "127.0.0.1", "grpc_port": 0, "metrics_port": 0}
+        base.update(settings)
+        app = LpsApp(Settings.from_env({}, **base), registry=registry if not apps else None)
+        await app.start(serve_metrics=False)
+        apps.append(app)
+        return app
+
+    yield start
+    for app in apps:
+        await app.stop(grace=5)
+
+
+@pytest.fixture
+async def lps(start_lps: Callable[..., Awaitable[LpsApp]]) -> LpsApp:
+    """One started LPS with defaults (local queue, per-request mode, mock provider)."""
+    return await start_lps()
+
+
+@pytest.fixture
+async def client(lps: LpsApp) -> AsyncIterator[LpsClient]:
+    """A client connected to `lps`."""
+    async with LpsClient(target=f"127.0.0.1:{lps.grpc_port}", timeout=10) as c:
+        yield c

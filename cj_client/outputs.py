@@ -1,0 +1,113 @@
+"""Reading essays for a run and writing its ranking, summary and plot."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+from cj_client.assessment import AssessmentReport
+from cj_client.models import EssayInput
+
+RANKING_FIELDS = ("id", "rank", "score", "se", "comparisons")
+
+
+def load_essays(path: Path) -> list[EssayInput]:
+    """Essays from a directory of `.txt` files (id = file stem) or a JSONL file of {id, text}.
+
+    Raises:
+        ValueError: the path holds no essays, or a JSONL line is not {id, text}.
+    """
+    if path.is_dir():
+        essays = [
+            EssayInput(id=p.stem, text=p.read_text(encoding="utf-8"))
+            for p in sorted(path.glob("*.txt"))
+        ]
+    else:
+        essays = []
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                essays.append(EssayInput(id=str(row["id"]), text=str(row["text"])))
+            except (json.JSONDecodeError, KeyError, TypeError) as exc:
+                raise ValueError(f"{path}:{number}: expected {{id, text}}: {exc}") from None
+    if len(essays) < 2:
+        raise ValueError(f"{path}: need at least two essays, found {len(essays)}")
+    return essays
+
+
+def ranking_rows(report: AssessmentReport) -> list[dict[str, Any]]:
+    """One row per essay, best first."""
+    return [
+        {
+            "id": e.essay_id,
+            "rank": rank,
+            "score": round(e.score, 4),
+            "se": round(e.se, 4),
+            "comparisons": e.comparisons,
+        }
+        for rank, e in enumerate(report.scores.essays, start=1)
+    ]
+
+
+def summary(report: AssessmentReport) -> dict[str, Any]:
+    """The run's accounting as written to summary.json."""
+    override = report.batching_mode_override
+    return {
+        "cj_batch_id": report.cj_batch_id,
+        "effective_batching_mode": report.effective_mode.value,
+        "batching_mode_override": override.value if override else None,
+        "comparisons_requested": report.requested,
+        "comparisons_completed": report.completed,
+        "comparisons_failed": report.failed,
+        "provider_calls": report.provider_calls,
+        "tokens": report.tokens,
+        "cost_usd": round(report.cost_usd, 6),
+        "ssr": round(report.scores.ssr, 4),
+        "waves": report.waves,
+        "stop_reason": report.stop_reason,
+        "elapsed_seconds": round(report.elapsed_s, 3),
+    }
+
+
+def write_outputs(report: AssessmentReport, out: Path, *, plot: bool = False) -> list[Path]:
+    """Write ranking.csv, ranking.json, summary.json (and scores.png); returns the paths."""
+    out.mkdir(parents=True, exist_ok=True)
+    rows = ranking_rows(report)
+    with (out / "ranking.csv").open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=RANKING_FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+    (out / "ranking.json").write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
+    (out / "summary.json").write_text(json.dumps(summary(report), indent=2) + "\n")
+    written = [out / "ranking.csv", out / "ranking.json", out / "summary.json"]
+    if plot:
+        written.append(_plot(rows, out / "scores.png"))
+    return written
+
+
+def _plot(rows: list[dict[str, Any]], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display here: render straight to a file
+    import matplotlib.pyplot as plt
+
+    ordered = list(reversed(rows))
+    fig, ax = plt.subplots(figsize=(7, 0.35 * len(rows) + 1.2))
+    ax.errorbar(
+        [r["score"] for r in ordered],
+        range(len(ordered)),
+        xerr=[1.96 * r["se"] for r in ordered],
+        fmt="o",
+        capsize=3,
+    )
+    ax.set_yticks(range(len(ordered)), [r["id"] for r in ordered])
+    ax.set_xlabel("Bradley-Terry score (logits, 95% interval)")
+    ax.set_title("Comparative judgement ranking")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -1,0 +1,182 @@
+"""The client's one contact with gRPC: channels, message conversion and error translation."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import grpc
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+from cj_client.errors import (
+    InvalidRequestError,
+    LpsClientError,
+    NotFoundError,
+    QueueFullError,
+    UnauthenticatedError,
+    UnavailableError,
+)
+from cj_client.models import (
+    Ack,
+    ComparisonOutcome,
+    ComparisonSubmission,
+    FieldViolation,
+    QueueStatsView,
+)
+from generated.lps.v1 import comparison_pb2 as pb
+from generated.lps.v1 import llm_provider_service_pb2 as svc
+
+PROVIDERS = {
+    "mock": pb.PROVIDER_MOCK,
+    "openai": pb.PROVIDER_OPENAI,
+    "anthropic": pb.PROVIDER_ANTHROPIC,
+    "openai_compatible": pb.PROVIDER_OPENAI_COMPATIBLE,
+}
+_PROVIDER_NAMES = {v: k for k, v in PROVIDERS.items()}
+
+
+def _enum_name(enum: object, number: int, prefix: str) -> str:
+    name: str = enum.Name(number)  # type: ignore[attr-defined]
+    return name.removeprefix(prefix).lower()
+
+
+def open_channel(
+    target: str,
+    *,
+    tls_ca: str | None = None,
+    tls_cert: str | None = None,
+    tls_key: str | None = None,
+    tls: bool = False,
+) -> grpc.aio.Channel:
+    """A channel to `target`: plaintext, TLS (system roots or `tls_ca`), or mutual TLS."""
+    if not (tls or tls_ca or tls_cert):
+        return grpc.aio.insecure_channel(target)
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=Path(tls_ca).read_bytes() if tls_ca else None,
+        private_key=Path(tls_key).read_bytes() if tls_key else None,
+        certificate_chain=Path(tls_cert).read_bytes() if tls_cert else None,
+    )
+    return grpc.aio.secure_channel(target, credentials)
+
+
+def submission_to_pb(sub: ComparisonSubmission) -> pb.ComparisonRequest:
+    """The wire form of a submission."""
+    if sub.provider not in PROVIDERS:
+        raise ValueError(f"unknown provider {sub.provider!r}; choose one of {sorted(PROVIDERS)}")
+    overrides = pb.LlmOverrides(
+        provider=PROVIDERS[sub.provider], model=sub.model, system_prompt=sub.system_prompt
+    )
+    if sub.temperature is not None:
+        overrides.temperature = sub.temperature
+    if sub.max_tokens is not None:
+        overrides.max_tokens = sub.max_tokens
+    msg = pb.ComparisonRequest(
+        request_id=sub.request_id,
+        correlation_id=sub.correlation_id,
+        essay_a=pb.Essay(id=sub.essay_a.id, text=sub.essay_a.text),
+        essay_b=pb.Essay(id=sub.essay_b.id, text=sub.essay_b.text),
+        instructions=sub.instructions,
+        overrides=overrides,
+        metadata=dict(sub.metadata),
+        priority=sub.priority,
+        result_channel=sub.result_channel,
+    )
+    if sub.ttl_seconds is not None:
+        msg.ttl.FromNanoseconds(int(sub.ttl_seconds * 1e9))
+    return msg
+
+
+def outcome_from_pb(msg: pb.ComparisonResult) -> ComparisonOutcome:
+    """The client form of a result."""
+    judged = msg.HasField("judgement")
+    failed = msg.HasField("error")
+    usage = msg.token_usage
+    return ComparisonOutcome(
+        request_id=msg.request_id,
+        status=_enum_name(pb.RequestStatus, msg.status, "REQUEST_STATUS_"),
+        correlation_id=msg.correlation_id,
+        winner=_enum_name(pb.Winner, msg.judgement.winner, "WINNER_") if judged else None,
+        justification=msg.judgement.justification,
+        confidence=msg.judgement.confidence,
+        error_code=_enum_name(pb.ErrorCode, msg.error.code, "ERROR_CODE_") if failed else "",
+        error_message=msg.error.message,
+        provider=_PROVIDER_NAMES.get(msg.provider, ""),
+        model=msg.model,
+        prompt_tokens=usage.prompt_tokens,
+        completion_tokens=usage.completion_tokens,
+        cost_usd=msg.cost_estimate_usd,
+        response_time_s=msg.response_time.ToNanoseconds() / 1e9,
+        trace_id=msg.trace_id,
+        metadata=dict(msg.request_metadata),
+        bundle_id=msg.bundle_id,
+        bundle_index=msg.bundle_index,
+        bundle_size=msg.bundle_size,
+        processing_mode=_enum_name(
+            pb.QueueProcessingMode, msg.queue_processing_mode, "QUEUE_PROCESSING_MODE_"
+        ),
+    )
+
+
+def ack_from_pb(msg: svc.SubmissionAck) -> Ack:
+    """The client form of an acknowledgement."""
+    err = msg.error
+    return Ack(
+        request_id=msg.request_id,
+        accepted=msg.accepted,
+        status=_enum_name(pb.RequestStatus, msg.status, "REQUEST_STATUS_") if msg.accepted else "",
+        error_code=err.code,
+        error_message=err.message,
+        violations=tuple(FieldViolation(v.field, v.description) for v in err.field_violations),
+        retry_after=err.retry_after.ToNanoseconds() / 1e9,
+    )
+
+
+def stats_from_pb(msg: svc.GetQueueStatsResponse) -> QueueStatsView:
+    """The client form of queue statistics."""
+    return QueueStatsView(
+        queued=msg.queued,
+        processing=msg.processing,
+        completed=msg.completed,
+        failed=msg.failed,
+        expired=msg.expired,
+        oldest_queued_age_s=msg.oldest_queued_age.ToNanoseconds() / 1e9,
+        processing_mode=_enum_name(
+            pb.QueueProcessingMode, msg.processing_mode, "QUEUE_PROCESSING_MODE_"
+        ),
+        backend=msg.backend,
+        max_size=msg.max_size,
+    )
+
+
+_ERRORS: Mapping[grpc.StatusCode, Callable[[str, str], LpsClientError]] = {
+    grpc.StatusCode.UNAVAILABLE: lambda m, c: UnavailableError(m, code=c),
+    grpc.StatusCode.UNAUTHENTICATED: lambda m, c: UnauthenticatedError(m, code=c),
+    grpc.StatusCode.NOT_FOUND: lambda m, c: NotFoundError(m, code=c),
+}
+
+
+def translate(exc: grpc.aio.AioRpcError) -> LpsClientError:
+    """The typed client error for a failed call, with the server's details."""
+    code = exc.code()
+    message = exc.details() or code.name
+    status = rpc_status.from_call(exc)  # type: ignore[arg-type]
+    violations: list[FieldViolation] = []
+    retry_after = 0.0
+    for detail in status.details if status is not None else ():
+        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            violations += [FieldViolation(v.field, v.description) for v in bad.field_violations]
+        elif detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+            info = error_details_pb2.RetryInfo()
+            detail.Unpack(info)
+            retry_after = info.retry_delay.ToNanoseconds() / 1e9
+    if code == grpc.StatusCode.INVALID_ARGUMENT:
+        return InvalidRequestError(message, violations=violations)
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return QueueFullError(message, retry_after=retry_after)
+    factory = _ERRORS.get(code)
+    if factory is not None:
+        return factory(message, code.name)
+    return LpsClientError(f"{code.name}: {message}", code=code.name)
