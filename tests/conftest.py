@@ -46,11 +46,22 @@ async def start_lps(
     """A factory of started in-process LPS apps on port 0; each is stopped after the test."""
     apps: list[LpsApp] = []
 
-    async def start(**settings: Any) -> LpsApp:
-        base: dict[str, Any] = {"grpc_host": "127.0.0.1", "grpc_port": 0, "metrics_port": 0}
+    async def start(
+        *, tracer_provider: Any = None, serve_metrics: bool = False, **settings: Any
+    ) -> LpsApp:
+        base: dict[str, Any] = {
+            "grpc_host": "127.0.0.1",
+            "grpc_port": 0,
+            "metrics_host": "127.0.0.1",
+            "metrics_port": 0,
+        }
         base.update(settings)
-        app = LpsApp(Settings.from_env({}, **base), registry=registry if not apps else None)
-        await app.start(serve_metrics=False)
+        app = LpsApp(
+            Settings.from_env({}, **base),
+            registry=registry if not apps else None,
+            tracer_provider=tracer_provider,
+        )
+        await app.start(serve_metrics=serve_metrics)
         apps.append(app)
         return app
 

@@ -1,0 +1,181 @@
+"""The diagnostics runner behind `scripts/diagnose`: plan, dry-run and execute a CJ batch.
+
+`execute` scrapes the server's `/metrics` before and after the run, so the bundle figures it
+reports are the server's own, scoped to this run (assuming no other traffic meanwhile).
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.parser import text_string_to_metric_families
+
+from cj_client.assessment import Assessment, AssessmentOptions
+from cj_client.batching import BatchTags, CjSettings, request_metadata, resolve_batching_mode
+from cj_client.client import LpsClient
+from cj_client.models import EssayInput
+from cj_client.pairing import PairPlanner
+
+BUNDLE_CALLS = "llm_provider_serial_bundle_calls_total"
+BUNDLE_ITEMS = "llm_provider_serial_bundle_items_per_call"
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def plan(
+    essays: Sequence[EssayInput], options: AssessmentOptions, settings: CjSettings
+) -> dict[str, Any]:
+    """What a run would do, without side effects."""
+    override = options.batch.llm_batching_mode_override
+    mode = resolve_batching_mode(settings, options.batch, provider=options.provider)
+    budget = options.budget or 5 * len(essays)
+    first_wave = PairPlanner([e.id for e in essays], seed=options.seed).next_wave(scores=None)
+    return {
+        "essays": len(essays),
+        "budget": budget,
+        "wave_size": len(first_wave),
+        "waves_at_most": -(-budget // max(1, len(first_wave))),
+        "effective_batching_mode": mode.value,
+        "batching_mode_override": override.value if override else None,
+        "setting_batching_mode": settings.llm_batching_mode.value,
+        "provider": options.provider,
+        "model": options.model or "(provider default)",
+        "first_wave_pairs": [f"{p.essay_a} vs {p.essay_b}" for p in first_wave],
+    }
+
+
+def dry_run(
+    essays: Sequence[EssayInput], options: AssessmentOptions, settings: CjSettings, out: Path
+) -> dict[str, Any]:
+    """Build the requests of a run's waves (as if every comparison succeeded) and write them to
+    `out` as JSONL; nothing is sent."""
+    mode = resolve_batching_mode(settings, options.batch, provider=options.provider)
+    batch_id = options.cj_batch_id or "dry-run"
+    tags = BatchTags(batch_id, options.bos_batch_id or batch_id, options.cj_source, mode)
+    planner = PairPlanner([e.id for e in essays], seed=options.seed)
+    budget = options.budget or 5 * len(essays)
+    lines: list[dict[str, Any]] = []
+    wave_number = 0
+    while len(lines) < budget:
+        wave = planner.next_wave(scores=None, max_pairs=budget - len(lines))
+        if not wave:
+            break
+        wave_number += 1
+        for pair in wave:
+            planner.record(pair)
+            metadata = request_metadata(
+                tags,
+                essay_a_id=pair.essay_a,
+                essay_b_id=pair.essay_b,
+                iteration=wave_number,
+                wave_size=len(wave),
+                retry=False,
+            )
+            lines.append(
+                {
+                    "request_id": f"{batch_id}:{wave_number}:{pair.essay_a}:{pair.essay_b}:0",
+                    "essay_a": pair.essay_a,
+                    "essay_b": pair.essay_b,
+                    "provider": options.provider,
+                    "model": options.model,
+                    "metadata": metadata,
+                }
+            )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("".join(json.dumps(line) + "\n" for line in lines), encoding="utf-8")
+    return {"requests_written": len(lines), "waves": wave_number, "file": str(out)}
+
+
+def scrape(metrics_url: str) -> Samples:
+    """Every sample the server exposes, keyed by (name, sorted labels)."""
+    with urllib.request.urlopen(metrics_url, timeout=10) as response:
+        text = response.read().decode()
+    samples: Samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+def _delta(before: Samples, after: Samples, name: str) -> Samples:
+    return {
+        key: value - before.get(key, 0.0)
+        for key, value in after.items()
+        if key[0] == name and value - before.get(key, 0.0) != 0
+    }
+
+
+def bundle_figures(before: Samples, after: Samples) -> dict[str, Any]:
+    """Serial-bundle calls, items and the items-per-call histogram recorded between scrapes."""
+    calls = sum(_delta(before, after, BUNDLE_CALLS).values())
+    items = sum(_delta(before, after, f"{BUNDLE_ITEMS}_sum").values())
+    histogram: dict[str, float] = {}
+    for (_, labels), value in _delta(before, after, f"{BUNDLE_ITEMS}_bucket").items():
+        bound = dict(labels)["le"]
+        histogram[bound] = histogram.get(bound, 0.0) + value
+    return {
+        "bundle_calls": int(calls),
+        "bundle_items": int(items),
+        "items_per_call_histogram": dict(sorted(histogram.items(), key=lambda kv: float(kv[0]))),
+    }
+
+
+async def execute(
+    essays: Sequence[EssayInput],
+    options: AssessmentOptions,
+    settings: CjSettings,
+    *,
+    client: LpsClient,
+    metrics_url: str,
+) -> dict[str, Any]:
+    """Run a CJ batch against LPS and summarise it with the server's metrics for the run."""
+    registry = CollectorRegistry()
+    stats = await client.queue_stats()
+    before = scrape(metrics_url)
+    assessment = Assessment(
+        essays, client=client, options=options, settings=settings, registry=registry
+    )
+    report = await assessment.run()
+    after = scrape(metrics_url)
+    outcomes = report.outcomes
+    ids = [e.id for e in essays]
+    sent = {f"{report.cj_batch_id}:{a}:{b}" for a in ids for b in ids if a != b}
+    override = report.batching_mode_override
+    cj_counters = {
+        f"{s.name}{{batching_mode={s.labels['batching_mode']}}}": s.value
+        for family in registry.collect()
+        for s in family.samples
+        if s.name in ("cj_llm_requests_total", "cj_llm_batches_started_total")
+    }
+    return {
+        "cj_batch_id": report.cj_batch_id,
+        "effective_batching_mode": report.effective_mode.value,
+        "batching_mode_override": override.value if override else None,
+        "queue_processing_mode": stats.processing_mode,
+        "submitted": report.requested,
+        "completed": sum(o.status == "completed" for o in outcomes),
+        "failed": sum(o.status == "failed" for o in outcomes),
+        "expired": sum(o.status == "expired" for o in outcomes),
+        **bundle_figures(before, after),
+        "cj_counters": cj_counters,
+        "tokens": report.tokens,
+        "cost_usd": round(report.cost_usd, 6),
+        "ssr": round(report.scores.ssr, 4),
+        "correlation_ids_matched": all(o.correlation_id in sent for o in outcomes),
+        "trace_ids_present": bool(outcomes) and all(o.trace_id for o in outcomes),
+        "elapsed_seconds": round(report.elapsed_s, 3),
+    }
+
+
+def render(summary: dict[str, Any]) -> str:
+    """The summary as a readable two-column table."""
+    width = max(len(k) for k in summary)
+    lines = []
+    for key, value in summary.items():
+        shown = json.dumps(value) if isinstance(value, dict | list) else str(value)
+        lines.append(f"{key:<{width}}  {shown}")
+    return "\n".join(lines)
