@@ -13,6 +13,9 @@ _REPEAT_PENALTY = 1.0
 # Noise (in score SDs) added before sorting so that neighbours vary from wave to wave;
 # without it the same adjacent essays would be re-paired every wave.
 _SCORE_JITTER = 0.3
+# Two essays with the same nonzero A-minus-B excess cannot both be rebalanced by one pairing,
+# so such a pairing costs this much (in score SDs) per unit of excess.
+_ORIENTATION_PENALTY = 0.5
 
 
 @dataclass(frozen=True)
@@ -103,7 +106,13 @@ class PairPlanner:
 
         def cost(a: str, b: str) -> float:
             repeats = self._pair_counts.get(frozenset((a, b)), 0)
-            return abs(position[a] - position[b]) + _REPEAT_PENALTY * repeats
+            excess = self._excess_a(a)
+            clash = abs(excess) if excess == self._excess_a(b) else 0
+            return (
+                abs(position[a] - position[b])
+                + _REPEAT_PENALTY * repeats
+                + _ORIENTATION_PENALTY * clash
+            )
 
         # Greedy from one end of the order: each essay takes its cheapest remaining partner,
         # which for a sorted order is a near neighbour unless that would be a rematch.
@@ -118,11 +127,14 @@ class PairPlanner:
     def _orient(self, a: str, b: str) -> Pair:
         # Balance on (times A - times B) rather than raw A counts, so essays with different
         # comparison totals are still compared fairly.
-        excess_a = 2 * self._times_a[a] - self._comparisons[a]
-        excess_b = 2 * self._times_a[b] - self._comparisons[b]
+        excess_a = self._excess_a(a)
+        excess_b = self._excess_a(b)
         if excess_a == excess_b:
             return Pair(a, b) if self._rng.random() < 0.5 else Pair(b, a)
         return Pair(a, b) if excess_a < excess_b else Pair(b, a)
+
+    def _excess_a(self, essay: str) -> int:
+        return 2 * self._times_a[essay] - self._comparisons[essay]
 
     def _check(self, pair: Pair) -> None:
         for essay in (pair.essay_a, pair.essay_b):

@@ -1,4 +1,4 @@
-"""Bradley–Terry scoring of comparative-judgement outcomes."""
+"""Bradley-Terry scoring of comparative-judgement outcomes."""
 
 from __future__ import annotations
 
@@ -48,7 +48,7 @@ def fit_bradley_terry(
     *,
     regularization: float = 0.01,
 ) -> Scores:
-    """Fit a centred, lightly L2-regularised Bradley–Terry model on the logit scale."""
+    """Fit a centred, lightly L2-regularised Bradley-Terry model on the logit scale."""
     ids = list(essay_ids)
     index = {essay: i for i, essay in enumerate(ids)}
     if len(index) != len(ids):
@@ -77,10 +77,16 @@ def fit_bradley_terry(
     else:
         params = np.zeros(n)
 
-    ses = _standard_errors(params, winners, losers, regularization)
-    # Uncompared essays carry only the prior, so report the prior SD rather than an artefact
-    # of the centring projection.
-    ses[counts == 0] = 1.0 / math.sqrt(2.0 * regularization)
+    # An uncompared essay carries only the prior, so it gets the prior SD; leaving it out of
+    # the covariance also stops its prior-only position inflating everyone else's SE.
+    ses = np.full(n, 1.0 / math.sqrt(2.0 * regularization))
+    compared = np.flatnonzero(counts)
+    if compared.size:
+        local = np.full(n, -1, dtype=np.intp)
+        local[compared] = np.arange(compared.size)
+        ses[compared] = _standard_errors(
+            params[compared], local[winners], local[losers], regularization
+        )
 
     essays = sorted(
         (
@@ -108,10 +114,12 @@ def _standard_errors(
     np.add.at(hessian, (winners, losers), -info)
     np.add.at(hessian, (losers, winners), -info)
     # Scores are reported centred, so the covariance is that of the centred parameters: the
-    # pseudo-inverse on the subspace orthogonal to the all-ones direction.
+    # pseudo-inverse on the subspace orthogonal to the all-ones direction. The compared essays
+    # alone are mean-zero too (the penalised optimum sums to zero per connected component).
     centring = np.eye(n) - 1.0 / n
     covariance = np.linalg.pinv(centring @ hessian @ centring, hermitian=True)
-    return np.sqrt(np.clip(np.diag(covariance), 0.0, None))
+    variances: NDArray[np.float64] = np.clip(np.diag(covariance), 0.0, None)
+    return np.sqrt(variances)
 
 
 def scale_separation_reliability(scores: Sequence[float], ses: Sequence[float]) -> float:
