@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from lps_server.config import Settings
 from lps_server.domain import Overrides, ProviderName, Route
+from lps_server.providers.anthropic import AnthropicProvider
 from lps_server.providers.base import Provider
+from lps_server.providers.circuit_breaker import CircuitListener
+from lps_server.providers.http_settings import HttpProvidersSettings
 from lps_server.providers.mock import MockProvider
+from lps_server.providers.openai_compat import OpenAICompatibleProvider
 
 OTHER_MODEL = "other"
 
@@ -24,8 +28,23 @@ class ProviderRegistry:
         self._providers = {p.name: p for p in providers}
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> ProviderRegistry:
-        """Build the mock provider (always available) from settings."""
+    def from_settings(
+        cls,
+        settings: Settings,
+        *,
+        env: Mapping[str, str] | None = None,
+        on_circuit_state: CircuitListener | None = None,
+    ) -> ProviderRegistry:
+        """Build the mock provider (always available) and every configured HTTP provider.
+
+        Args:
+            settings: the server settings (the mock provider's).
+            env: where the HTTP providers' `LPS_<P>_*` settings are read (default: os.environ).
+            on_circuit_state: called on every circuit-breaker transition of an HTTP provider.
+
+        Raises:
+            ConfigurationError: an HTTP provider setting is invalid.
+        """
         mock = MockProvider(
             model=settings.mock_model,
             latency_ms=settings.mock_latency_ms,
@@ -35,7 +54,15 @@ class ProviderRegistry:
             temperature=settings.mock_judge_temperature,
             rng=random.Random(settings.mock_seed),
         )
-        return cls([mock])
+        providers: list[Provider] = [mock]
+        for http in HttpProvidersSettings.from_env(env).configured():
+            adapter = (
+                AnthropicProvider
+                if http.provider == ProviderName.ANTHROPIC
+                else OpenAICompatibleProvider
+            )
+            providers.append(adapter(http, on_circuit_state=on_circuit_state))
+        return cls(providers)
 
     def names(self) -> list[ProviderName]:
         """Configured provider names."""

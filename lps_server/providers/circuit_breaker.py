@@ -1,0 +1,146 @@
+"""A circuit breaker per provider: fail fast while a provider is down instead of queueing timeouts.
+
+Closed: calls go through. After `threshold` consecutive calls fail because the provider did not
+answer (5xx, connection error, timeout) the circuit opens and calls fail at once, without HTTP,
+for `cooldown_s`. Then it is half-open: one trial call goes through; its success closes the
+circuit, its failure opens it for another cooldown. Any HTTP answer that is not a server error
+(including 429 and other 4xx) proves the provider is reachable and counts as a success here.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from enum import StrEnum
+
+from lps_server.domain import ErrorCode, ProviderName
+from lps_server.providers.base import ProviderCallError
+
+#: Call failures that mean "the provider did not answer"; only these count towards opening.
+TRIP_CODES = frozenset({ErrorCode.PROVIDER_UNAVAILABLE, ErrorCode.TIMEOUT})
+
+
+class CircuitState(StrEnum):
+    """Where a provider's circuit stands."""
+
+    CLOSED = "closed"
+    HALF_OPEN = "half_open"
+    OPEN = "open"
+
+    @property
+    def gauge_value(self) -> int:
+        """0 closed, 1 half-open, 2 open: the value for `llm_provider_circuit_state`."""
+        return _GAUGE[self]
+
+
+_GAUGE = {CircuitState.CLOSED: 0, CircuitState.HALF_OPEN: 1, CircuitState.OPEN: 2}
+
+#: Called with the provider and its new state on every transition (e.g. to set a gauge).
+CircuitListener = Callable[[ProviderName, CircuitState], None]
+
+
+class CircuitBreaker:
+    """The circuit of one provider; not thread-safe, meant for one event loop.
+
+    Args:
+        provider: whose calls this breaker guards (named in its errors).
+        threshold: consecutive failed calls that open the circuit.
+        cooldown_s: how long the circuit stays open before a trial call.
+        clock: monotonic time source.
+        on_state_change: called on every transition.
+    """
+
+    def __init__(
+        self,
+        provider: ProviderName,
+        *,
+        threshold: int,
+        cooldown_s: float,
+        clock: Callable[[], float] = time.monotonic,
+        on_state_change: CircuitListener | None = None,
+    ) -> None:
+        self._provider = provider
+        self._threshold = threshold
+        self._cooldown_s = cooldown_s
+        self._clock = clock
+        self._listener = on_state_change
+        self._state = CircuitState.CLOSED
+        self._failures = 0
+        self._opened_at = 0.0
+        self._probing = False
+
+    @property
+    def state(self) -> CircuitState:
+        """The current state; an open circuit whose cooldown has passed reads half-open."""
+        if self._state is CircuitState.OPEN and self._clock() >= self._opened_at + self._cooldown_s:
+            self._move(CircuitState.HALF_OPEN)
+        return self._state
+
+    @property
+    def consecutive_failures(self) -> int:
+        """Failed calls since the last success."""
+        return self._failures
+
+    @contextmanager
+    def guard(self) -> Iterator[None]:
+        """Admit one call and learn from how it ends.
+
+        The guarded block signals failure by raising ProviderCallError; its code decides whether
+        the failure counts (TRIP_CODES). Cancellation and other exceptions leave the count as is.
+
+        Raises:
+            ProviderCallError: PROVIDER_UNAVAILABLE at once when the circuit is open, or half-open
+                with its trial call still in flight.
+        """
+        state = self.state
+        if state is CircuitState.OPEN:
+            remaining = max(0.0, self._opened_at + self._cooldown_s - self._clock())
+            raise ProviderCallError(
+                ErrorCode.PROVIDER_UNAVAILABLE,
+                f"circuit open for provider {self._provider.value} after {self._failures} "
+                f"consecutive failures; retrying after {math.ceil(remaining)}s",
+                retry_after=remaining,
+            )
+        probe = state is CircuitState.HALF_OPEN
+        if probe:
+            if self._probing:
+                raise ProviderCallError(
+                    ErrorCode.PROVIDER_UNAVAILABLE,
+                    f"circuit half-open for provider {self._provider.value} after "
+                    f"{self._failures} consecutive failures; a trial call is in flight",
+                )
+            self._probing = True
+        try:
+            yield
+        except ProviderCallError as exc:
+            if exc.failure.code in TRIP_CODES:
+                self._record_failure()
+            else:
+                self._record_success()
+            raise
+        else:
+            self._record_success()
+        finally:
+            if probe:
+                self._probing = False
+
+    def _record_success(self) -> None:
+        self._failures = 0
+        self._move(CircuitState.CLOSED)
+
+    def _record_failure(self) -> None:
+        self._failures += 1
+        if self._state is CircuitState.HALF_OPEN or (
+            self._state is CircuitState.CLOSED and self._failures >= self._threshold
+        ):
+            self._opened_at = self._clock()
+            self._move(CircuitState.OPEN)
+
+    def _move(self, state: CircuitState) -> None:
+        if state is self._state:
+            return
+        self._state = state
+        if self._listener is not None:
+            self._listener(self._provider, state)

@@ -1,0 +1,425 @@
+"""Local stand-ins for the OpenAI Chat Completions and Anthropic Messages endpoints.
+
+Each server listens on 127.0.0.1, port 0, speaks just enough HTTP/1.1 (keep-alive, Content-Length
+bodies), validates every request as the real API would (path, auth headers, body shape) and records
+it. A request that fails validation is answered 400 and listed in `problems`, so a test asserts
+`problems == []`. Answers come from a script of `Reply` objects, else from a default judge that
+answers every numbered comparison in the prompt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import re
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+ANTHROPIC_VERSION = "2023-06-01"
+_COMPARISON = re.compile(r"^Comparison (\d+):$", re.MULTILINE)
+_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 429: "Too Many Requests"}
+
+
+@dataclass
+class Reply:
+    """One scripted answer.
+
+    Attributes:
+        status: the HTTP status.
+        headers: extra response headers (e.g. Retry-After).
+        error: for an error status, the provider's error message.
+        raw: a raw body to send instead of JSON (for malformed responses).
+        answer: the structured answer to wrap in a normal response (default: the judge's).
+        content: OpenAI only: the message content string, sent as is.
+        hang: never answer; wait until the client hangs up.
+    """
+
+    status: int = 200
+    headers: dict[str, str] = field(default_factory=dict)
+    error: str = ""
+    raw: bytes | None = None
+    answer: object = None
+    content: str | None = None
+    hang: bool = False
+
+
+@dataclass(frozen=True)
+class RecordedCall:
+    """A request the server received."""
+
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: dict[str, Any]
+    prompt: str
+
+    @property
+    def comparisons(self) -> int:
+        """How many numbered comparisons the prompt holds."""
+        return len(_COMPARISON.findall(self.prompt))
+
+
+def default_answer(count: int) -> dict[str, Any]:
+    """Essay A wins odd-numbered comparisons, B even ones; entries in reverse order, so a client
+    that matched by position instead of index would get every verdict wrong."""
+    entries = [
+        {
+            "index": i,
+            "justification": f"Essay {'A' if i % 2 else 'B'} argues more clearly.",
+            "winner": "A" if i % 2 else "B",
+            "confidence": 1 + i % 5,
+        }
+        for i in range(count, 0, -1)
+    ]
+    return {"comparisons": entries}
+
+
+class FakeLlmServer:
+    """Base of the fake servers; subclasses validate and wrap answers in their API's shape.
+
+    Args:
+        api_key: the key clients must present (None: no auth expected).
+        usage: (prompt, completion) tokens reported per call.
+    """
+
+    path = ""
+
+    def __init__(self, *, api_key: str | None, usage: tuple[int, int] = (1003, 250)) -> None:
+        self.api_key = api_key
+        self.usage = usage
+        self.replies: deque[Reply] = deque()
+        self.calls: list[RecordedCall] = []
+        self.problems: list[str] = []
+        self.base_url = ""
+        self._server: asyncio.Server | None = None
+        self._handlers: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
+
+    async def __aenter__(self) -> FakeLlmServer:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        port = self._server.sockets[0].getsockname()[1]
+        self.base_url = self._base_url(f"http://127.0.0.1:{port}")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        # Closing the transports ends the handlers through EOF; cancelling them instead trips an
+        # asyncio 3.11 bug that logs the CancelledError from the stream callback.
+        for writer in self._handlers.values():
+            writer.transport.close()
+        await asyncio.gather(*self._handlers, return_exceptions=True)
+        await self._server.wait_closed()
+
+    def script(self, *replies: Reply) -> None:
+        """Answer the next requests with `replies`, in order; then with the default judge."""
+        self.replies.extend(replies)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._handlers[task] = writer
+        try:
+            while await self._one_exchange(reader, writer):
+                pass
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            self._handlers.pop(task, None)
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+
+    async def _one_exchange(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> bool:
+        request_line = await reader.readline()
+        if not request_line:
+            return False
+        method, path, _ = request_line.decode("latin-1").split(" ", 2)
+        headers: dict[str, str] = {}
+        while (line := await reader.readline()) not in (b"\r\n", b"\n", b""):
+            name, _, value = line.decode("latin-1").partition(":")
+            headers[name.strip().lower()] = value.strip()
+        raw = await reader.readexactly(int(headers.get("content-length", "0")))
+        reply = self.replies.popleft() if self.replies else Reply()
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            body = {}
+        prompt = self._prompt(body) if isinstance(body, dict) else ""
+        call = RecordedCall(method, path, headers, body if isinstance(body, dict) else {}, prompt)
+        self.calls.append(call)
+        if reply.hang:
+            await reader.read()  # returns at EOF: the client gave up
+            return False
+        auth_error = self._auth_problem(headers)
+        if auth_error:
+            status, payload, extra = 401, self._error_body("authentication_error", auth_error), {}
+        else:
+            problems = self._problems(method, path, headers, body)
+            self.problems.extend(problems)
+            if problems:
+                status, payload = (
+                    400,
+                    self._error_body("invalid_request_error", "; ".join(problems)),
+                )
+                extra = {}
+            elif reply.status >= 400:
+                status, extra = reply.status, reply.headers
+                payload = self._error_body("api_error", reply.error or f"error {reply.status}")
+            else:
+                status, extra = reply.status, reply.headers
+                answer = reply.answer
+                if answer is None and reply.content is None:
+                    answer = default_answer(call.comparisons)
+                payload = json.dumps(self._wrap(body, answer, reply.content)).encode()
+        if reply.raw is not None and not auth_error and status < 400:
+            payload = reply.raw
+        head = [
+            f"HTTP/1.1 {status} {_REASONS.get(status, 'Status')}",
+            "Content-Type: application/json",
+            f"Content-Length: {len(payload)}",
+            *(f"{k}: {v}" for k, v in extra.items()),
+        ]
+        writer.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + payload)
+        await writer.drain()
+        return True
+
+    def _error_body(self, kind: str, message: str) -> bytes:
+        return json.dumps({"error": {"type": kind, "message": message}}).encode()
+
+    def _base_url(self, root: str) -> str:
+        raise NotImplementedError
+
+    def _prompt(self, body: dict[str, Any]) -> str:
+        raise NotImplementedError
+
+    def _auth_problem(self, headers: dict[str, str]) -> str:
+        raise NotImplementedError
+
+    def _problems(self, method: str, path: str, headers: dict[str, str], body: object) -> list[str]:
+        raise NotImplementedError
+
+    def _wrap(self, body: dict[str, Any], answer: object, content: str | None) -> dict[str, Any]:
+        raise NotImplementedError
+
+
+class FakeOpenAI(FakeLlmServer):
+    """`POST /v1/chat/completions` with a strict `json_schema` response format."""
+
+    path = "/v1/chat/completions"
+
+    def _base_url(self, root: str) -> str:
+        return root + "/v1"
+
+    def _prompt(self, body: dict[str, Any]) -> str:
+        messages = body.get("messages")
+        if not isinstance(messages, list):
+            return ""
+        return "\n".join(
+            m["content"]
+            for m in messages
+            if isinstance(m, dict) and m.get("role") == "user" and isinstance(m["content"], str)
+        )
+
+    def _auth_problem(self, headers: dict[str, str]) -> str:
+        presented = headers.get("authorization")
+        if self.api_key is None:
+            return "" if presented is None else "no Authorization header expected"
+        if presented != f"Bearer {self.api_key}":
+            # The real API echoes (a masked form of) a wrong key; echo it whole, to prove that
+            # the client masks it.
+            return f"Incorrect API key provided: {(presented or '').removeprefix('Bearer ')}"
+        return ""
+
+    def _problems(self, method: str, path: str, headers: dict[str, str], body: object) -> list[str]:
+        problems = _common(method, path, self.path, headers)
+        if not isinstance(body, dict):
+            return [*problems, "body is not a JSON object"]
+        if not isinstance(body.get("model"), str) or not body["model"]:
+            problems.append("model must be a non-empty string")
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages:
+            problems.append("messages must be a non-empty list")
+        else:
+            for m in messages:
+                ok = isinstance(m, dict) and m.get("role") in ("system", "user", "assistant")
+                if not ok or not isinstance(m.get("content"), str):
+                    problems.append(f"bad message {m!r:.60}")
+        limits = [k for k in ("max_tokens", "max_completion_tokens") if k in body]
+        if len(limits) > 1 or any(not _positive_int(body[k]) for k in limits):
+            problems.append("at most one of max_tokens/max_completion_tokens, a positive integer")
+        if "temperature" in body and not _number_in(body["temperature"], 0.0, 2.0):
+            problems.append("temperature must be in 0..2")
+        fmt = body.get("response_format")
+        if not isinstance(fmt, dict) or fmt.get("type") != "json_schema":
+            return [*problems, "response_format.type must be json_schema"]
+        spec = fmt.get("json_schema")
+        if not isinstance(spec, dict) or not _NAME.match(str(spec.get("name", ""))):
+            return [*problems, "response_format.json_schema.name is missing or invalid"]
+        if spec.get("strict") is not True:
+            problems.append("json_schema.strict must be true")
+        problems.extend(_strict_schema_problems(spec.get("schema"), "schema"))
+        return problems
+
+    def _wrap(self, body: dict[str, Any], answer: object, content: str | None) -> dict[str, Any]:
+        prompt_tokens, completion_tokens = self.usage
+        return {
+            "id": f"chatcmpl-{len(self.calls)}",
+            "object": "chat.completion",
+            "model": body.get("model"),
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {
+                        "role": "assistant",
+                        "content": content if content is not None else json.dumps(answer),
+                        "refusal": None,
+                    },
+                    "finish_reason": "stop",
+                }
+            ],
+            "usage": {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
+            },
+        }
+
+
+class FakeAnthropic(FakeLlmServer):
+    """`POST /v1/messages` with a forced tool whose input is the answer."""
+
+    path = "/v1/messages"
+
+    def _base_url(self, root: str) -> str:
+        return root
+
+    def _prompt(self, body: dict[str, Any]) -> str:
+        messages = body.get("messages")
+        if not isinstance(messages, list):
+            return ""
+        return "\n".join(
+            m["content"] for m in messages if isinstance(m, dict) and isinstance(m["content"], str)
+        )
+
+    def _auth_problem(self, headers: dict[str, str]) -> str:
+        if headers.get("x-api-key") != self.api_key:
+            return "invalid x-api-key"
+        return ""
+
+    def _problems(self, method: str, path: str, headers: dict[str, str], body: object) -> list[str]:
+        problems = _common(method, path, self.path, headers)
+        if headers.get("anthropic-version") != ANTHROPIC_VERSION:
+            problems.append("anthropic-version header must be 2023-06-01")
+        if "authorization" in headers:
+            problems.append("unexpected Authorization header")
+        if not isinstance(body, dict):
+            return [*problems, "body is not a JSON object"]
+        if not isinstance(body.get("model"), str) or not body["model"]:
+            problems.append("model must be a non-empty string")
+        if not _positive_int(body.get("max_tokens")):
+            problems.append("max_tokens is required, a positive integer")
+        if "system" in body and not isinstance(body["system"], str):
+            problems.append("system must be a string")
+        if "temperature" in body and not _number_in(body["temperature"], 0.0, 1.0):
+            problems.append("temperature must be in 0..1")
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages:
+            problems.append("messages must be a non-empty list")
+        elif not all(
+            isinstance(m, dict) and m.get("role") in ("user", "assistant") for m in messages
+        ):
+            problems.append("message roles must be user or assistant")
+        elif messages[0].get("role") != "user":
+            problems.append("the first message must be the user's")
+        tools = body.get("tools")
+        names = set()
+        if not isinstance(tools, list) or not tools:
+            problems.append("tools must be a non-empty list")
+        else:
+            for tool in tools:
+                if not isinstance(tool, dict) or not _NAME.match(str(tool.get("name", ""))):
+                    problems.append("every tool needs a valid name")
+                    continue
+                names.add(tool["name"])
+                schema = tool.get("input_schema")
+                if not isinstance(schema, dict) or schema.get("type") != "object":
+                    problems.append(f"tool {tool['name']}: input_schema must be an object schema")
+        choice = body.get("tool_choice")
+        if not isinstance(choice, dict) or choice.get("type") != "tool":
+            problems.append("tool_choice must force a tool")
+        elif choice.get("name") not in names:
+            problems.append("tool_choice names no declared tool")
+        if "response_format" in body:
+            problems.append("response_format is not a Messages API field")
+        return problems
+
+    def _wrap(self, body: dict[str, Any], answer: object, content: str | None) -> dict[str, Any]:
+        prompt_tokens, completion_tokens = self.usage
+        choice = body.get("tool_choice") or {}
+        blocks: list[dict[str, Any]] = []
+        if content is not None:
+            blocks.append({"type": "text", "text": content})
+        else:
+            blocks.append(
+                {"type": "tool_use", "id": "toolu_01", "name": choice.get("name"), "input": answer}
+            )
+        return {
+            "id": f"msg_{len(self.calls)}",
+            "type": "message",
+            "role": "assistant",
+            "model": body.get("model"),
+            "content": blocks,
+            "stop_reason": "tool_use" if content is None else "end_turn",
+            "usage": {"input_tokens": prompt_tokens, "output_tokens": completion_tokens},
+        }
+
+
+def _common(method: str, path: str, expected: str, headers: dict[str, str]) -> list[str]:
+    problems = []
+    if method != "POST":
+        problems.append(f"method must be POST, got {method}")
+    if path != expected:
+        problems.append(f"path must be {expected}, got {path}")
+    if not headers.get("content-type", "").startswith("application/json"):
+        problems.append("content-type must be application/json")
+    return problems
+
+
+def _strict_schema_problems(schema: object, where: str) -> list[str]:
+    """OpenAI strict mode: every object lists all its properties as required and forbids others."""
+    if not isinstance(schema, dict):
+        return [f"{where} must be a schema object"]
+    problems = []
+    if schema.get("type") == "object":
+        props = schema.get("properties")
+        if not isinstance(props, dict):
+            return [f"{where}: object without properties"]
+        if schema.get("additionalProperties") is not False:
+            problems.append(f"{where}: additionalProperties must be false")
+        if set(schema.get("required", [])) != set(props):
+            problems.append(f"{where}: every property must be required")
+        for name, sub in props.items():
+            problems.extend(_strict_schema_problems(sub, f"{where}.{name}"))
+    elif schema.get("type") == "array":
+        problems.extend(_strict_schema_problems(schema.get("items"), f"{where}[]"))
+    elif schema.get("type") not in ("string", "integer", "number", "boolean"):
+        problems.append(f"{where}: unknown type {schema.get('type')!r}")
+    for keyword in ("minLength", "maxLength", "minimum", "maximum", "minItems", "maxItems"):
+        if keyword in schema:
+            problems.append(f"{where}: {keyword} is not portable across strict-mode servers")
+    return problems
+
+
+def _positive_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _number_in(value: object, low: float, high: float) -> bool:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    return low <= value <= high

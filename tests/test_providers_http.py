@@ -1,0 +1,569 @@
+"""The HTTP providers against local servers that implement and validate each provider's endpoint."""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import json
+import logging
+import socket
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from prometheus_client import CollectorRegistry, generate_latest
+
+from lps_server.config import Settings
+from lps_server.domain import (
+    ComparisonRequest,
+    ErrorCode,
+    Essay,
+    Overrides,
+    ProcessingMode,
+    ProviderName,
+    RequestStatus,
+    Winner,
+)
+from lps_server.errors import ConfigurationError
+from lps_server.intake import Intake
+from lps_server.metrics import LpsMetrics
+from lps_server.processor import Processor
+from lps_server.providers import ProviderRegistry
+from lps_server.providers.anthropic import AnthropicProvider
+from lps_server.providers.base import ComparisonItem, ItemFailure, ItemSuccess, ProviderCallError
+from lps_server.providers.circuit_breaker import CircuitBreaker, CircuitState
+from lps_server.providers.http_errors import parse_retry_after
+from lps_server.providers.http_provider import HttpProvider
+from lps_server.providers.http_settings import (
+    BundleCalls,
+    HttpProviderSettings,
+    HttpProvidersSettings,
+    ModelPrice,
+    PriceTable,
+    Secret,
+)
+from lps_server.providers.openai_compat import OpenAICompatibleProvider
+from lps_server.queue import LocalQueue
+from tests.fake_llm_servers import FakeAnthropic, FakeLlmServer, FakeOpenAI, Reply
+
+SECRET = "sk-test-SECRET-123"
+FLAVOURS = ["openai", "anthropic"]
+MODELS = {"openai": "gpt-4o-mini", "anthropic": "claude-haiku-4-5"}
+INSTRUCTIONS = "Which essay answers the question 'Should school start later?' better?"
+
+
+class FakeClock:
+    """A monotonic clock that moves only when told."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@dataclass
+class Rig:
+    """A fake server and a provider pointed at it."""
+
+    server: FakeLlmServer
+    provider: HttpProvider
+    settings: HttpProviderSettings
+    clock: FakeClock
+    transitions: list[CircuitState] = field(default_factory=list)
+
+
+@asynccontextmanager
+async def rig(
+    flavour: str, *, server_key: str | None = SECRET, **overrides: Any
+) -> AsyncIterator[Rig]:
+    server: FakeLlmServer = (
+        FakeOpenAI(api_key=server_key) if flavour == "openai" else FakeAnthropic(api_key=server_key)
+    )
+    async with server:
+        settings = HttpProviderSettings(
+            provider=ProviderName.OPENAI if flavour == "openai" else ProviderName.ANTHROPIC,
+            base_url=server.base_url,
+            api_key=Secret(SECRET),
+            default_model=MODELS[flavour],
+            timeout_s=5.0,
+            configured=True,
+        )
+        settings = replace(settings, **overrides)
+        clock = FakeClock()
+        transitions: list[CircuitState] = []
+        adapter = OpenAICompatibleProvider if flavour == "openai" else AnthropicProvider
+        provider = adapter(
+            settings, clock=clock, on_circuit_state=lambda _name, state: transitions.append(state)
+        )
+        try:
+            yield Rig(server, provider, settings, clock, transitions)
+        finally:
+            await provider.aclose()
+
+
+def items(n: int, instructions: str = INSTRUCTIONS) -> list[ComparisonItem]:
+    return [
+        ComparisonItem(
+            key=f"req-{i}",
+            essay_a=Essay(f"a{i}", f"Essay A number {i}: later starts help sleep."),
+            essay_b=Essay(f"b{i}", f"Essay B number {i}: buses cost money."),
+            instructions=instructions,
+        )
+        for i in range(1, n + 1)
+    ]
+
+
+async def compare(r: Rig, n: int, **overrides: Any) -> list[Any]:
+    return await r.provider.compare(
+        items(n), model=r.settings.default_model, overrides=Overrides(**overrides)
+    )
+
+
+async def call_error(r: Rig, n: int = 2) -> ProviderCallError:
+    with pytest.raises(ProviderCallError) as info:
+        await compare(r, n)
+    return info.value
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+async def test_a_bundle_of_n_is_one_http_call_with_n_judgements(flavour: str) -> None:
+    async with rig(flavour) as r:
+        outcomes = await compare(r, 4, temperature=0.5, max_tokens=300)
+
+    assert r.server.problems == []
+    assert len(r.server.calls) == 1
+    call = r.server.calls[0]
+    assert call.comparisons == 4
+    assert call.prompt.count(INSTRUCTIONS) == 1, "shared instructions are stated once"
+    assert call.body["model"] == MODELS[flavour]
+    budget = call.body.get("max_tokens") or call.body.get("max_completion_tokens")
+    assert budget == 4 * 300
+    assert call.body["temperature"] == 0.5
+    assert all(isinstance(o, ItemSuccess) for o in outcomes)
+    winners = [o.judgement.winner for o in outcomes]
+    assert winners == [Winner.ESSAY_A, Winner.ESSAY_B, Winner.ESSAY_A, Winner.ESSAY_B]
+    assert [o.judgement.confidence for o in outcomes] == [2, 3, 4, 5]
+    # 1003 prompt and 250 completion tokens, split evenly, adding up to the provider's figures.
+    assert [o.usage.prompt_tokens for o in outcomes] == [251, 251, 251, 250]
+    assert sum(o.usage.completion_tokens for o in outcomes) == 250
+    price = PriceTable().prices[MODELS[flavour]]
+    assert outcomes[0].cost_usd == pytest.approx(price.cost(outcomes[0].usage))
+    assert outcomes[0].cost_usd > 0
+
+
+async def test_differing_instructions_go_with_each_comparison() -> None:
+    mixed = [*items(1, "Judge the argument."), *items(1, "Judge the spelling.")]
+    async with rig("openai") as r:
+        await r.provider.compare(mixed, model="gpt-4o-mini", overrides=Overrides())
+    prompt = r.server.calls[0].prompt
+    assert prompt.index("Judge the argument.") < prompt.index("Comparison 2:")
+    assert prompt.index("Judge the spelling.") > prompt.index("Comparison 2:")
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+async def test_bad_items_in_an_answer_fail_alone(flavour: str) -> None:
+    good = {"justification": "Clearer.", "winner": "A", "confidence": 4}
+    answer = {
+        "comparisons": [
+            {"index": 1, **good},
+            # 2 is missing
+            {"index": 3, **good, "winner": "C"},
+            {"index": 4, **good},
+            {"index": 4, **good, "winner": "B"},
+            {"index": 5, **good, "confidence": 9},
+            {"index": 6, **good, "justification": "x" * 900},
+            {"index": 99, **good},
+            "not an entry",
+        ]
+    }
+    async with rig(flavour) as r:
+        r.server.script(Reply(answer=answer))
+        outcomes = await compare(r, 6)
+
+    assert r.server.problems == []
+    assert isinstance(outcomes[0], ItemSuccess)
+    assert isinstance(outcomes[5], ItemSuccess)
+    assert len(outcomes[5].judgement.justification) == 500
+    failures = outcomes[1:5]
+    assert all(isinstance(f, ItemFailure) for f in failures)
+    assert {f.code for f in failures} == {ErrorCode.INVALID_RESPONSE}
+    assert all(f.retryable for f in failures)
+    assert "no entry for comparison 2" in failures[0].message
+    assert "winner must be A or B" in failures[1].message
+    assert "2 entries for comparison 4" in failures[2].message
+    assert "confidence must be an integer 1..5" in failures[3].message
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+@pytest.mark.parametrize(
+    ("header", "value", "expected"),
+    [
+        ("Retry-After", "7", 7.0),
+        ("retry-after-ms", "1500", 1.5),
+        ("Retry-After", "__date_in_120s__", 120.0),
+    ],
+)
+async def test_429_is_rate_limited_with_retry_after(
+    flavour: str, header: str, value: str, expected: float
+) -> None:
+    if value == "__date_in_120s__":
+        value = email.utils.formatdate(time.time() + 120, usegmt=True)
+    async with rig(flavour) as r:
+        r.server.script(Reply(429, {header: value}, error="Rate limit reached for requests"))
+        error = await call_error(r)
+    assert error.failure.code == ErrorCode.RATE_LIMITED
+    assert error.failure.retryable
+    assert error.failure.retry_after == pytest.approx(expected, abs=2.0)
+    assert "Rate limit reached for requests" in str(error)
+
+
+def test_retry_after_parsing_edge_cases() -> None:
+    assert parse_retry_after(httpx.Headers({})) is None
+    assert parse_retry_after(httpx.Headers({"Retry-After": "soon"})) is None
+    past = email.utils.formatdate(time.time() - 60, usegmt=True)
+    assert parse_retry_after(httpx.Headers({"Retry-After": past})) == 0.0
+
+
+@pytest.mark.parametrize(("flavour", "status"), [("openai", 500), ("anthropic", 529)])
+async def test_server_error_then_success(flavour: str, status: int) -> None:
+    async with rig(flavour) as r:
+        r.server.script(Reply(status, error="The server had an error"))
+        error = await call_error(r)
+        outcomes = await compare(r, 2)
+    assert error.failure.code == ErrorCode.PROVIDER_UNAVAILABLE
+    assert error.failure.retryable
+    assert f"HTTP {status}" in str(error)
+    assert all(isinstance(o, ItemSuccess) for o in outcomes)
+    assert len(r.server.calls) == 2
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+@pytest.mark.parametrize(
+    "reply",
+    [
+        Reply(raw=b"<html>502 Bad Gateway</html>"),
+        Reply(content='{"comparisons": [{"index": 1, "winner": "A"'),
+        Reply(answer=["not", "an", "object"]),
+    ],
+    ids=["body-not-json", "answer-not-json", "answer-wrong-shape"],
+)
+async def test_malformed_answers_fail_every_item_retryably(flavour: str, reply: Reply) -> None:
+    async with rig(flavour) as r:
+        r.server.script(reply)
+        error = await call_error(r, 3)
+    assert error.failure.code == ErrorCode.INVALID_RESPONSE
+    assert error.failure.retryable
+    assert r.provider.circuit_state == CircuitState.CLOSED, "the provider did answer"
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+async def test_a_call_past_the_timeout_is_a_timeout(flavour: str) -> None:
+    async with rig(flavour, timeout_s=0.3) as r:
+        r.server.script(Reply(hang=True))
+        started = time.monotonic()
+        error = await call_error(r)
+    assert error.failure.code == ErrorCode.TIMEOUT
+    assert error.failure.retryable
+    assert "no answer within 0.3s" in str(error)
+    assert time.monotonic() - started < 3.0
+
+
+async def test_an_unreachable_provider_is_unavailable() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    async with rig("openai", base_url=f"http://127.0.0.1:{port}/v1") as r:
+        error = await call_error(r)
+    assert error.failure.code == ErrorCode.PROVIDER_UNAVAILABLE
+    assert "ConnectError" in str(error)
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+async def test_client_errors_are_not_retried_and_carry_the_providers_message(flavour: str) -> None:
+    async with rig(flavour) as r:
+        r.server.script(Reply(400, error="prompt is too long: 250000 tokens > 200000 maximum"))
+        error = await call_error(r)
+    assert error.failure.code == ErrorCode.PROVIDER_ERROR
+    assert not error.failure.retryable
+    assert "prompt is too long" in str(error)
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+async def test_circuit_opens_after_k_failures_and_closes_after_cooldown(flavour: str) -> None:
+    async with rig(flavour, breaker_threshold=2, breaker_cooldown_s=30.0) as r:
+        r.server.script(Reply(503), Reply(503))
+        await call_error(r)
+        assert r.provider.circuit_state == CircuitState.CLOSED
+        await call_error(r)
+        assert r.provider.circuit_state == CircuitState.OPEN
+
+        r.clock.now += 10
+        fast = await call_error(r)
+        assert len(r.server.calls) == 2, "an open circuit fails without an HTTP call"
+        assert fast.failure.code == ErrorCode.PROVIDER_UNAVAILABLE
+        assert str(fast) == (
+            f"circuit open for provider {ProviderName(r.provider.name).value} after 2 "
+            "consecutive failures; retrying after 20s"
+        )
+        assert fast.failure.retry_after == pytest.approx(20.0)
+
+        r.clock.now += 20
+        assert r.provider.circuit_state == CircuitState.HALF_OPEN
+        outcomes = await compare(r, 2)
+        assert all(isinstance(o, ItemSuccess) for o in outcomes)
+        assert len(r.server.calls) == 3
+    assert r.transitions == [CircuitState.OPEN, CircuitState.HALF_OPEN, CircuitState.CLOSED]
+
+
+async def test_a_failed_trial_call_reopens_the_circuit() -> None:
+    async with rig("openai", breaker_threshold=1, breaker_cooldown_s=5.0, timeout_s=0.2) as r:
+        r.server.script(Reply(503), Reply(hang=True))
+        await call_error(r)
+        r.clock.now += 5
+        trial = await call_error(r)
+        assert trial.failure.code == ErrorCode.TIMEOUT
+        assert r.provider.circuit_state == CircuitState.OPEN
+        assert "after 2 consecutive failures" in str(await call_error(r))
+    assert r.transitions == [CircuitState.OPEN, CircuitState.HALF_OPEN, CircuitState.OPEN]
+
+
+async def test_rate_limits_and_rejections_do_not_open_the_circuit() -> None:
+    async with rig("anthropic", breaker_threshold=1) as r:
+        r.server.script(Reply(429), Reply(400), Reply(401))
+        for _ in range(3):
+            await call_error(r)
+        assert r.provider.circuit_state == CircuitState.CLOSED
+    assert r.transitions == []
+
+
+def test_half_open_circuit_admits_one_trial_call_at_a_time() -> None:
+    clock = FakeClock()
+    breaker = CircuitBreaker(ProviderName.OPENAI, threshold=1, cooldown_s=1.0, clock=clock)
+    with pytest.raises(ProviderCallError), breaker.guard():
+        raise ProviderCallError(ErrorCode.TIMEOUT, "down")
+    clock.now += 1
+    with (
+        breaker.guard(),
+        pytest.raises(ProviderCallError, match="a trial call is in flight"),
+        breaker.guard(),
+    ):
+        pass
+    assert breaker.state == CircuitState.CLOSED
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+async def test_sequential_mode_makes_one_call_per_item(flavour: str) -> None:
+    async with rig(flavour, bundle_calls=BundleCalls.SEQUENTIAL) as r:
+        outcomes = await compare(r, 3)
+    assert r.server.problems == []
+    assert [c.comparisons for c in r.server.calls] == [1, 1, 1]
+    assert all(isinstance(o, ItemSuccess) for o in outcomes)
+    assert [o.usage.prompt_tokens for o in outcomes] == [1003] * 3
+
+
+async def test_sequential_mode_stops_calling_once_rate_limited() -> None:
+    async with rig("openai", bundle_calls=BundleCalls.SEQUENTIAL) as r:
+        r.server.script(Reply(), Reply(429, {"Retry-After": "3"}))
+        outcomes = await compare(r, 4)
+    assert len(r.server.calls) == 2
+    assert isinstance(outcomes[0], ItemSuccess)
+    assert [o.code for o in outcomes[1:]] == [ErrorCode.RATE_LIMITED] * 3
+    assert outcomes[3].retry_after == 3.0
+
+
+async def test_a_keyless_compatible_server_gets_no_authorization_header() -> None:
+    async with rig(
+        "openai", server_key=None, provider=ProviderName.OPENAI_COMPATIBLE, api_key=Secret()
+    ) as r:
+        outcomes = await compare(r, 2)
+    assert r.server.problems == []
+    assert all(isinstance(o, ItemSuccess) for o in outcomes)
+    assert "max_tokens" in r.server.calls[0].body, "compatible servers get max_tokens"
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+async def test_the_api_key_appears_nowhere(flavour: str, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    seen: list[str] = []
+    async with rig(flavour) as r:
+        seen += [repr(r.provider), repr(r.settings), str(r.settings), str(r.settings.api_key)]
+        seen += [repr(await compare(r, 2))]
+        r.server.script(Reply(500), Reply(429), Reply(raw=b"nope"))
+        for _ in range(3):
+            seen += [repr((await call_error(r)).failure)]
+        assert all(SECRET in str(call.headers) for call in r.server.calls), "the key was sent"
+    async with rig(flavour, server_key="sk-other-key", timeout_s=0.3) as r:
+        rejected = await call_error(r)
+        assert "[redacted]" in str(rejected) or "invalid x-api-key" in str(rejected)
+        r.server.script(Reply(hang=True))
+        seen += [repr(rejected.failure), str(rejected), repr(await call_error(r))]
+    seen += [caplog.text]
+    seen += [repr(vars(record)) for record in caplog.records]
+    assert caplog.records, "the calls were logged"
+    assert not [text for text in seen if SECRET in text]
+
+
+def test_settings_from_env_defaults_and_configuration(tmp_path: Path) -> None:
+    none = HttpProvidersSettings.from_env({})
+    assert none.configured() == []
+    assert none.openai.base_url == "https://api.openai.com/v1"
+    assert none.anthropic.base_url == "https://api.anthropic.com"
+
+    prices = tmp_path / "prices.json"
+    prices.write_text(json.dumps({"local-judge": {"input_per_mtok": 1, "output_per_mtok": 2}}))
+    env = {
+        "LPS_OPENAI_API_KEY": SECRET,
+        "LPS_OPENAI_COMPATIBLE_BASE_URL": "http://127.0.0.1:8000/v1/",
+        "LPS_OPENAI_COMPATIBLE_MODEL": "local-judge",
+        "LPS_OPENAI_COMPATIBLE_BUNDLE_CALLS": "sequential",
+        "LPS_ANTHROPIC_TIMEOUT_SECONDS": "12.5",
+        "LPS_PRICE_TABLE": str(prices),
+    }
+    some = HttpProvidersSettings.from_env(env)
+    assert [s.provider for s in some.configured()] == [
+        ProviderName.OPENAI,
+        ProviderName.OPENAI_COMPATIBLE,
+    ]
+    compat = some.openai_compatible
+    assert compat.base_url == "http://127.0.0.1:8000/v1"
+    assert compat.bundle_calls == BundleCalls.SEQUENTIAL
+    assert not compat.api_key
+    assert compat.prices.prices["local-judge"] == ModelPrice(1.0, 2.0)
+    assert "gpt-4o-mini" in compat.known_models(), "built-in prices stay"
+    assert some.anthropic.timeout_s == 12.5
+    assert SECRET not in repr(some)
+    assert some.openai.api_key == Secret(SECRET)
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"LPS_OPENAI_COMPATIBLE_BASE_URL": "http://x/v1"}, "LPS_OPENAI_COMPATIBLE_MODEL"),
+        ({"LPS_OPENAI_API_KEY": "k", "LPS_OPENAI_BUNDLE_CALLS": "batch"}, "BUNDLE_CALLS"),
+        ({"LPS_ANTHROPIC_API_KEY": "k", "LPS_ANTHROPIC_BASE_URL": "api.x"}, "BASE_URL"),
+        ({"LPS_OPENAI_API_KEY": "k", "LPS_OPENAI_CIRCUIT_BREAKER_THRESHOLD": "0"}, "THRESHOLD"),
+        ({"LPS_PRICE_TABLE": '{"m": {"input_per_mtok": -1}}'}, "input_per_mtok"),
+        ({"LPS_PRICE_TABLE": "/nonexistent/prices.json"}, "cannot read"),
+    ],
+)
+def test_invalid_settings_name_the_variable(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigurationError, match=message):
+        HttpProvidersSettings.from_env(env)
+
+
+def test_registry_builds_configured_providers_and_bounded_model_labels() -> None:
+    from lps_server.domain import Route
+
+    assert ProviderRegistry.from_settings(Settings(), env={}).names() == [ProviderName.MOCK]
+    env = {
+        "LPS_ANTHROPIC_API_KEY": SECRET,
+        "LPS_PRICE_TABLE": '{"claude-x": {"input_per_mtok": 1, "output_per_mtok": 5}}',
+    }
+    registry = ProviderRegistry.from_settings(Settings(), env=env)
+    assert registry.names() == [ProviderName.MOCK, ProviderName.ANTHROPIC]
+    route = registry.resolve(Overrides(provider=ProviderName.ANTHROPIC))
+    assert route == Route(ProviderName.ANTHROPIC, "claude-haiku-4-5")
+    assert registry.model_label(route) == "claude-haiku-4-5"
+    assert registry.model_label(Route(ProviderName.ANTHROPIC, "claude-x")) == "claude-x"
+    assert registry.model_label(Route(ProviderName.ANTHROPIC, "made-up-model")) == "other"
+
+
+async def test_through_the_processor_retries_and_keeps_the_key_secret(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Serial bundle of 4 on a compatible server: a 429, then an answer missing one item, then the
+    item alone; every request completes with usage and cost, and the key is in no span, metric,
+    result or log."""
+    caplog.set_level(logging.DEBUG)
+    async with FakeOpenAI(api_key=SECRET) as server:
+        server.script(
+            Reply(429, {"Retry-After": "0.05"}),
+            Reply(
+                answer={
+                    "comparisons": [
+                        {"index": i, "justification": "Clearer.", "winner": "B", "confidence": 3}
+                        for i in (1, 3, 4)
+                    ]
+                }
+            ),
+        )
+        env = {
+            "LPS_OPENAI_COMPATIBLE_BASE_URL": server.base_url,
+            "LPS_OPENAI_COMPATIBLE_API_KEY": SECRET,
+            "LPS_OPENAI_COMPATIBLE_MODEL": "local-judge",
+            "LPS_PRICE_TABLE": '{"local-judge": {"input_per_mtok": 10, "output_per_mtok": 20}}',
+        }
+        settings = Settings(
+            queue_processing_mode=ProcessingMode.SERIAL_BUNDLE,
+            serial_bundle_max_requests_per_call=4,
+            serial_bundle_max_wait_ms=200,
+            retry_backoff_ms=1,
+        )
+        registry = CollectorRegistry()
+        spans = InMemorySpanExporter()
+        tracer_provider = TracerProvider()
+        tracer_provider.add_span_processor(SimpleSpanProcessor(spans))
+        providers = ProviderRegistry.from_settings(settings, env=env)
+        queue = LocalQueue()
+        intake = Intake(queue=queue, providers=providers, settings=settings)
+        processor = Processor(
+            queue=queue,
+            providers=providers,
+            settings=settings,
+            metrics=LpsMetrics(registry),
+            tracer_provider=tracer_provider,
+        )
+        requests = [
+            ComparisonRequest(
+                request_id=item.key,
+                essay_a=item.essay_a,
+                essay_b=item.essay_b,
+                instructions=item.instructions,
+                overrides=Overrides(provider=ProviderName.OPENAI_COMPATIBLE),
+                result_channel="results",
+            )
+            for item in items(4)
+        ]
+        await intake.submit([intake.prepare(req) for req in requests])
+        running = asyncio.create_task(processor.run())
+        results = []
+        cursor = ""
+        async with asyncio.timeout(10):
+            while len(results) < 4:
+                entries = await queue.read_channel("results", cursor=cursor, timeout=5)
+                results += [e.result for e in entries]
+                cursor = entries[-1].cursor if entries else cursor
+        processor.stop()
+        await running
+        await providers.aclose()
+
+    assert server.problems == []
+    assert [c.comparisons for c in server.calls] == [4, 4, 1]
+    assert {r.status for r in results} == {RequestStatus.COMPLETED}
+    assert all(r.token_usage.total_tokens > 0 and r.cost_usd > 0 for r in results)
+    assert all(r.model == "local-judge" for r in results)
+    labels = {"provider": "openai_compatible", "model": "local-judge"}
+    assert registry.get_sample_value("llm_provider_serial_bundle_calls_total", labels) == 2
+    exported = [
+        json.dumps(
+            [
+                s.attributes and dict(s.attributes),
+                [e.attributes for e in s.events],
+                s.status.description,
+            ],
+            default=str,
+        )
+        for s in spans.get_finished_spans()
+    ]
+    assert exported, "spans were recorded"
+    for text in [*exported, generate_latest(registry).decode(), repr(results), caplog.text]:
+        assert SECRET not in text
