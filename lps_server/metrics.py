@@ -9,6 +9,8 @@ from lps_server.domain import ProcessingMode, RequestStatus
 BUNDLE_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 EXPIRY_AGE_BUCKETS = (1, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+# Queued work can wait as long as its TTL (an hour by default), far past any call's latency.
+QUEUE_WAIT_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 
 
 class LpsMetrics:
@@ -52,7 +54,7 @@ class LpsMetrics:
             "llm_provider_queue_wait_time_seconds",
             "Time from enqueue to the end of processing, by outcome",
             ["queue_processing_mode", "result"],
-            buckets=LATENCY_BUCKETS,
+            buckets=QUEUE_WAIT_BUCKETS,
             registry=registry,
         )
         self.requests = Counter(

@@ -1,0 +1,351 @@
+"""One connected trace per comparison: submit -> process -> bundle -> provider call.
+
+Spans are read from an in-memory exporter after the server has stopped (process spans end once
+their bundle is done, which can be just after the client has its result), and once over OTLP/gRPC
+from a real receiver.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import grpc
+import pytest
+from opentelemetry import trace
+from opentelemetry.propagate import inject
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from prometheus_client import CollectorRegistry
+
+from cj_client import Ack, ComparisonOutcome, ComparisonSubmission, LpsClient
+from cj_client.transport import submission_to_pb
+from generated.lps.v1 import llm_provider_service_pb2 as svc
+from generated.lps.v1 import llm_provider_service_pb2_grpc as svc_grpc
+from lps_server.app import LpsApp
+from lps_server.config import Settings
+from lps_server.domain import Overrides, ProcessingMode
+from lps_server.errors import ConfigurationError
+from lps_server.providers import ComparisonItem, ItemOutcome, ProviderRegistry
+from lps_server.providers.mock import MockProvider
+from lps_server.telemetry import configure_tracing
+from tests.helpers import submission
+from tests.otlp_receiver import OtlpReceiver
+
+WAIT_S = 10.0
+SPAN_NAMES = {"lps.submit", "lps.process", "lps.bundle", "lps.provider_call"}
+OTEL_VARS = (
+    "OTEL_SDK_DISABLED",
+    "OTEL_SERVICE_NAME",
+    "OTEL_RESOURCE_ATTRIBUTES",
+    "OTEL_TRACES_SAMPLER",
+    "OTEL_TRACES_EXPORTER",
+    "OTEL_EXPORTER_OTLP_PROTOCOL",
+    "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_INSECURE",
+    "OTEL_EXPORTER_OTLP_TRACES_INSECURE",
+)
+
+
+class GatedMock(MockProvider):
+    """The mock provider, but every call waits for `gate`; `entered` is set once a call began."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+        self.entered = asyncio.Event()
+
+    async def compare(
+        self, items: Sequence[ComparisonItem], *, model: str, overrides: Overrides
+    ) -> list[ItemOutcome]:
+        self.entered.set()
+        await self.gate.wait()
+        return await super().compare(items, model=model, overrides=overrides)
+
+
+def memory_tracing() -> tuple[TracerProvider, InMemorySpanExporter]:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    return provider, exporter
+
+
+@asynccontextmanager
+async def running_app(
+    tracer_provider: trace.TracerProvider | None,
+    *,
+    provider: MockProvider | None = None,
+    **settings: Any,
+) -> AsyncIterator[LpsApp]:
+    """A started LPS on a free port, stopped (bundles in flight finished) on exit."""
+    config = Settings.from_env({}, grpc_host="127.0.0.1", grpc_port=0, **settings)
+    app = LpsApp(
+        config,
+        registry=CollectorRegistry(),
+        tracer_provider=tracer_provider,
+        providers=ProviderRegistry([provider]) if provider is not None else None,
+    )
+    await app.start(serve_metrics=False)
+    try:
+        yield app
+    finally:
+        await app.stop(grace=5)
+
+
+async def submit_all(
+    client: LpsClient, subs: list[ComparisonSubmission]
+) -> list[ComparisonOutcome]:
+    """Stream submissions; every one must be accepted and complete."""
+    results: list[ComparisonOutcome] = []
+    async with asyncio.timeout(WAIT_S):
+        async for event in client.submit_many(subs):
+            if isinstance(event, Ack):
+                assert event.accepted, event
+            else:
+                results.append(event)
+    assert {r.status for r in results} == {"completed"}
+    assert sorted(r.request_id for r in results) == sorted(s.request_id for s in subs)
+    return results
+
+
+async def results_on(client: LpsClient, channel: str, count: int) -> list[ComparisonOutcome]:
+    found: list[ComparisonOutcome] = []
+    async with asyncio.timeout(WAIT_S):
+        async for _, outcome in client.stream_results(channel):
+            found.append(outcome)
+            if len(found) == count:
+                return found
+    raise AssertionError("the result stream ended early")
+
+
+def hex_trace(span: ReadableSpan) -> str:
+    assert span.context is not None
+    return trace.format_trace_id(span.context.trace_id)
+
+
+def span_id(span: ReadableSpan) -> int:
+    assert span.context is not None
+    return int(span.context.span_id)
+
+
+def parent_id(span: ReadableSpan) -> int | None:
+    return span.parent.span_id if span.parent is not None else None
+
+
+def by_request(spans: Sequence[ReadableSpan], name: str) -> dict[str, ReadableSpan]:
+    found: dict[str, ReadableSpan] = {}
+    for span in spans:
+        if span.name == name:
+            rid = str((span.attributes or {})["lps.request_id"])
+            assert rid not in found, f"two {name} spans for {rid}"
+            found[rid] = span
+    return found
+
+
+def assert_chain(spans: Sequence[ReadableSpan], leaf: ReadableSpan, names: list[str]) -> None:
+    """Walk parents from `leaf`; their names, leaf first, must be `names`, in one trace."""
+    index = {span_id(s): s for s in spans}
+    walked, span = [leaf.name], leaf
+    while (pid := parent_id(span)) is not None and pid in index:
+        span = index[pid]
+        assert hex_trace(span) == hex_trace(leaf)
+        walked.append(span.name)
+    assert walked == names
+
+
+async def test_serial_bundle_trace_per_request_with_bundle_linked_to_every_member() -> None:
+    tracing, exporter = memory_tracing()
+    subs = [
+        submission(i, correlation_id=f"corr-{i}", metadata={"cj_batch_id": "batch-7"})
+        for i in range(10)
+    ]
+    async with (
+        running_app(
+            tracing,
+            queue_processing_mode=ProcessingMode.SERIAL_BUNDLE,
+            serial_bundle_max_requests_per_call=4,
+        ) as app,
+        LpsClient(target=f"127.0.0.1:{app.grpc_port}", timeout=10) as client,
+    ):
+        results = await submit_all(client, subs)
+    spans = exporter.get_finished_spans()
+
+    submits = by_request(spans, "lps.submit")
+    processes = by_request(spans, "lps.process")
+    assert len({r.trace_id for r in results}) == len(results), "one trace per request"
+    for r in results:
+        submit, process = submits[r.request_id], processes[r.request_id]
+        assert submit.parent is None, "no client trace was sent, so submit is the root"
+        assert parent_id(process) == span_id(submit)
+        assert hex_trace(submit) == hex_trace(process) == r.trace_id
+        attrs = dict(process.attributes or {})
+        assert attrs["lps.correlation_id"] == r.correlation_id == f"corr-{r.request_id[4:]}"
+        assert attrs["lps.cj_batch_id"] == "batch-7"
+        assert (attrs["lps.provider"], attrs["lps.model"]) == ("mock", r.model)
+        assert (attrs["lps.bundle_id"], attrs["lps.bundle_size"]) == (r.bundle_id, r.bundle_size)
+        assert float(attrs["lps.queue_wait_seconds"]) >= 0  # type: ignore[arg-type]
+
+    members: dict[str, list[ComparisonOutcome]] = {}
+    for r in results:
+        members.setdefault(r.bundle_id, []).append(r)
+    assert max(len(m) for m in members.values()) > 1, "the requests were meant to be bundled"
+    bundles = {
+        str((s.attributes or {})["lps.bundle_id"]): s for s in spans if s.name == "lps.bundle"
+    }
+    assert set(bundles) == set(members)
+    calls = [s for s in spans if s.name == "lps.provider_call"]
+    for bundle_id, group in members.items():
+        bundle = bundles[bundle_id]
+        lead = next(r for r in group if r.bundle_index == 0)
+        assert parent_id(bundle) == span_id(processes[lead.request_id])
+        assert hex_trace(bundle) == lead.trace_id
+        assert {link.context.span_id for link in bundle.links} == {
+            span_id(processes[r.request_id]) for r in group
+        }
+        assert (bundle.attributes or {})["lps.bundle_size"] == len(group)
+        (call,) = [c for c in calls if parent_id(c) == span_id(bundle)]
+        assert (call.attributes or {})["lps.items"] == len(group)
+        assert_chain(spans, call, ["lps.provider_call", "lps.bundle", "lps.process", "lps.submit"])
+    assert len(calls) == len(members)
+
+
+async def test_server_joins_the_trace_a_client_sends_in_grpc_metadata() -> None:
+    server_tracing, exporter = memory_tracing()
+    client_tracing, client_exporter = memory_tracing()
+    async with running_app(server_tracing) as app:
+        target = f"127.0.0.1:{app.grpc_port}"
+        tracer = client_tracing.get_tracer("cj-test")
+        async with grpc.aio.insecure_channel(target) as channel:
+            stub = svc_grpc.LlmProviderServiceStub(channel)
+            with tracer.start_as_current_span("cj.compare") as client_span:
+                carrier: dict[str, str] = {}
+                inject(carrier)
+                await stub.SubmitComparison(
+                    svc.SubmitComparisonRequest(
+                        request=submission_to_pb(submission(1, result_channel="traced"))
+                    ),
+                    metadata=tuple(carrier.items()),
+                    timeout=10,
+                )
+        async with LpsClient(target=target, timeout=10) as client:
+            (result,) = await results_on(client, "traced", 1)
+            await client.submit(submission(2, result_channel="untraced"))
+            (other,) = await results_on(client, "untraced", 1)
+    spans = exporter.get_finished_spans()
+
+    client_trace = trace.format_trace_id(client_span.get_span_context().trace_id)
+    assert result.trace_id == client_trace
+    submit = by_request(spans, "lps.submit")["req-1"]
+    assert submit.parent is not None
+    assert submit.parent.is_remote
+    assert parent_id(submit) == client_span.get_span_context().span_id
+    assert {s.name for s in spans if hex_trace(s) == client_trace} == SPAN_NAMES
+    (call,) = [s for s in spans if s.name == "lps.provider_call" and hex_trace(s) == client_trace]
+    assert_chain(spans, call, ["lps.provider_call", "lps.bundle", "lps.process", "lps.submit"])
+    # A request without trace context starts its own trace.
+    assert other.trace_id not in ("", client_trace)
+    assert [s.name for s in client_exporter.get_finished_spans()] == ["cj.compare"]
+
+
+@pytest.mark.redis
+async def test_trace_continues_on_the_replica_that_processes_the_request(
+    redis_url: str,
+) -> None:
+    if importlib.util.find_spec("lps_server.queue.redis_queue") is None:
+        pytest.skip("the Redis queue backend is not available yet")
+    tracing_a, exporter_a = memory_tracing()
+    tracing_b, exporter_b = memory_tracing()
+    gated = GatedMock()
+    shared: dict[str, Any] = {
+        "queue_backend": "redis",
+        "redis_url": redis_url,
+        "max_concurrent_calls": 1,
+    }
+    async with (
+        running_app(tracing_a, provider=gated, **shared) as replica_a,
+        LpsClient(target=f"127.0.0.1:{replica_a.grpc_port}", timeout=10) as client,
+    ):
+        # Replica A's only call slot is taken, so it leases nothing else.
+        await client.submit(submission(0, result_channel="blocker"))
+        async with asyncio.timeout(WAIT_S):
+            await gated.entered.wait()
+        for i in range(1, 4):
+            await client.submit(submission(i, result_channel="shared"))
+        async with running_app(tracing_b, **shared):
+            results = await results_on(client, "shared", 3)
+        gated.gate.set()
+        await results_on(client, "blocker", 1)
+    spans_a, spans_b = exporter_a.get_finished_spans(), exporter_b.get_finished_spans()
+
+    submits = by_request(spans_a, "lps.submit")
+    processes = by_request(spans_b, "lps.process")
+    assert set(by_request(spans_a, "lps.process")) == {"req-0"}
+    for r in results:
+        submit, process = submits[r.request_id], processes[r.request_id]
+        assert hex_trace(submit) == hex_trace(process) == r.trace_id
+        assert parent_id(process) == span_id(submit)
+        assert process.parent is not None
+        assert process.parent.is_remote
+    assert {s.name for s in spans_b} == {"lps.process", "lps.bundle", "lps.provider_call"}
+
+
+def test_tracing_is_off_unless_an_otlp_endpoint_is_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in OTEL_VARS:
+        monkeypatch.delenv(name, raising=False)
+    assert configure_tracing(service_name="lps") is None
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4317")
+    monkeypatch.setenv("OTEL_SDK_DISABLED", "true")
+    assert configure_tracing(service_name="lps") is None
+    monkeypatch.setenv("OTEL_SDK_DISABLED", "false")
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "none")
+    assert configure_tracing(service_name="lps") is None
+
+
+def test_tracing_refuses_an_otlp_protocol_it_cannot_speak(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in OTEL_VARS:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
+    with pytest.raises(ConfigurationError, match="http/protobuf"):
+        configure_tracing(service_name="lps")
+
+
+async def test_spans_arrive_at_a_real_otlp_grpc_receiver(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in OTEL_VARS:
+        monkeypatch.delenv(name, raising=False)
+    async with OtlpReceiver() as receiver:
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{receiver.port}")
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_INSECURE", "true")
+        tracing = configure_tracing(service_name="lps")
+        assert tracing is not None
+        try:
+            async with (
+                running_app(tracing) as app,
+                LpsClient(target=f"127.0.0.1:{app.grpc_port}", timeout=10) as client,
+            ):
+                results = await submit_all(client, [submission(i) for i in range(3)])
+            # The exporter thread talks to the receiver on this loop: never block the loop.
+            assert await asyncio.to_thread(tracing.force_flush, 10_000)
+        finally:
+            await asyncio.to_thread(tracing.shutdown)
+        received = receiver.spans()
+
+    assert received, "no span reached the receiver"
+    assert {s.service_name for s in received} == {"lps"}
+    assert {s.name for s in received} == SPAN_NAMES
+    for r in results:
+        names = {s.name for s in received if s.trace_id == r.trace_id}
+        assert names == SPAN_NAMES, f"trace of {r.request_id} holds {names}"
+    process = next(
+        s for s in received if s.name == "lps.process" and s.attributes["lps.request_id"] == "req-1"
+    )
+    submit = next(s for s in received if s.span_id == process.parent_span_id)
+    assert submit.name == "lps.submit"
