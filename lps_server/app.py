@@ -52,7 +52,9 @@ class LpsApp:
         self.registry = registry or CollectorRegistry()
         self.metrics = LpsMetrics(self.registry)
         self.queue = queue or make_queue(settings)
-        self.providers = providers or ProviderRegistry.from_settings(settings)
+        self.providers = providers or ProviderRegistry.from_settings(
+            settings, on_circuit_state=self.metrics.set_circuit_state
+        )
         self.intake = Intake(
             queue=self.queue, providers=self.providers, settings=settings, clock=clock
         )

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from lps_server.domain import ProcessingMode, RequestStatus
+from lps_server.domain import ProcessingMode, ProviderName, RequestStatus
+from lps_server.providers.circuit_breaker import CircuitState
 
 BUNDLE_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 EXPIRY_AGE_BUCKETS = (1, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
@@ -88,6 +89,12 @@ class LpsMetrics:
             ["provider", "model", "error_code"],
             registry=registry,
         )
+        self.circuit_state = Gauge(
+            "llm_provider_circuit_state",
+            "Circuit breaker state per provider: 0 closed, 1 half-open, 2 open",
+            ["provider"],
+            registry=registry,
+        )
         self.grpc_requests = Counter(
             "llm_provider_grpc_requests_total",
             "gRPC calls handled, by method and status code",
@@ -117,6 +124,10 @@ class LpsMetrics:
         self.queue_expiry_age.labels(provider=provider, queue_processing_mode=mode.value).observe(
             age_s
         )
+
+    def set_circuit_state(self, provider: ProviderName, state: CircuitState) -> None:
+        """Publish a provider's circuit-breaker state."""
+        self.circuit_state.labels(provider=provider.value).set(state.gauge_value)
 
     def set_depth(self, depth: dict[RequestStatus, int]) -> None:
         """Publish the queue depth by status."""
