@@ -1,0 +1,55 @@
+"""`scripts/bench --quick` still runs end to end and reports every figure.
+
+A smoke run, not a timed test: it checks that each measurement produces a positive number and
+never asserts on speed (targets are checked by `make bench`, on a quiet machine).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+FIGURES = (
+    "ceiling_ratio",
+    "ceiling_ratio_local",
+    "e2e_per_s",
+    "e2e_local_per_s",
+    "echo_per_s",
+    "bundling_gain",
+    "fill_ratio",
+    "fill_ratio_interleaved",
+    "dispatch_p50_ms",
+    "dispatch_p99_ms",
+    "rss_mb_100k",
+)
+
+
+@pytest.mark.redis
+@pytest.mark.slow
+def test_quick_bench_reports_every_figure_as_a_positive_number(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "bench"), "--quick", "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=110,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    report = json.loads(out.read_text())
+    assert report["errors"] == {}
+    figures = report["figures"]
+    assert sorted(figures) == sorted(FIGURES)
+    for name in FIGURES:
+        value = figures[name]
+        assert isinstance(value, float), name
+        assert value > 0, f"{name} = {value}"
+    assert set(report["pass"]) <= set(FIGURES)
+    for name in FIGURES:
+        assert name in proc.stdout, f"the table lacks {name}"
