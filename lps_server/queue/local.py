@@ -28,6 +28,9 @@ class _Record:
     queued: QueuedRequest
     status: RequestStatus
     score: float
+    # Submission order: breaks ties between equal scores, and is kept when a request is released
+    # so it goes back to exactly its place (the token changes with every enqueue).
+    seq: int = 0
     token: int = 0
     result: ComparisonResult | None = None
     finished_at: float = 0.0
@@ -67,8 +70,8 @@ class LocalQueue:
         self._aging = priority_aging_s
         self._retention = retention_s
         self._records: dict[str, _Record] = {}
-        self._groups: dict[str, list[tuple[float, int, str]]] = {}
-        self._head: list[tuple[float, int, str, str]] = []
+        self._groups: dict[str, list[tuple[float, int, int, str]]] = {}
+        self._head: list[tuple[float, int, int, str, str]] = []
         self._tokens = itertools.count(1)
         self._queued = 0
         self._queued_bytes = 0
@@ -91,7 +94,7 @@ class LocalQueue:
                 outcomes.append(self._full(queued.request_id))
                 continue
             score = queue_score(queued, aging_s=self._aging)
-            record = _Record(queued, RequestStatus.QUEUED, score)
+            record = _Record(queued, RequestStatus.QUEUED, score, seq=next(self._tokens))
             self._records[queued.request_id] = record
             self._enqueue(record)
             outcomes.append(SubmitOutcome(queued.request_id, RequestStatus.QUEUED, created=True))
@@ -112,8 +115,9 @@ class LocalQueue:
         record.token = next(self._tokens)
         group = record.queued.group
         rid = record.queued.request_id
-        heapq.heappush(self._groups.setdefault(group, []), (record.score, record.token, rid))
-        heapq.heappush(self._head, (record.score, record.token, rid, group))
+        entry = (record.score, record.seq, record.token, rid)
+        heapq.heappush(self._groups.setdefault(group, []), entry)
+        heapq.heappush(self._head, (*entry, group))
         self._queued += 1
         self._queued_bytes += request_bytes(record.queued)
         self._work.set()
@@ -127,17 +131,17 @@ class LocalQueue:
     async def lease(self, *, now: float, group: str | None = None, max_items: int = 1) -> Lease:
         """Take the head and more of its group (or only `group`), up to the group's limit."""
         if group is None:
-            while self._head and not self._is_live(self._head[0][2], self._head[0][1]):
+            while self._head and not self._is_live(self._head[0][3], self._head[0][2]):
                 heapq.heappop(self._head)
             if not self._head:
                 return Lease()
-            group = self._head[0][3]
+            group = self._head[0][4]
         limit = min(max_items, limit_of(group))
         heap = self._groups.get(group, [])
         items: list[QueuedRequest] = []
         expired: list[QueuedRequest] = []
         while heap and len(items) < limit:
-            _, token, rid = heapq.heappop(heap)
+            _, _, token, rid = heapq.heappop(heap)
             if not self._is_live(rid, token):
                 continue
             record = self._records[rid]
@@ -286,4 +290,4 @@ class LocalQueue:
     def pending(self) -> list[QueuedRequest]:
         """Queued requests in queue order (used to end them at shutdown)."""
         live = [r for r in self._records.values() if r.status == RequestStatus.QUEUED]
-        return [r.queued for r in sorted(live, key=lambda r: (r.score, r.token))]
+        return [r.queued for r in sorted(live, key=lambda r: (r.score, r.seq))]

@@ -1,0 +1,232 @@
+"""Bytes for what the Redis queue stores: QueuedRequest and ComparisonResult as compact JSON.
+
+Fields are written by name, not position, so a payload stored by one release still decodes in the
+next during a rolling deploy (a field it does not carry takes its default). Text goes out as UTF-8
+rather than `\\u` escapes: essays dominate the bytes and are often not ASCII. Decoding an encoded
+value gives back an equal value (floats are written with `repr`, which round-trips exactly).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from lps_server.domain import (
+    BundleFacts,
+    ComparisonRequest,
+    ComparisonResult,
+    ErrorCode,
+    Essay,
+    Failure,
+    Judgement,
+    Overrides,
+    ProcessingMode,
+    ProviderName,
+    QueuedRequest,
+    RequestStatus,
+    Route,
+    TokenUsage,
+    Winner,
+)
+
+Obj = dict[str, Any]
+
+
+def _dump(obj: Obj) -> bytes:
+    # surrogatepass keeps any Python str encodable; json.loads decodes bytes the same way.
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode(
+        "utf-8", "surrogatepass"
+    )
+
+
+def _essay(essay: Essay) -> Obj:
+    return {"id": essay.id, "text": essay.text}
+
+
+def _essay_from(obj: Obj) -> Essay:
+    return Essay(id=obj["id"], text=obj["text"])
+
+
+def _overrides(o: Overrides) -> Obj:
+    return {
+        "provider": o.provider.value if o.provider is not None else None,
+        "model": o.model,
+        "temperature": o.temperature,
+        "max_tokens": o.max_tokens,
+        "system_prompt": o.system_prompt,
+    }
+
+
+def _overrides_from(obj: Obj) -> Overrides:
+    provider = obj.get("provider")
+    return Overrides(
+        provider=ProviderName(provider) if provider is not None else None,
+        model=obj.get("model", ""),
+        temperature=obj.get("temperature"),
+        max_tokens=obj.get("max_tokens"),
+        system_prompt=obj.get("system_prompt", ""),
+    )
+
+
+def _request(r: ComparisonRequest) -> Obj:
+    return {
+        "request_id": r.request_id,
+        "essay_a": _essay(r.essay_a),
+        "essay_b": _essay(r.essay_b),
+        "correlation_id": r.correlation_id,
+        "instructions": r.instructions,
+        "overrides": _overrides(r.overrides),
+        "metadata": dict(r.metadata),
+        "priority": r.priority,
+        "ttl_seconds": r.ttl_seconds,
+        "result_channel": r.result_channel,
+    }
+
+
+def _request_from(obj: Obj) -> ComparisonRequest:
+    return ComparisonRequest(
+        request_id=obj["request_id"],
+        essay_a=_essay_from(obj["essay_a"]),
+        essay_b=_essay_from(obj["essay_b"]),
+        correlation_id=obj.get("correlation_id", ""),
+        instructions=obj.get("instructions", ""),
+        overrides=_overrides_from(obj.get("overrides", {})),
+        metadata=dict(obj.get("metadata", {})),
+        priority=obj.get("priority", 0),
+        ttl_seconds=obj.get("ttl_seconds"),
+        result_channel=obj.get("result_channel", ""),
+    )
+
+
+def encode_queued(queued: QueuedRequest) -> bytes:
+    """The stored form of a queued request."""
+    return _dump(
+        {
+            "request": _request(queued.request),
+            "route": {"provider": queued.route.provider.value, "model": queued.route.model},
+            "group": queued.group,
+            "bundle_limit": queued.bundle_limit,
+            "enqueued_at": queued.enqueued_at,
+            "deadline": queued.deadline,
+            "reply_to": queued.reply_to,
+            "trace_context": dict(queued.trace_context),
+        }
+    )
+
+
+def decode_queued(data: bytes) -> QueuedRequest:
+    """The queued request `encode_queued` wrote."""
+    obj = json.loads(data)
+    route = obj["route"]
+    return QueuedRequest(
+        request=_request_from(obj["request"]),
+        route=Route(provider=ProviderName(route["provider"]), model=route["model"]),
+        group=obj["group"],
+        bundle_limit=obj["bundle_limit"],
+        enqueued_at=obj["enqueued_at"],
+        deadline=obj.get("deadline"),
+        reply_to=obj.get("reply_to", ""),
+        trace_context=dict(obj.get("trace_context", {})),
+    )
+
+
+def _judgement(j: Judgement | None) -> Obj | None:
+    if j is None:
+        return None
+    return {"winner": j.winner.value, "justification": j.justification, "confidence": j.confidence}
+
+
+def _judgement_from(obj: Obj | None) -> Judgement | None:
+    if obj is None:
+        return None
+    return Judgement(
+        winner=Winner(obj["winner"]),
+        justification=obj["justification"],
+        confidence=obj["confidence"],
+    )
+
+
+def _failure(f: Failure | None) -> Obj | None:
+    if f is None:
+        return None
+    return {
+        "code": f.code.value,
+        "message": f.message,
+        "retryable": f.retryable,
+        "attempts": f.attempts,
+    }
+
+
+def _failure_from(obj: Obj | None) -> Failure | None:
+    if obj is None:
+        return None
+    return Failure(
+        code=ErrorCode(obj["code"]),
+        message=obj["message"],
+        retryable=obj.get("retryable", False),
+        attempts=obj.get("attempts", 0),
+    )
+
+
+def _bundle(b: BundleFacts | None) -> Obj | None:
+    if b is None:
+        return None
+    return {"bundle_id": b.bundle_id, "index": b.index, "size": b.size, "mode": b.mode.value}
+
+
+def _bundle_from(obj: Obj | None) -> BundleFacts | None:
+    if obj is None:
+        return None
+    return BundleFacts(
+        bundle_id=obj.get("bundle_id", ""),
+        index=obj.get("index", 0),
+        size=obj.get("size", 1),
+        mode=ProcessingMode(obj.get("mode", ProcessingMode.PER_REQUEST.value)),
+    )
+
+
+def encode_result(result: ComparisonResult) -> bytes:
+    """The stored (and published) form of a result."""
+    return _dump(
+        {
+            "request_id": result.request_id,
+            "status": result.status.value,
+            "correlation_id": result.correlation_id,
+            "judgement": _judgement(result.judgement),
+            "failure": _failure(result.failure),
+            "provider": result.provider.value if result.provider is not None else None,
+            "model": result.model,
+            "token_usage": [result.token_usage.prompt_tokens, result.token_usage.completion_tokens],
+            "cost_usd": result.cost_usd,
+            "response_time_s": result.response_time_s,
+            "requested_at": result.requested_at,
+            "completed_at": result.completed_at,
+            "trace_id": result.trace_id,
+            "metadata": dict(result.metadata),
+            "bundle": _bundle(result.bundle),
+        }
+    )
+
+
+def decode_result(data: bytes) -> ComparisonResult:
+    """The result `encode_result` wrote."""
+    obj = json.loads(data)
+    provider = obj.get("provider")
+    prompt, completion = obj.get("token_usage", [0, 0])
+    return ComparisonResult(
+        request_id=obj["request_id"],
+        status=RequestStatus(obj["status"]),
+        correlation_id=obj.get("correlation_id", ""),
+        judgement=_judgement_from(obj.get("judgement")),
+        failure=_failure_from(obj.get("failure")),
+        provider=ProviderName(provider) if provider is not None else None,
+        model=obj.get("model", ""),
+        token_usage=TokenUsage(prompt_tokens=prompt, completion_tokens=completion),
+        cost_usd=obj.get("cost_usd", 0.0),
+        response_time_s=obj.get("response_time_s", 0.0),
+        requested_at=obj.get("requested_at", 0.0),
+        completed_at=obj.get("completed_at", 0.0),
+        trace_id=obj.get("trace_id", ""),
+        metadata=dict(obj.get("metadata", {})),
+        bundle=_bundle_from(obj.get("bundle")),
+    )

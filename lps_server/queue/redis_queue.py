@@ -1,0 +1,346 @@
+"""The Redis queue backend: durable, prioritised, expiring, shared by many replicas.
+
+The data model is in `redis_keys`, every state change is one Lua script in `redis_scripts`; this
+module encodes arguments, decodes replies, and turns every Redis failure into
+`QueueUnavailableError` in one place (`_unavailable`). See docs/queue.md.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from redis.asyncio import ConnectionPool, Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from lps_server.codec import decode_queued, decode_result, encode_queued, encode_result
+from lps_server.config import Settings
+from lps_server.domain import ComparisonResult, QueuedRequest, RequestStatus
+from lps_server.errors import ConfigurationError, QueueUnavailableError
+from lps_server.queue.base import ChannelEntry, Lease, QueueStats, SubmitOutcome, SweepResult
+from lps_server.queue.local import CHANNEL_MAX_ENTRIES, RETRY_AFTER_FULL_S
+from lps_server.queue.ordering import queue_score, request_bytes
+from lps_server.queue.redis_keys import ENDED_STATUSES, QueueKeys
+from lps_server.queue.redis_scripts import QueueScripts
+
+# Short timeouts make calls fail fast (gRPC UNAVAILABLE) while Redis is down, instead of hanging
+# the RPCs that wait on them. Scripts do bounded work, so 2 s is far above a healthy call.
+CONNECT_TIMEOUT_S = 1.0
+COMMAND_TIMEOUT_S = 2.0
+# Blocking reads (BLPOP, XREAD BLOCK) run on their own connections, whose read timeout must outlast
+# the longest block we ask Redis for.
+MAX_BLOCK_S = 10.0
+MIN_BLOCK_S = 0.01
+BLOCKING_TIMEOUT_S = MAX_BLOCK_S + COMMAND_TIMEOUT_S
+# Each lease takes at most this many expired requests besides its items; the caller ends them.
+LEASE_MAX_EXPIRED = 256
+SWEEP_BATCH = 1000
+CHANNEL_READ_COUNT = 500
+_CURSOR = re.compile(r"^\d+-\d+$")
+# Errors Redis answers with while it cannot serve writes (loading, out of memory, read-only
+# replica, failing cluster): for a client these mean "unavailable", not "bad request".
+_UNAVAILABLE_REPLIES = ("LOADING", "OOM", "READONLY", "MISCONF", "MASTERDOWN", "CLUSTERDOWN")
+
+
+def _retry() -> Retry:
+    # No retries: a call fails at once and the caller (processor backoff, gRPC client) decides.
+    # A retried script could run twice when only its reply was lost; and a connection that died
+    # with a Redis restart needs no retry, the pool replaces it when it is next checked out.
+    return Retry(NoBackoff(), 0)
+
+
+def _blocking_twin(client: Redis) -> Redis:
+    """A client to the same server whose read timeout outlasts a blocking call."""
+    pool = client.connection_pool
+    kwargs = {**pool.connection_kwargs, "socket_timeout": BLOCKING_TIMEOUT_S}
+    # from_pool: the client owns the pool, so closing the client closes its connections.
+    return Redis.from_pool(ConnectionPool(connection_class=pool.connection_class, **kwargs))
+
+
+class RedisQueue:
+    """A QueueBackend in Redis, shared by every replica using the same prefix.
+
+    Args:
+        client: a redis.asyncio client (binary responses; `from_settings` builds one).
+        prefix: the key prefix and Cluster hash tag of this queue.
+        lease_seconds: how long a lease lasts without `extend` before a sweep reclaims it.
+        max_size: most queued requests.
+        max_bytes: most bytes of queued requests (`request_bytes`).
+        priority_aging_s: how far ahead of older work one priority step puts a request.
+        retention_s: how long ended results and idle channels are kept.
+        blocking_client: the client for blocking reads (by default a twin of `client`).
+    """
+
+    name = "redis"
+
+    def __init__(
+        self,
+        *,
+        client: Redis,
+        prefix: str = "lps",
+        lease_seconds: float = 30.0,
+        max_size: int = 100_000,
+        max_bytes: int = 1 << 30,
+        priority_aging_s: float = 30.0,
+        retention_s: float = 86_400.0,
+        blocking_client: Redis | None = None,
+    ) -> None:
+        self.max_size = max_size
+        self._client = client
+        self._blocking = blocking_client or _blocking_twin(client)
+        self._keys = QueueKeys(prefix)
+        self._scripts = QueueScripts.register(client)
+        self._lease_s = lease_seconds
+        self._max_bytes = max_bytes
+        self._aging = priority_aging_s
+        self._retention_ms = max(1, round(retention_s * 1000))
+        self._retention_s = retention_s
+        self._closed = False
+        kwargs = client.connection_pool.connection_kwargs
+        self._address = kwargs.get("path") or f"{kwargs.get('host')}:{kwargs.get('port')}"
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RedisQueue:
+        """A queue on LPS_REDIS_URL under LPS_REDIS_PREFIX, sized and timed by the settings.
+
+        Raises:
+            ConfigurationError: the URL or the prefix is invalid.
+        """
+        try:
+            keys = QueueKeys(settings.redis_prefix)
+        except ValueError as exc:
+            raise ConfigurationError(f"LPS_REDIS_PREFIX is invalid: {exc}") from None
+        try:
+            client = Redis.from_url(
+                settings.redis_url,
+                socket_connect_timeout=CONNECT_TIMEOUT_S,
+                socket_timeout=COMMAND_TIMEOUT_S,
+                retry=_retry(),
+            )
+        except ValueError as exc:
+            raise ConfigurationError(f"LPS_REDIS_URL is invalid: {exc}") from None
+        return cls(
+            client=client,
+            prefix=keys.prefix,
+            lease_seconds=settings.queue_lease_seconds,
+            max_size=settings.queue_max_size,
+            max_bytes=settings.queue_max_bytes,
+            priority_aging_s=settings.queue_priority_aging_seconds,
+            retention_s=settings.result_retention_seconds,
+        )
+
+    @contextmanager
+    def _unavailable(self) -> Iterator[None]:
+        """Translate Redis failures into QueueUnavailableError naming the server and cause."""
+        if self._closed:
+            # redis-py would quietly reconnect a closed client; a closed queue serves nothing.
+            raise QueueUnavailableError(f"redis queue at {self._address} is closed")
+        try:
+            yield
+        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+            raise QueueUnavailableError(f"redis at {self._address} unreachable: {exc}") from exc
+        except ResponseError as exc:
+            if str(exc).startswith(_UNAVAILABLE_REPLIES):
+                raise QueueUnavailableError(
+                    f"redis at {self._address} cannot serve the queue: {exc}"
+                ) from exc
+            raise
+
+    async def _run(self, script: Any, args: Sequence[Any]) -> Any:
+        prefixed = [*self._keys.script_prefixes(), *args]
+        with self._unavailable():
+            return await script(keys=self._keys.script_keys(), args=prefixed)
+
+    async def submit(self, requests: Sequence[QueuedRequest]) -> list[SubmitOutcome]:
+        """Enqueue new requests in one script call; known ids return their status, overflow is
+        rejected (only the requests that do not fit)."""
+        if not requests:
+            return []
+        args: list[Any] = [self.max_size, self._max_bytes]
+        for q in requests:
+            args += [
+                q.request_id,
+                encode_queued(q),
+                repr(queue_score(q, aging_s=self._aging)),
+                q.group,
+                "" if q.deadline is None else repr(q.deadline),
+                request_bytes(q),
+                repr(q.enqueued_at),
+            ]
+        replies = await self._run(self._scripts.submit, args)
+        return [
+            self._outcome(q.request_id, r.decode()) for q, r in zip(requests, replies, strict=True)
+        ]
+
+    def _outcome(self, request_id: str, reply: str) -> SubmitOutcome:
+        if reply == "new":
+            return SubmitOutcome(request_id, RequestStatus.QUEUED, created=True)
+        if reply != "full":
+            return SubmitOutcome(request_id, RequestStatus(reply), created=False)
+        limit = f"{self.max_size} requests or {self._max_bytes} bytes"
+        return SubmitOutcome(
+            request_id,
+            None,
+            created=False,
+            rejected=f"queue is full ({limit}); retry later",
+            retry_after=RETRY_AFTER_FULL_S,
+        )
+
+    async def lease(self, *, now: float, group: str | None = None, max_items: int = 1) -> Lease:
+        """Take the head and more of its group (or only `group`), up to the group's limit; expired
+        requests met on the way come back in `expired`."""
+        args = [repr(now + self._lease_s), repr(now), group or "", max_items, LEASE_MAX_EXPIRED]
+        reply = await self._run(self._scripts.lease, args)
+        leased_group = reply[0].decode()
+        if not leased_group:
+            return Lease()
+        count = int(reply[1])
+        payloads = reply[2:]
+        return Lease(
+            items=[decode_queued(p) for p in payloads[:count]],
+            expired=[decode_queued(p) for p in payloads[count:]],
+            group=leased_group,
+        )
+
+    async def wait_for_work(self, timeout: float) -> None:
+        """Block on the wake list until a submit, release or reclaim pushes a token, or timeout.
+
+        On a Redis failure it returns at once: the caller's next lease() reports the failure.
+        """
+        if self._closed or timeout <= 0:
+            return
+        # Redis reads a BLPOP timeout below 1 ms as 0, which means "block forever".
+        block_s = min(max(timeout, MIN_BLOCK_S), MAX_BLOCK_S)
+        try:
+            with self._unavailable():
+                await self._blocking.blpop([self._keys.wake], timeout=block_s)
+        except QueueUnavailableError:
+            return
+
+    async def extend(self, request_ids: Sequence[str], *, now: float) -> None:
+        """Push the lease deadline of these still-leased requests to `now` + lease_seconds."""
+        if request_ids:
+            await self._run(self._scripts.extend, [repr(now + self._lease_s), *request_ids])
+
+    async def release(self, request_ids: Sequence[str]) -> None:
+        """Requeue leased requests at their original position."""
+        if request_ids:
+            await self._run(self._scripts.release, list(request_ids))
+
+    async def complete(self, done: Sequence[tuple[QueuedRequest, ComparisonResult]]) -> list[bool]:
+        """Store and publish each result once, in one script call; False where it had ended."""
+        if not done:
+            return []
+        args: list[Any] = [self._retention_ms, CHANNEL_MAX_ENTRIES]
+        for queued, result in done:
+            if not result.status.is_final:
+                raise ValueError(f"complete() needs a final status, got {result.status.value}")
+            channel, reply_to = queued.request.result_channel, queued.reply_to
+            args += [
+                queued.request_id,
+                result.status.value,
+                encode_result(result),
+                repr(result.completed_at),
+                channel,
+                "" if reply_to == channel else reply_to,
+            ]
+        replies = await self._run(self._scripts.complete, args)
+        return [bool(r) for r in replies]
+
+    async def get(self, request_id: str) -> ComparisonResult | None:
+        """The stored result, or a status-only result while the request is not done."""
+        with self._unavailable():
+            fields: list[Any] = await self._client.hmget(
+                self._keys.request(request_id), ["status", "result", "payload"]
+            )
+        status, result, payload = fields
+        if status is None:
+            return None
+        if result is not None:
+            return decode_result(result)
+        queued = decode_queued(payload)
+        return ComparisonResult(
+            request_id=request_id,
+            status=RequestStatus(status.decode()),
+            correlation_id=queued.request.correlation_id,
+            requested_at=queued.enqueued_at,
+            metadata=dict(queued.request.metadata),
+        )
+
+    async def read_channel(
+        self, channel: str, *, cursor: str, timeout: float
+    ) -> list[ChannelEntry]:
+        """Entries after `cursor` (a stream entry id; anything else reads from the oldest);
+        waits up to `timeout` for the first when there are none."""
+        after = cursor if _CURSOR.match(cursor) else "0-0"
+        streams: dict[Any, Any] = {self._keys.channel(channel): after}
+        reply: Any
+        was_open = not self._closed
+        try:
+            with self._unavailable():
+                if timeout <= 0:
+                    reply = await self._client.xread(streams, count=CHANNEL_READ_COUNT)
+                else:
+                    block_ms = max(1, round(min(timeout, MAX_BLOCK_S) * 1000))
+                    reply = await self._blocking.xread(
+                        streams, count=CHANNEL_READ_COUNT, block=block_ms
+                    )
+        except QueueUnavailableError:
+            if was_open and self._closed:  # close() cut the read short: wake the reader
+                return []
+            raise
+        # RESP2 answers [[stream, entries]], RESP3 {stream: entries}; we read one stream.
+        per_stream = (
+            list(reply.values()) if isinstance(reply, dict) else [e for _, e in reply or []]
+        )
+        return [
+            ChannelEntry(entry_id.decode(), decode_result(fields[b"r"]))
+            for entries in per_stream
+            for entry_id, fields in entries
+        ]
+
+    async def sweep(self, *, now: float) -> SweepResult:
+        """Requeue lapsed leases at their original position, take expired queued requests out
+        (the caller ends them), and forget end-state counts past retention."""
+        args = [repr(now), repr(now + self._lease_s), repr(now - self._retention_s), SWEEP_BATCH]
+        reply = await self._run(self._scripts.sweep, args)
+        return SweepResult(expired=[decode_queued(p) for p in reply[1:]], reclaimed=int(reply[0]))
+
+    async def stats(self, *, now: float) -> QueueStats:
+        """Depth by status and the oldest queued age, in one round trip."""
+        keys = self._keys
+        with self._unavailable():
+            async with self._client.pipeline(transaction=False) as pipe:
+                pipe.zcard(keys.pending)
+                pipe.zcard(keys.leases)
+                for status in ENDED_STATUSES:
+                    pipe.zcard(keys.ended(status))
+                pipe.zrange(keys.enqueued, 0, 0, withscores=True)
+                queued, processing, completed, failed, expired, oldest = await pipe.execute()
+        oldest_at = oldest[0][1] if oldest else now
+        return QueueStats(
+            queued=queued,
+            processing=processing,
+            completed=completed,
+            failed=failed,
+            expired=expired,
+            oldest_queued_age_s=max(0.0, now - oldest_at),
+        )
+
+    async def ping(self) -> None:
+        """Raise QueueUnavailableError when Redis does not answer."""
+        with self._unavailable():
+            await self._client.ping()
+
+    async def close(self) -> None:
+        """Close both connection pools; blocked reads end with them, later calls raise
+        QueueUnavailableError."""
+        self._closed = True
+        await self._blocking.aclose()
+        await self._client.aclose()
