@@ -128,13 +128,17 @@ class Processor:
             task.cancel()
 
     async def _fill(self, lease: Lease) -> None:
-        """Wait up to LPS_SERIAL_BUNDLE_MAX_WAIT_MS for more compatible work to top a bundle up."""
+        """Wait up to LPS_SERIAL_BUNDLE_MAX_WAIT_MS for more compatible work to top a bundle up.
+
+        Only while the queue is shallow: once work of another group is waiting, the bundle goes as
+        it is, so that the window never holds back older work of other groups (nor the dispatcher).
+        """
         wait_s = self._settings.serial_bundle_max_wait_ms / 1000.0
         if self._mode != ProcessingMode.SERIAL_BUNDLE or wait_s <= 0 or not lease.items:
             return
         limit = min(self._settings.bundle_size, lease.items[0].bundle_limit)
         deadline = self._clock() + wait_s
-        while len(lease.items) < limit and not self._stopping.is_set():
+        while len(lease.items) < limit and not (self._stopping.is_set() or self._draining):
             more = await self._queue.lease(
                 now=self._clock(), group=lease.group, max_items=limit - len(lease.items)
             )
@@ -143,7 +147,12 @@ class Processor:
             remaining = deadline - self._clock()
             if len(lease.items) >= limit or remaining <= 0:
                 return
-            await self._wait_for_work_or_stop(timeout=remaining)
+            # A lease of zero items takes nothing and names the head's group: a peek.
+            head = (await self._queue.lease(now=self._clock(), max_items=0)).group
+            if head and head != lease.group:
+                return
+            if not head:
+                await self._wait_for_work_or_stop(timeout=remaining)
 
     async def _wait_for_work_or_stop(self, *, timeout: float) -> None:
         self._wake.clear()
@@ -169,6 +178,8 @@ class Processor:
         while True:
             try:
                 found = await self._queue.sweep(now=self._clock())
+                if found.reclaimed:
+                    log.warning("reclaimed %d requests whose lease lapsed", found.reclaimed)
                 await self.expire(found.expired, reason="cleanup")
                 stats = await self._queue.stats(now=self._clock())
                 self._metrics.set_depth(

@@ -1,4 +1,4 @@
-"""A private redis-server process for tests: a free port, no persistence, killable and restartable."""
+"""A private redis-server for tests: a free port, optional AOF, killable and restartable."""
 
 from __future__ import annotations
 
@@ -20,8 +20,9 @@ def free_port() -> int:
 class RedisProcess:
     """One redis-server on 127.0.0.1:`port`; `stop()` kills it, `start()` brings it back."""
 
-    def __init__(self, port: int | None = None) -> None:
+    def __init__(self, port: int | None = None, *, appendonly: bool = False) -> None:
         self.port = port or free_port()
+        self._appendonly = appendonly
         self._dir = Path(tempfile.mkdtemp(prefix="lps-redis-"))
         self._proc: subprocess.Popen[bytes] | None = None
 
@@ -45,7 +46,9 @@ class RedisProcess:
                 "--save",
                 "",
                 "--appendonly",
-                "no",
+                "yes" if self._appendonly else "no",
+                "--appendfsync",
+                "always",
                 "--dir",
                 str(self._dir),
                 "--protected-mode",
