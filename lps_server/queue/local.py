@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from lps_server.bundling import limit_of
 from lps_server.domain import ComparisonResult, QueuedRequest, RequestStatus
+from lps_server.errors import QueueUnavailableError
 from lps_server.queue.base import ChannelEntry, Lease, QueueStats, SubmitOutcome, SweepResult
 from lps_server.queue.ordering import queue_score, request_bytes
 
@@ -230,11 +231,14 @@ class LocalQueue:
         self, channel: str, *, cursor: str, timeout: float
     ) -> list[ChannelEntry]:
         """Entries after `cursor`; waits up to `timeout` for the first when there are none."""
-        after = int(cursor) if cursor.isdigit() else 0
+        after = int(cursor) if cursor.isascii() and cursor.isdigit() else 0
         state = self._channels.setdefault(channel, _Channel())
         entries = [ChannelEntry(str(n), r) for n, r in state.entries if n > after]
-        if entries or timeout <= 0 or self._closed:
+        if entries or timeout <= 0:
             return entries
+        if self._closed:
+            # Returning nothing at once would let a reader loop spin; tell it why it must stop.
+            raise QueueUnavailableError("the in-process queue is closed: server shutting down")
         try:
             await asyncio.wait_for(state.changed.wait(), timeout)
         except TimeoutError:
