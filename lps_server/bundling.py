@@ -31,7 +31,8 @@ def bundle_limit(metadata: Mapping[str, str], *, mode: ProcessingMode, max_per_c
     if mode != ProcessingMode.SERIAL_BUNDLE:
         return 1
     hint = metadata.get(PREFERRED_BUNDLE_SIZE_KEY, "").strip()
-    if hint.isdigit() and 1 <= int(hint) <= MAX_BUNDLE_SIZE:
+    # ASCII digits only: str.isdigit() also accepts "²", which int() rejects.
+    if hint.isascii() and hint.isdigit() and 1 <= int(hint) <= MAX_BUNDLE_SIZE:
         return min(max_per_call, int(hint))
     return max_per_call
 
