@@ -70,7 +70,9 @@ class Processor:
             clock=clock,
             rng=rng or random.Random(),
         )
-        self._slots = asyncio.Semaphore(settings.max_concurrent_calls)
+        # Bundles in flight: LPS_MAX_CONCURRENT_CALLS per configured provider. The runner holds
+        # each provider to its own limit, so a slow provider cannot take another's share of calls.
+        self._slots = asyncio.Semaphore(settings.max_concurrent_calls * len(providers.names()))
         self._in_flight: set[asyncio.Task[None]] = set()
         self._stopping = asyncio.Event()
         self._draining = False

@@ -13,6 +13,7 @@ import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import aclosing
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -645,6 +646,25 @@ async def test_calls_in_flight_never_exceed_the_limit(make_app: AppFactory, limi
     assert {r.status for r in results.values()} == {"completed"}
     assert len(provider.calls) == 6
     assert provider.max_in_flight == limit
+
+
+async def test_the_limit_applies_per_provider(make_app: AppFactory) -> None:
+    mock = RecordingProvider(latency_ms=60)
+    other = RecordingProvider(name=ProviderName.OPENAI, latency_ms=60)
+    app = await make_app(
+        mock, other, start=False, serial_bundle_max_requests_per_call=1, max_concurrent_calls=2
+    )
+    subs = [
+        submission(i, request_id=f"p{i:02d}", provider="openai" if i % 2 else "mock")
+        for i in range(16)
+    ]
+    await enqueue(app, [replace(s, result_channel="pp") for s in subs])
+    await app.start(serve_metrics=False)
+    async with client_of(app) as client:
+        results = await follow(client, "pp", len(subs))
+    assert {r.status for r in results.values()} == {"completed"}
+    # Each provider reaches its own limit at the same time: the limit is not shared.
+    assert (mock.max_in_flight, other.max_in_flight) == (2, 2)
 
 
 # --- per-request mode is unchanged ----------------------------------------------------------------

@@ -82,7 +82,8 @@ class QueueBackend(Protocol):
     async def lease(self, *, now: float, group: str | None = None, max_items: int = 1) -> Lease:
         """Take a bundle: the head of the queue and more of its group, or only `group` if given.
 
-        At most `min(max_items, limit of the group)` items; returns an empty lease at once when
+        At most `min(max_items, limit of the group)` items; `max_items=0` takes nothing and only
+        names the head's group in `Lease.group` (a peek). Returns an empty lease at once when
         nothing is queued. Leased requests are PROCESSING until completed or released.
         """
         ...
