@@ -7,6 +7,7 @@ import logging
 import random
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -217,20 +218,25 @@ class BundleRunner:
         if not done:
             return
         firsts = await self._queue.complete(done)
-        for (queued, result), first in zip(done, firsts, strict=True):
-            if not first:
-                continue
-            status = result.status.value
-            self._metrics.requests.labels(status=status, **labels).inc()
-            self._metrics.queue_wait.labels(
+        ended = [pair for pair, first in zip(done, firsts, strict=True) if first]
+        # Metrics are summed per bundle: one labelled child per status rather than per request.
+        by_status = Counter(result.status.value for _, result in ended)
+        for status, count in by_status.items():
+            self._metrics.requests.labels(status=status, **labels).inc(count)
+        waits = {
+            status: self._metrics.queue_wait.labels(
                 queue_processing_mode=self._mode.value, result=status
-            ).observe(max(0.0, result.completed_at - queued.enqueued_at))
-            usage = result.token_usage
-            self._metrics.tokens.labels(token_type="prompt", **labels).inc(usage.prompt_tokens)
-            self._metrics.tokens.labels(token_type="completion", **labels).inc(
-                usage.completion_tokens
             )
-            self._metrics.cost.labels(**labels).inc(result.cost_usd)
+            for status in by_status
+        }
+        prompt = completion = 0
+        cost = 0.0
+        for queued, result in ended:
+            status = result.status.value
+            waits[status].observe(max(0.0, result.completed_at - queued.enqueued_at))
+            prompt += result.token_usage.prompt_tokens
+            completion += result.token_usage.completion_tokens
+            cost += result.cost_usd
             log.info(
                 "request %s %s",
                 queued.request_id,
@@ -245,6 +251,9 @@ class BundleRunner:
                     "error": result.failure.message if result.failure else "",
                 },
             )
+        self._metrics.tokens.labels(token_type="prompt", **labels).inc(prompt)
+        self._metrics.tokens.labels(token_type="completion", **labels).inc(completion)
+        self._metrics.cost.labels(**labels).inc(cost)
 
     def _backoff(self, attempt: int, failures: Sequence[ItemFailure]) -> float:
         """Exponential backoff with full jitter, never shorter than a provider's Retry-After."""

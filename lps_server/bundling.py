@@ -11,6 +11,7 @@ and interleaved groups still form full bundles.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections.abc import Mapping
@@ -45,14 +46,29 @@ def compatibility_key(
     The key starts with the bundle limit (`"8:..."`) so a queue backend can read it without the
     request body.
     """
-    facts = [
+    return _key(
         route.provider.value,
         route.model,
         overrides.temperature,
         overrides.max_tokens,
         overrides.system_prompt,
         metadata.get(BATCHING_MODE_KEY, ""),
-    ]
+        limit,
+    )
+
+
+@functools.lru_cache(maxsize=1024)
+def _key(
+    provider: str,
+    model: str,
+    temperature: float | None,
+    max_tokens: int | None,
+    system_prompt: str,
+    batching_mode: str,
+    limit: int,
+) -> str:
+    # Cached: a workload has few distinct keys, and hashing each request showed in profiles.
+    facts = [provider, model, temperature, max_tokens, system_prompt, batching_mode]
     digest = hashlib.sha256(json.dumps(facts).encode()).hexdigest()[:24]
     return f"{limit}:{digest}"
 
