@@ -8,12 +8,15 @@ import time
 from collections.abc import Callable
 from wsgiref.simple_server import WSGIServer
 
+import grpc
 from grpc_health.v1 import health, health_pb2
 from grpc_health.v1._async import HealthServicer
 from opentelemetry import trace
 from prometheus_client import CollectorRegistry, start_http_server
 
+from lps_server.auth import AuthInterceptor
 from lps_server.config import Settings
+from lps_server.decode_guard import DecodeGuardInterceptor
 from lps_server.intake import Intake
 from lps_server.metrics import LpsMetrics
 from lps_server.processor import Processor
@@ -67,7 +70,7 @@ class LpsApp:
             clock=clock,
         )
         self.health = HealthServicer()
-        servicer = LlmProviderServicer(
+        self._servicer = servicer = LlmProviderServicer(
             intake=self.intake,
             queue=self.queue,
             providers=self.providers,
@@ -82,10 +85,20 @@ class LpsApp:
             port=settings.grpc_port,
             health_servicer=self.health,
             credentials=server_credentials(settings),
+            # Authentication first: an unauthenticated call is refused before its bytes are parsed.
+            interceptors=[
+                AuthInterceptor(settings.auth_tokens, on_reject=self._count_rejection),
+                DecodeGuardInterceptor(on_reject=self._count_rejection),
+            ],
+            max_message_bytes=settings.max_message_bytes,
         )
         self.metrics_port: int | None = None
         self._metrics_http: WSGIServer | None = None
         self._processor_task: asyncio.Task[None] | None = None
+
+    def _count_rejection(self, method: str, code: grpc.StatusCode) -> None:
+        # Calls refused by an interceptor never reach the servicer, which counts all the others.
+        self.metrics.grpc_requests.labels(method=method, code=code.name).inc()
 
     async def start(self, *, serve_metrics: bool = True) -> None:
         """Start serving gRPC (and /metrics unless disabled) and processing the queue."""
@@ -118,6 +131,7 @@ class LpsApp:
         grace = self.settings.shutdown_grace_seconds if grace is None else grace
         await self.health.enter_graceful_shutdown()
         self.intake.close()
+        self._servicer.refuse_new_calls()
         if self._processor_task is not None:
             self.processor.stop(drain=isinstance(self.queue, LocalQueue))
             done, _ = await asyncio.wait({self._processor_task}, timeout=grace)

@@ -12,6 +12,8 @@ from lps_server.errors import ConfigurationError
 
 T = TypeVar("T")
 MAX_BUNDLE_SIZE = 64
+# Below 64 KiB ordinary requests stop fitting in a message; gRPC cannot go past 2 GiB.
+MESSAGE_BYTES_RANGE = (64 * 1024, 1024 * 1024 * 1024)
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,7 +25,8 @@ class Settings:
     metrics_host: str = "0.0.0.0"
     metrics_port: int = 9464
     queue_backend: str = "local"
-    redis_url: str = "redis://127.0.0.1:6379/0"
+    # A Redis URL may hold a password: kept out of repr, like the tokens.
+    redis_url: str = field(default="redis://127.0.0.1:6379/0", repr=False)
     redis_prefix: str = "lps"
     queue_processing_mode: ProcessingMode = ProcessingMode.PER_REQUEST
     serial_bundle_max_requests_per_call: int = 8
@@ -51,6 +54,11 @@ class Settings:
     tls_cert: str = ""
     tls_key: str = ""
     tls_client_ca: str = ""
+    max_message_bytes: int = 16 * 1024 * 1024
+    max_requests_per_message: int = 512
+    max_streams_per_client: int = 16
+    rate_limit_per_second: float = 0.0
+    rate_limit_burst: int = 100
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -88,6 +96,21 @@ class Settings:
                 "use per_request or serial_bundle",
             ),
             (bool(self.tls_cert) == bool(self.tls_key), "LPS_TLS_CERT and LPS_TLS_KEY go together"),
+            (
+                not self.tls_client_ca or bool(self.tls_cert),
+                "LPS_TLS_CLIENT_CA needs LPS_TLS_CERT and LPS_TLS_KEY (mutual TLS is TLS)",
+            ),
+            (
+                MESSAGE_BYTES_RANGE[0] <= self.max_message_bytes <= MESSAGE_BYTES_RANGE[1],
+                "LPS_MAX_MESSAGE_BYTES must be in {}..{}".format(*MESSAGE_BYTES_RANGE),
+            ),
+            (self.max_requests_per_message >= 1, "LPS_MAX_REQUESTS_PER_MESSAGE must be >= 1"),
+            (self.max_streams_per_client >= 1, "LPS_MAX_STREAMS_PER_CLIENT must be >= 1"),
+            (
+                self.rate_limit_per_second >= 0,
+                "LPS_RATE_LIMIT_PER_SECOND must be >= 0 (0 turns the limit off)",
+            ),
+            (self.rate_limit_burst >= 1, "LPS_RATE_LIMIT_BURST must be >= 1"),
         ]
         for ok, message in checks:
             if not ok:

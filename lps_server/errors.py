@@ -34,6 +34,14 @@ class QueueFullError(LpsError):
         super().__init__(message)
 
 
+class LimitExceededError(LpsError):
+    """A per-client limit (rate, concurrent streams) is reached; retry after `retry_after` s."""
+
+    def __init__(self, message: str, *, retry_after: float) -> None:
+        self.retry_after = retry_after
+        super().__init__(message)
+
+
 class QueueUnavailableError(LpsError):
     """The queue backend cannot be reached; the message names the cause."""
 

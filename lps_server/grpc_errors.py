@@ -14,6 +14,7 @@ from grpc_status import rpc_status
 from lps_server.errors import (
     FieldViolation,
     InvalidRequestError,
+    LimitExceededError,
     LpsError,
     QueueFullError,
     QueueUnavailableError,
@@ -27,6 +28,7 @@ log = logging.getLogger(__name__)
 _CODES: list[tuple[type[LpsError], int]] = [
     (InvalidRequestError, code_pb2.INVALID_ARGUMENT),
     (QueueFullError, code_pb2.RESOURCE_EXHAUSTED),
+    (LimitExceededError, code_pb2.RESOURCE_EXHAUSTED),
     (QueueUnavailableError, code_pb2.UNAVAILABLE),
     (ShuttingDownError, code_pb2.UNAVAILABLE),
     (UnknownRequestError, code_pb2.NOT_FOUND),
@@ -63,7 +65,7 @@ def to_status(exc: BaseException) -> grpc.Status:
     detail = None
     if isinstance(exc, InvalidRequestError):
         detail = bad_request(exc.violations)
-    elif isinstance(exc, QueueFullError):
+    elif isinstance(exc, QueueFullError | LimitExceededError):
         detail = retry_info(exc.retry_after)
     if detail is not None:
         packed = any_pb2.Any()

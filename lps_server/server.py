@@ -19,7 +19,7 @@ from lps_server.config import Settings
 from lps_server.errors import ConfigurationError
 
 SERVICE_NAME = svc.DESCRIPTOR.services_by_name["LlmProviderService"].full_name
-MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
 
 def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
@@ -45,8 +45,12 @@ def create_server(
     health_servicer: HealthServicer,
     credentials: grpc.ServerCredentials | None = None,
     interceptors: Sequence[Any] = (),
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
 ) -> tuple[grpc.aio.Server, int]:
     """A server with the service, health and reflection; port 0 picks a free port.
+
+    Messages over `max_message_bytes` (LPS_MAX_MESSAGE_BYTES) are refused by gRPC itself with
+    RESOURCE_EXHAUSTED before any of our code reads them.
 
     Returns:
         The (not yet started) server and the port it bound.
@@ -54,8 +58,8 @@ def create_server(
     server = grpc.aio.server(
         interceptors=list(interceptors),
         options=[
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
         ],
     )
     svc_grpc.add_LlmProviderServiceServicer_to_server(servicer, server)

@@ -6,7 +6,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractContextManager, aclosing, asynccontextmanager, nullcontext
 from typing import Any
 
 import grpc
@@ -16,6 +16,7 @@ from opentelemetry.context import Context
 from generated.lps.v1 import comparison_pb2 as pb
 from generated.lps.v1 import llm_provider_service_pb2 as svc
 from generated.lps.v1 import llm_provider_service_pb2_grpc as svc_grpc
+from lps_server.auth import client_identity
 from lps_server.config import Settings
 from lps_server.convert import STATUS_TO_PB, request_from_pb, result_to_pb, stats_to_pb
 from lps_server.domain import QueuedRequest
@@ -23,10 +24,12 @@ from lps_server.errors import (
     FieldViolation,
     InvalidRequestError,
     QueueFullError,
+    ShuttingDownError,
     UnknownRequestError,
 )
 from lps_server.grpc_errors import to_status
 from lps_server.intake import Intake, new_request_id
+from lps_server.limits import ClientLimits
 from lps_server.metrics import LpsMetrics
 from lps_server.providers import ProviderRegistry
 from lps_server.queue.base import QueueBackend
@@ -51,6 +54,7 @@ class LlmProviderServicer(svc_grpc.LlmProviderServiceServicer):
         metrics: LpsMetrics,
         tracer_provider: trace.TracerProvider | None = None,
         clock: Callable[[], float] = time.time,
+        limits: ClientLimits | None = None,
     ) -> None:
         self._intake = intake
         self._queue = queue
@@ -59,16 +63,40 @@ class LlmProviderServicer(svc_grpc.LlmProviderServiceServicer):
         self._metrics = metrics
         self._tracer = trace.get_tracer(TRACER_NAME, tracer_provider=tracer_provider)
         self._clock = clock
+        self._limits = limits or ClientLimits.from_settings(settings)
+        self._draining = False
+
+    def refuse_new_calls(self) -> None:
+        """Answer every later call UNAVAILABLE (drain); calls already running go on."""
+        self._draining = True
 
     @asynccontextmanager
-    async def _rpc(self, method: str, context: Ctx) -> AsyncIterator[None]:
-        """Translate errors into statuses and record the call's code and latency."""
+    async def _rpc(self, method: str, context: Ctx, *, stream: bool = False) -> AsyncIterator[str]:
+        """Translate errors into statuses and record the call's code and latency.
+
+        Yields the caller's identity for per-client limits; a `stream` call holds one of the
+        caller's stream slots until it ends.
+        """
         started = time.perf_counter()
         code = grpc.StatusCode.OK
         try:
-            yield
+            if self._draining:
+                raise ShuttingDownError(
+                    "server is shutting down and accepts no new calls; retry on another replica"
+                )
+            client = client_identity(
+                context.invocation_metadata(),
+                context.peer(),
+                authenticated=bool(self._settings.auth_tokens),
+            )
+            slot: AbstractContextManager[None] = (
+                self._limits.streams.hold(client) if stream else nullcontext()
+            )
+            with slot:
+                yield client
         except grpc.aio.AbortError:
-            code = grpc.StatusCode.UNKNOWN
+            # Aborted by a guard below us (undecodable message): report the code it sent.
+            code = _code_of(context)
             raise
         except (asyncio.CancelledError, GeneratorExit):
             # The client cancelled or left: how every StreamResults call ends. Not an OK call.
@@ -119,11 +147,12 @@ class LlmProviderServicer(svc_grpc.LlmProviderServiceServicer):
         self, request: svc.SubmitComparisonRequest, context: Ctx
     ) -> svc.SubmitComparisonResponse:
         """Enqueue one request; idempotent by request_id."""
-        async with self._rpc("SubmitComparison", context):
+        async with self._rpc("SubmitComparison", context) as client:
             if not request.HasField("request"):
                 raise InvalidRequestError([_missing("request")])
             parent = self._incoming_context(context)
             queued = self.prepare(request.request, path="request", reply_to="", parent=parent)
+            self._limits.rate.admit(client)
             (outcome,) = await self._intake.submit([queued])
             if outcome.status is None:
                 raise QueueFullError(outcome.rejected, retry_after=outcome.retry_after)
@@ -138,22 +167,27 @@ class LlmProviderServicer(svc_grpc.LlmProviderServiceServicer):
         context: Ctx,
     ) -> AsyncIterator[svc.SubmitComparisonsResponse]:
         """Acknowledge every streamed request, then stream each accepted one's result."""
-        async with self._rpc("SubmitComparisons", context):
+        async with self._rpc("SubmitComparisons", context, stream=True) as client:
             submission = StreamSubmission(
                 servicer=self,
                 intake=self._intake,
                 queue=self._queue,
                 reply_to=f"reply:{uuid.uuid4().hex}",
                 parent=self._incoming_context(context),
+                admit=lambda: self._limits.rate.take(client),
+                rate_message=self._limits.rate.message(),
+                max_requests_per_message=self._limits.max_requests_per_message,
             )
-            async for event in submission.run(request_iterator):
-                yield event
+            # Closed at once when the client goes: its reader and follower tasks end with it.
+            async with aclosing(submission.run(request_iterator)) as events:
+                async for event in events:
+                    yield event
 
     async def StreamResults(
         self, request: svc.StreamResultsRequest, context: Ctx
     ) -> AsyncIterator[svc.StreamResultsResponse]:
         """Follow a result channel from a cursor until the client goes away."""
-        async with self._rpc("StreamResults", context):
+        async with self._rpc("StreamResults", context, stream=True):
             if not request.result_channel:
                 raise InvalidRequestError([_missing("result_channel")])
             cursor = request.cursor
@@ -197,3 +231,12 @@ class LlmProviderServicer(svc_grpc.LlmProviderServiceServicer):
 
 def _missing(field: str) -> FieldViolation:
     return FieldViolation(field, "is required")
+
+
+def _code_of(context: Ctx) -> grpc.StatusCode:
+    # grpc.aio keeps the aborted code as its integer value.
+    value = context.code()
+    for code in grpc.StatusCode:
+        if value in (code, code.value[0]):
+            return code
+    return grpc.StatusCode.UNKNOWN

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from typing import TYPE_CHECKING
 
 from opentelemetry.context import Context
@@ -18,7 +18,7 @@ from generated.lps.v1 import comparison_pb2 as pb
 from generated.lps.v1 import llm_provider_service_pb2 as svc
 from lps_server.convert import STATUS_TO_PB, duration_pb, result_to_pb
 from lps_server.domain import ComparisonResult, QueuedRequest
-from lps_server.errors import InvalidRequestError, LpsError, ShuttingDownError
+from lps_server.errors import FieldViolation, InvalidRequestError, LpsError, ShuttingDownError
 from lps_server.grpc_errors import to_status
 from lps_server.intake import Intake
 from lps_server.queue.base import QueueBackend
@@ -32,7 +32,14 @@ _READ_DONE = object()
 
 
 class StreamSubmission:
-    """State of one streaming submission."""
+    """State of one streaming submission.
+
+    Args:
+        admit: spends one unit of the caller's submission rate; returns 0.0, or the seconds to
+            wait when the caller is over its rate (that request is then refused).
+        rate_message: why an over-rate request is refused.
+        max_requests_per_message: a larger message ends the call INVALID_ARGUMENT.
+    """
 
     def __init__(
         self,
@@ -42,8 +49,14 @@ class StreamSubmission:
         queue: QueueBackend,
         reply_to: str,
         parent: Context,
+        admit: Callable[[], float] = lambda: 0.0,
+        rate_message: str = "",
+        max_requests_per_message: int | None = None,
     ) -> None:
         self._servicer = servicer
+        self._admit = admit
+        self._rate_message = rate_message
+        self._max_requests = max_requests_per_message
         self._intake = intake
         self._queue = queue
         self._reply_to = reply_to
@@ -57,7 +70,7 @@ class StreamSubmission:
 
     async def run(
         self, messages: AsyncIterator[svc.SubmitComparisonsRequest]
-    ) -> AsyncIterator[svc.SubmitComparisonsResponse]:
+    ) -> AsyncGenerator[svc.SubmitComparisonsResponse, None]:
         """Yield acks and results until the client has half-closed and every accepted request
         has its result."""
         reader = asyncio.create_task(self._read(messages))
@@ -108,6 +121,19 @@ class StreamSubmission:
             self._out.put_nowait(_READ_DONE)
 
     async def _accept(self, requests: Sequence[pb.ComparisonRequest]) -> list[svc.SubmissionAck]:
+        if self._max_requests is not None and len(requests) > self._max_requests:
+            # A protocol error of the client, not of one request: the call ends here, and requests
+            # accepted from earlier messages go on (their results stay available by id).
+            raise InvalidRequestError(
+                [
+                    FieldViolation(
+                        "requests",
+                        f"at most {self._max_requests} requests per message "
+                        f"(LPS_MAX_REQUESTS_PER_MESSAGE), got {len(requests)}; "
+                        "split them over several messages",
+                    )
+                ]
+            )
         acks: list[svc.SubmissionAck | None] = []
         prepared: list[tuple[int, QueuedRequest]] = []
         for msg in requests:
@@ -120,6 +146,10 @@ class StreamSubmission:
             except InvalidRequestError as exc:
                 acks.append(_rejection(msg.request_id, exc))
                 continue
+            wait = self._admit()
+            if wait > 0:
+                acks.append(_exhausted(msg.request_id, self._rate_message, wait))
+                continue
             prepared.append((len(acks), queued))
             acks.append(None)
         try:
@@ -130,15 +160,7 @@ class StreamSubmission:
             return [a for a in acks if a is not None]
         for (slot, queued), outcome in zip(prepared, outcomes, strict=True):
             if outcome.status is None:
-                acks[slot] = svc.SubmissionAck(
-                    request_id=outcome.request_id,
-                    accepted=False,
-                    error=svc.SubmissionError(
-                        code="RESOURCE_EXHAUSTED",
-                        message=outcome.rejected,
-                        retry_after=duration_pb(outcome.retry_after),
-                    ),
-                )
+                acks[slot] = _exhausted(outcome.request_id, outcome.rejected, outcome.retry_after)
                 continue
             acks[slot] = svc.SubmissionAck(
                 request_id=outcome.request_id, accepted=True, status=STATUS_TO_PB[outcome.status]
@@ -154,7 +176,10 @@ class StreamSubmission:
     async def _follow(self) -> None:
         """Move results from the reply channel (and for known ids, the store) to the output."""
         cursor = ""
-        while True:
+        task = asyncio.current_task()
+        # Python 3.11's asyncio.wait_for (which backends wait with) can swallow a cancellation that
+        # races with its result; the flag still says the call is over, so the follower ends.
+        while task is None or not task.cancelling():
             try:
                 entries = await self._queue.read_channel(
                     self._reply_to, cursor=cursor, timeout=CHANNEL_WAIT_S
@@ -170,6 +195,16 @@ class StreamSubmission:
             except LpsError as exc:
                 log.warning("result stream interrupted, retrying: %s", exc)
                 await asyncio.sleep(CHANNEL_WAIT_S)
+
+
+def _exhausted(request_id: str, message: str, retry_after: float) -> svc.SubmissionAck:
+    return svc.SubmissionAck(
+        request_id=request_id,
+        accepted=False,
+        error=svc.SubmissionError(
+            code="RESOURCE_EXHAUSTED", message=message, retry_after=duration_pb(retry_after)
+        ),
+    )
 
 
 def _rejection(request_id: str, exc: LpsError) -> svc.SubmissionAck:
