@@ -1,4 +1,4 @@
-"""Shared fixtures: a private redis-server per session, fresh metrics registries, a server on port 0."""
+"""Shared fixtures: a private redis-server per session, fresh registries, LPS on port 0."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ async def redis_url(redis_proc: RedisProcess) -> AsyncIterator[str]:
     client = aioredis.from_url(redis_proc.url)
     await client.flushall()
     await client.aclose()
-    yield redis_proc.url
+    return redis_proc.url
 
 
 @pytest.fixture

@@ -39,9 +39,11 @@ async def test_plan_has_no_side_effects(tmp_path: Path) -> None:
     summary = json.loads((tmp_path / "p.json").read_text())
     assert summary["effective_batching_mode"] == "serial_bundle"
     assert summary["batching_mode_override"] == "serial_bundle"
-    assert summary["essays"] == 16 and summary["wave_size"] == 8
+    assert summary["essays"] == 16
+    assert summary["wave_size"] == 8
     assert "first_wave_pairs" in out
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.json"]
+    written = await asyncio.to_thread(lambda: sorted(p.name for p in tmp_path.iterdir()))
+    assert written == ["p.json"]
 
 
 async def test_dry_run_writes_requests_and_sends_nothing(tmp_path: Path) -> None:

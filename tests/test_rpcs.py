@@ -52,7 +52,8 @@ async def test_submit_is_idempotent(client: LpsClient, lps: LpsApp) -> None:
 
 async def test_server_assigns_request_id(client: LpsClient) -> None:
     request_id, _ = await client.submit(submission(3, request_id=""))
-    assert len(request_id) == 36 and request_id.count("-") == 4
+    assert len(request_id) == 36
+    assert request_id.count("-") == 4
 
 
 async def test_streaming_submit_acks_then_results(client: LpsClient) -> None:
@@ -105,13 +106,19 @@ async def test_get_unknown_request_is_not_found(client: LpsClient) -> None:
 
 async def test_queue_stats_reports_mode_and_backend(client: LpsClient) -> None:
     stats = await client.queue_stats()
-    assert (stats.backend, stats.processing_mode, stats.max_size) == ("local", "per_request", 100_000)
+    assert (stats.backend, stats.processing_mode, stats.max_size) == (
+        "local",
+        "per_request",
+        100_000,
+    )
 
 
 async def test_health_and_reflection(lps: LpsApp) -> None:
     async with grpc.aio.insecure_channel(f"127.0.0.1:{lps.grpc_port}") as channel:
         health = health_pb2_grpc.HealthStub(channel)
-        reply = await health.Check(health_pb2.HealthCheckRequest(service="lps.v1.LlmProviderService"))
+        reply = await health.Check(
+            health_pb2.HealthCheckRequest(service="lps.v1.LlmProviderService")
+        )
         assert reply.status == health_pb2.HealthCheckResponse.SERVING
         stub = reflection_pb2_grpc.ServerReflectionStub(channel)
 

@@ -45,7 +45,11 @@ CASES = [
     (case(priority=-1), "request.priority", "between 0 and 10"),
     (case(ttl=Duration(seconds=-5)), "request.ttl", "must not be negative"),
     (case(overrides=pb.LlmOverrides()), "request.overrides.provider", "is required"),
-    (case(overrides=pb.LlmOverrides(provider=99)), "request.overrides.provider", "unknown provider"),
+    (
+        case(overrides=pb.LlmOverrides(provider=99)),
+        "request.overrides.provider",
+        "unknown provider",
+    ),
     (
         case(overrides=pb.LlmOverrides(provider=pb.PROVIDER_ANTHROPIC)),
         "request.overrides.provider",
