@@ -2,10 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+from opentelemetry import trace
 from prometheus_client import CollectorRegistry
 
-from cj_client import ComparisonSubmission, EssayInput
+from cj_client import Ack, ComparisonOutcome, ComparisonSubmission, EssayInput, LpsClient
+from lps_server.app import LpsApp
+from lps_server.config import Settings
+from lps_server.domain import Overrides
+from lps_server.providers import ComparisonItem, ItemOutcome, ProviderRegistry
+from lps_server.providers.mock import MockProvider
 
+WAIT_S = 10.0
 RICH = "A thorough essay weighs sleep research, bus schedules, sports and family routines."
 POOR = "School is good. School is good. School is good."
 
@@ -30,3 +43,61 @@ def metric(registry: CollectorRegistry, name: str, **labels: str) -> float:
             if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
                 total += sample.value
     return total
+
+
+class GatedMock(MockProvider):
+    """The mock provider, but every call waits for `gate`; `entered` is set once a call began."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+        self.entered = asyncio.Event()
+
+    async def compare(
+        self, items: Sequence[ComparisonItem], *, model: str, overrides: Overrides
+    ) -> list[ItemOutcome]:
+        self.entered.set()
+        await self.gate.wait()
+        return await super().compare(items, model=model, overrides=overrides)
+
+
+@asynccontextmanager
+async def running_app(
+    *,
+    tracer_provider: trace.TracerProvider | None = None,
+    provider: MockProvider | None = None,
+    clock: Callable[[], float] = time.time,
+    serve_metrics: bool = False,
+    **settings: Any,
+) -> AsyncIterator[LpsApp]:
+    """A started LPS on free ports with its own registry, stopped (work finished) on exit."""
+    config = Settings.from_env(
+        {}, grpc_host="127.0.0.1", grpc_port=0, metrics_host="127.0.0.1", metrics_port=0, **settings
+    )
+    app = LpsApp(
+        config,
+        registry=CollectorRegistry(),
+        tracer_provider=tracer_provider,
+        providers=ProviderRegistry([provider]) if provider is not None else None,
+        clock=clock,
+    )
+    await app.start(serve_metrics=serve_metrics)
+    try:
+        yield app
+    finally:
+        await app.stop(grace=5)
+
+
+async def submit_all(
+    client: LpsClient, subs: list[ComparisonSubmission]
+) -> list[ComparisonOutcome]:
+    """Stream submissions in one message; every one must be accepted and end."""
+    results: list[ComparisonOutcome] = []
+    async with asyncio.timeout(WAIT_S):
+        async for event in client.submit_many(subs):
+            if isinstance(event, Ack):
+                assert event.accepted, event
+            else:
+                results.append(event)
+    assert sorted(r.request_id for r in results) == sorted(s.request_id for s in subs)
+    return results

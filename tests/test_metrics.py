@@ -8,8 +8,7 @@ import re
 import time
 import urllib.request
 from collections import defaultdict
-from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,44 +17,22 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from cj_client import (
-    Ack,
     ComparisonOutcome,
-    ComparisonSubmission,
     EssayInput,
     InvalidRequestError,
     LpsClient,
     NotFoundError,
 )
 from cj_client.metrics import CjMetrics
-from lps_server.app import LpsApp
-from lps_server.config import Settings
-from lps_server.domain import Overrides, ProcessingMode
+from lps_server.domain import ProcessingMode
 from lps_server.metrics import BUNDLE_SIZE_BUCKETS, EXPIRY_AGE_BUCKETS, LpsMetrics
-from lps_server.providers import ComparisonItem, ItemOutcome, ProviderRegistry
-from lps_server.providers.mock import MockProvider
-from tests.helpers import metric, submission
+from tests.helpers import GatedMock, metric, running_app, submission, submit_all
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
 MODEL = "mock-judge-1"
 WEIRD = "weird-model-123"
 WAIT_S = 10.0
-
-
-class GatedMock(MockProvider):
-    """The mock provider, but every call waits for `gate`; `entered` is set once a call began."""
-
-    def __init__(self) -> None:
-        super().__init__(model=MODEL)
-        self.gate = asyncio.Event()
-        self.entered = asyncio.Event()
-
-    async def compare(
-        self, items: Sequence[ComparisonItem], *, model: str, overrides: Overrides
-    ) -> list[ItemOutcome]:
-        self.entered.set()
-        await self.gate.wait()
-        return await super().compare(items, model=model, overrides=overrides)
 
 
 class FakeClock:
@@ -66,47 +43,6 @@ class FakeClock:
 
     def __call__(self) -> float:
         return self.now
-
-
-@asynccontextmanager
-async def running_app(
-    *,
-    provider: MockProvider | None = None,
-    clock: Callable[[], float] = time.time,
-    serve_metrics: bool = False,
-    **settings: Any,
-) -> AsyncIterator[LpsApp]:
-    """A started LPS on free ports with its own registry, stopped on exit."""
-    config = Settings.from_env(
-        {},
-        grpc_host="127.0.0.1",
-        grpc_port=0,
-        metrics_host="127.0.0.1",
-        metrics_port=0,
-        **settings,
-    )
-    providers = ProviderRegistry([provider]) if provider is not None else None
-    app = LpsApp(config, registry=CollectorRegistry(), providers=providers, clock=clock)
-    await app.start(serve_metrics=serve_metrics)
-    try:
-        yield app
-    finally:
-        await app.stop(grace=5)
-
-
-async def submit_all(
-    client: LpsClient, subs: list[ComparisonSubmission]
-) -> list[ComparisonOutcome]:
-    """Stream submissions in one message; every one must be accepted and end."""
-    results: list[ComparisonOutcome] = []
-    async with asyncio.timeout(WAIT_S):
-        async for event in client.submit_many(subs):
-            if isinstance(event, Ack):
-                assert event.accepted, event
-            else:
-                results.append(event)
-    assert sorted(r.request_id for r in results) == sorted(s.request_id for s in subs)
-    return results
 
 
 async def eventually(check: Callable[[], bool], what: str) -> None:

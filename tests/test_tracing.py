@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Sequence
 from typing import Any
 
 import grpc
@@ -20,20 +19,15 @@ from opentelemetry.propagate import inject
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from prometheus_client import CollectorRegistry
 
-from cj_client import Ack, ComparisonOutcome, ComparisonSubmission, LpsClient
+from cj_client import ComparisonOutcome, LpsClient
 from cj_client.transport import submission_to_pb
 from generated.lps.v1 import llm_provider_service_pb2 as svc
 from generated.lps.v1 import llm_provider_service_pb2_grpc as svc_grpc
-from lps_server.app import LpsApp
-from lps_server.config import Settings
-from lps_server.domain import Overrides, ProcessingMode
+from lps_server.domain import ProcessingMode
 from lps_server.errors import ConfigurationError
-from lps_server.providers import ComparisonItem, ItemOutcome, ProviderRegistry
-from lps_server.providers.mock import MockProvider
 from lps_server.telemetry import configure_tracing
-from tests.helpers import submission
+from tests.helpers import GatedMock, running_app, submission, submit_all
 from tests.otlp_receiver import OtlpReceiver
 
 WAIT_S = 10.0
@@ -53,65 +47,11 @@ OTEL_VARS = (
 )
 
 
-class GatedMock(MockProvider):
-    """The mock provider, but every call waits for `gate`; `entered` is set once a call began."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.gate = asyncio.Event()
-        self.entered = asyncio.Event()
-
-    async def compare(
-        self, items: Sequence[ComparisonItem], *, model: str, overrides: Overrides
-    ) -> list[ItemOutcome]:
-        self.entered.set()
-        await self.gate.wait()
-        return await super().compare(items, model=model, overrides=overrides)
-
-
 def memory_tracing() -> tuple[TracerProvider, InMemorySpanExporter]:
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     return provider, exporter
-
-
-@asynccontextmanager
-async def running_app(
-    tracer_provider: trace.TracerProvider | None,
-    *,
-    provider: MockProvider | None = None,
-    **settings: Any,
-) -> AsyncIterator[LpsApp]:
-    """A started LPS on a free port, stopped (bundles in flight finished) on exit."""
-    config = Settings.from_env({}, grpc_host="127.0.0.1", grpc_port=0, **settings)
-    app = LpsApp(
-        config,
-        registry=CollectorRegistry(),
-        tracer_provider=tracer_provider,
-        providers=ProviderRegistry([provider]) if provider is not None else None,
-    )
-    await app.start(serve_metrics=False)
-    try:
-        yield app
-    finally:
-        await app.stop(grace=5)
-
-
-async def submit_all(
-    client: LpsClient, subs: list[ComparisonSubmission]
-) -> list[ComparisonOutcome]:
-    """Stream submissions; every one must be accepted and complete."""
-    results: list[ComparisonOutcome] = []
-    async with asyncio.timeout(WAIT_S):
-        async for event in client.submit_many(subs):
-            if isinstance(event, Ack):
-                assert event.accepted, event
-            else:
-                results.append(event)
-    assert {r.status for r in results} == {"completed"}
-    assert sorted(r.request_id for r in results) == sorted(s.request_id for s in subs)
-    return results
 
 
 async def results_on(client: LpsClient, channel: str, count: int) -> list[ComparisonOutcome]:
@@ -167,13 +107,14 @@ async def test_serial_bundle_trace_per_request_with_bundle_linked_to_every_membe
     ]
     async with (
         running_app(
-            tracing,
+            tracer_provider=tracing,
             queue_processing_mode=ProcessingMode.SERIAL_BUNDLE,
             serial_bundle_max_requests_per_call=4,
         ) as app,
         LpsClient(target=f"127.0.0.1:{app.grpc_port}", timeout=10) as client,
     ):
         results = await submit_all(client, subs)
+    assert {r.status for r in results} == {"completed"}
     spans = exporter.get_finished_spans()
 
     submits = by_request(spans, "lps.submit")
@@ -218,7 +159,7 @@ async def test_serial_bundle_trace_per_request_with_bundle_linked_to_every_membe
 async def test_server_joins_the_trace_a_client_sends_in_grpc_metadata() -> None:
     server_tracing, exporter = memory_tracing()
     client_tracing, client_exporter = memory_tracing()
-    async with running_app(server_tracing) as app:
+    async with running_app(tracer_provider=server_tracing) as app:
         target = f"127.0.0.1:{app.grpc_port}"
         tracer = client_tracing.get_tracer("cj-test")
         async with grpc.aio.insecure_channel(target) as channel:
@@ -268,7 +209,7 @@ async def test_trace_continues_on_the_replica_that_processes_the_request(
         "max_concurrent_calls": 1,
     }
     async with (
-        running_app(tracing_a, provider=gated, **shared) as replica_a,
+        running_app(tracer_provider=tracing_a, provider=gated, **shared) as replica_a,
         LpsClient(target=f"127.0.0.1:{replica_a.grpc_port}", timeout=10) as client,
     ):
         # Replica A's only call slot is taken, so it leases nothing else.
@@ -277,7 +218,7 @@ async def test_trace_continues_on_the_replica_that_processes_the_request(
             await gated.entered.wait()
         for i in range(1, 4):
             await client.submit(submission(i, result_channel="shared"))
-        async with running_app(tracing_b, **shared):
+        async with running_app(tracer_provider=tracing_b, **shared):
             results = await results_on(client, "shared", 3)
         gated.gate.set()
         await results_on(client, "blocker", 1)
@@ -328,7 +269,7 @@ async def test_spans_arrive_at_a_real_otlp_grpc_receiver(monkeypatch: pytest.Mon
         assert tracing is not None
         try:
             async with (
-                running_app(tracing) as app,
+                running_app(tracer_provider=tracing) as app,
                 LpsClient(target=f"127.0.0.1:{app.grpc_port}", timeout=10) as client,
             ):
                 results = await submit_all(client, [submission(i) for i in range(3)])
