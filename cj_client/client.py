@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator, Iterable
 from types import TracebackType
 
 import grpc
+from opentelemetry.propagate import inject
 
 from cj_client.models import Ack, ComparisonOutcome, ComparisonSubmission, QueueStatsView
 from cj_client.transport import (
@@ -56,6 +57,12 @@ class LpsClient:
         )
         self._stub = svc_grpc.LlmProviderServiceStub(self._channel)
 
+    def _call_metadata(self) -> tuple[tuple[str, str], ...]:
+        """Auth plus the caller's trace context (`traceparent`), so LPS joins the caller's trace."""
+        carrier: dict[str, str] = {}
+        inject(carrier)
+        return self._metadata + tuple(carrier.items())
+
     async def __aenter__(self) -> LpsClient:
         return self
 
@@ -80,7 +87,7 @@ class LpsClient:
         request = svc.SubmitComparisonRequest(request=submission_to_pb(submission))
         try:
             response = await self._stub.SubmitComparison(
-                request, timeout=self._timeout, metadata=self._metadata
+                request, timeout=self._timeout, metadata=self._call_metadata()
             )
         except grpc.aio.AioRpcError as exc:
             raise translate(exc) from None
@@ -100,7 +107,7 @@ class LpsClient:
             for start in range(0, len(messages), chunk):
                 yield svc.SubmitComparisonsRequest(requests=messages[start : start + chunk])
 
-        call = self._stub.SubmitComparisons(requests(), metadata=self._metadata)
+        call = self._stub.SubmitComparisons(requests(), metadata=self._call_metadata())
         try:
             async for event in call:
                 if event.HasField("ack"):
@@ -117,7 +124,7 @@ class LpsClient:
     ) -> AsyncIterator[tuple[str, ComparisonOutcome]]:
         """Follow a result channel from `cursor`; yields (cursor, outcome) until cancelled."""
         request = svc.StreamResultsRequest(result_channel=result_channel, cursor=cursor)
-        call = self._stub.StreamResults(request, metadata=self._metadata)
+        call = self._stub.StreamResults(request, metadata=self._call_metadata())
         try:
             async for event in call:
                 yield event.cursor, outcome_from_pb(event.result)
@@ -136,7 +143,7 @@ class LpsClient:
             response = await self._stub.GetComparison(
                 svc.GetComparisonRequest(request_id=request_id),
                 timeout=self._timeout,
-                metadata=self._metadata,
+                metadata=self._call_metadata(),
             )
         except grpc.aio.AioRpcError as exc:
             raise translate(exc) from None
@@ -146,7 +153,7 @@ class LpsClient:
         """Queue depth by status, oldest age and processing mode."""
         try:
             response = await self._stub.GetQueueStats(
-                svc.GetQueueStatsRequest(), timeout=self._timeout, metadata=self._metadata
+                svc.GetQueueStatsRequest(), timeout=self._timeout, metadata=self._call_metadata()
             )
         except grpc.aio.AioRpcError as exc:
             raise translate(exc) from None

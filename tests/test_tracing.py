@@ -290,3 +290,19 @@ async def test_spans_arrive_at_a_real_otlp_grpc_receiver(monkeypatch: pytest.Mon
     )
     submit = next(s for s in received if s.span_id == process.parent_span_id)
     assert submit.name == "lps.submit"
+
+
+async def test_the_cj_client_propagates_its_trace_context() -> None:
+    server_tracing, exporter = memory_tracing()
+    client_tracing = TracerProvider()
+    tracer = client_tracing.get_tracer("cj-test")
+    async with (
+        running_app(tracer_provider=server_tracing) as app,
+        LpsClient(target=f"127.0.0.1:{app.grpc_port}", timeout=10) as client,
+    ):
+        with tracer.start_as_current_span("cj.wave") as wave:
+            results = await submit_all(client, [submission(1)])
+    client_trace = format(wave.get_span_context().trace_id, "032x")
+    assert results[0].trace_id == client_trace
+    submits = [s for s in exporter.get_finished_spans() if s.name == "lps.submit"]
+    assert [hex_trace(s) for s in submits] == [client_trace]
