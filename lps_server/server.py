@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health, health_pb2_grpc
 
 # `health.aio` re-exports this class; importing it directly gives mypy its type.
 from grpc_health.v1._async import HealthServicer
@@ -76,5 +76,3 @@ def create_server(
         raise ConfigurationError(f"cannot bind gRPC port {address}")
     return server, bound
 
-
-SERVING = health_pb2.HealthCheckResponse.SERVING
