@@ -75,4 +75,3 @@ def create_server(
     if bound == 0:
         raise ConfigurationError(f"cannot bind gRPC port {address}")
     return server, bound
-
