@@ -86,3 +86,14 @@ def expired(queued: QueuedRequest, now: float, mode: ProcessingMode) -> Comparis
         failure=failure,
         completed_at=now,
     )
+
+
+def in_progress(queued: QueuedRequest, status: RequestStatus) -> ComparisonResult:
+    """What a status query answers for a request that has not ended yet."""
+    return ComparisonResult(
+        request_id=queued.request_id,
+        status=status,
+        correlation_id=queued.request.correlation_id,
+        requested_at=queued.enqueued_at,
+        metadata=dict(queued.request.metadata),
+    )

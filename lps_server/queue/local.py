@@ -19,6 +19,7 @@ from lps_server.domain import ComparisonResult, QueuedRequest, RequestStatus
 from lps_server.errors import QueueUnavailableError
 from lps_server.queue.base import ChannelEntry, Lease, QueueStats, SubmitOutcome, SweepResult
 from lps_server.queue.ordering import queue_score, request_bytes
+from lps_server.results import in_progress
 
 CHANNEL_MAX_ENTRIES = 100_000
 RETRY_AFTER_FULL_S = 2.0
@@ -218,14 +219,7 @@ class LocalQueue:
             return None
         if record.result is not None:
             return record.result
-        queued = record.queued
-        return ComparisonResult(
-            request_id=request_id,
-            status=record.status,
-            correlation_id=queued.request.correlation_id,
-            requested_at=queued.enqueued_at,
-            metadata=dict(queued.request.metadata),
-        )
+        return in_progress(record.queued, record.status)
 
     async def read_channel(
         self, channel: str, *, cursor: str, timeout: float

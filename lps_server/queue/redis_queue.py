@@ -28,6 +28,7 @@ from lps_server.queue.local import CHANNEL_MAX_ENTRIES, RETRY_AFTER_FULL_S
 from lps_server.queue.ordering import queue_score, request_bytes
 from lps_server.queue.redis_keys import ENDED_STATUSES, QueueKeys
 from lps_server.queue.redis_scripts import QueueScripts
+from lps_server.results import in_progress
 
 # Short timeouts make calls fail fast (gRPC UNAVAILABLE) while Redis is down, instead of hanging
 # the RPCs that wait on them. Scripts do bounded work, so 2 s is far above a healthy call.
@@ -264,14 +265,7 @@ class RedisQueue:
             return None
         if result is not None:
             return decode_result(result)
-        queued = decode_queued(payload)
-        return ComparisonResult(
-            request_id=request_id,
-            status=RequestStatus(status.decode()),
-            correlation_id=queued.request.correlation_id,
-            requested_at=queued.enqueued_at,
-            metadata=dict(queued.request.metadata),
-        )
+        return in_progress(decode_queued(payload), RequestStatus(status.decode()))
 
     async def read_channel(
         self, channel: str, *, cursor: str, timeout: float
