@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
@@ -12,6 +13,8 @@ from prometheus_client import CollectorRegistry
 from cj_client import LpsClient
 from lps_server.app import LpsApp
 from lps_server.config import Settings
+from lps_server.providers import ProviderRegistry
+from tests.bundling_support import BACKENDS, SERIAL, AppFactory, RecordingProvider
 from tests.redis_server import RedisProcess
 
 
@@ -81,3 +84,47 @@ async def client(lps: LpsApp) -> AsyncIterator[LpsClient]:
     """A client connected to `lps`."""
     async with LpsClient(target=f"127.0.0.1:{lps.grpc_port}", timeout=10) as c:
         yield c
+
+
+# Serial-bundle tests (tests/test_bundling.py, tests/test_bundle_processing.py) share these.
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """Settings selecting the queue backend (a flushed private Redis for `redis`)."""
+    if request.param == "redis":
+        return {"queue_backend": "redis", "redis_url": request.getfixturevalue("redis_url")}
+    return {"queue_backend": "local"}
+
+
+@pytest.fixture
+async def make_app(backend: dict[str, Any]) -> AsyncIterator[AppFactory]:
+    """Build LPS apps with the given providers (serial-bundle mode unless told otherwise); with
+    `start=False` requests can be queued before processing begins. All are stopped afterwards."""
+    apps: list[LpsApp] = []
+
+    async def make(
+        *providers: RecordingProvider,
+        start: bool = True,
+        clock: Callable[[], float] = time.time,
+        **settings: Any,
+    ) -> LpsApp:
+        values: dict[str, Any] = {
+            "grpc_host": "127.0.0.1",
+            "grpc_port": 0,
+            "metrics_port": 0,
+            "queue_processing_mode": SERIAL,
+            "retry_backoff_ms": 1,
+            # Only the sweep at start-up: expiry in these tests is found when dequeued.
+            "queue_sweep_interval_seconds": 3600.0,
+            **backend,
+            **settings,
+        }
+        registry = ProviderRegistry(list(providers) or [RecordingProvider()])
+        app = LpsApp(Settings.from_env({}, **values), providers=registry, clock=clock)
+        apps.append(app)
+        if start:
+            await app.start(serve_metrics=False)
+        return app
+
+    yield make
+    for app in apps:
+        await app.stop(grace=5)

@@ -1,235 +1,35 @@
 """Serial bundles end to end on both queue backends (origin checklist PR 4, DESIGN "Processing
-semantics"): compatible requests share one provider call, bundles form fairly, expired requests
-never reach a provider, items fail and retry one by one, and per-request mode is unchanged.
-
-Provider calls are observed through `RecordingProvider`, the real mock provider behind a recorder.
+semantics"): compatible requests share one provider call, bundles form fairly, preferred sizes
+lower the limit, expired requests never reach a provider, and the fill window never holds work back.
 """
 
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import aclosing
-from dataclasses import replace
 from typing import Any
 
 import pytest
 
-from cj_client import Ack, ComparisonOutcome, ComparisonSubmission, LpsClient
-from cj_client.transport import submission_to_pb
-from lps_server.app import LpsApp
+from cj_client import Ack, ComparisonOutcome
 from lps_server.bundling import bundle_limit
-from lps_server.config import Settings
-from lps_server.convert import request_from_pb
-from lps_server.domain import ErrorCode, Overrides, ProcessingMode, ProviderName
-from lps_server.providers import ProviderRegistry
-from lps_server.providers.base import (
-    ComparisonItem,
-    ItemFailure,
-    ItemOutcome,
-    ProviderCallError,
+from lps_server.domain import ProviderName
+from tests.bundling_support import (
+    MOCK_MODEL,
+    SERIAL,
+    WAIT_S,
+    AppFactory,
+    RecordingProvider,
+    ShiftedClock,
+    client_of,
+    enqueue,
+    follow,
+    submit_and_collect,
+    subs_of,
 )
-from lps_server.providers.mock import MockProvider
 from tests.helpers import metric, submission
-
-REDIS_QUEUE_READY = importlib.util.find_spec("lps_server.queue.redis_queue") is not None
-BACKENDS = [
-    "local",
-    pytest.param(
-        "redis",
-        marks=[
-            pytest.mark.redis,
-            pytest.mark.skipif(not REDIS_QUEUE_READY, reason="lps_server.queue.redis_queue absent"),
-        ],
-    ),
-]
-MOCK_MODEL = "mock-judge-1"
-SERIAL = ProcessingMode.SERIAL_BUNDLE
-WAIT_S = 10.0
-
-
-class RecordingProvider:
-    """The mock provider behind a recorder: the item keys of every call in order, the most calls in
-    flight at once, scripted failures, and an optional gate that holds calls until it opens.
-
-    Args:
-        name: the provider name to serve as (a second provider in mixed-provider tests).
-        model: the default model.
-        latency_ms: the mock's latency per call.
-        fail: per request id, outcomes to return instead of the judgement, one per attempt.
-        fail_calls: whole-call failures raised by the first calls, one per call.
-        journal: a list shared between providers, receiving (provider, keys) per call.
-    """
-
-    def __init__(
-        self,
-        *,
-        name: ProviderName = ProviderName.MOCK,
-        model: str = MOCK_MODEL,
-        latency_ms: float = 0.0,
-        fail: dict[str, list[ItemFailure]] | None = None,
-        fail_calls: list[ProviderCallError] | None = None,
-        journal: list[tuple[ProviderName, list[str]]] | None = None,
-    ) -> None:
-        self._inner = MockProvider(model=model, latency_ms=latency_ms, jitter=0.0)
-        self._name = name
-        self._fail = {k: list(v) for k, v in (fail or {}).items()}
-        self._fail_calls = list(fail_calls or [])
-        self.journal = journal if journal is not None else []
-        self.calls: list[list[str]] = []
-        self.models: list[str] = []
-        self.in_flight = 0
-        self.max_in_flight = 0
-        self.gate: asyncio.Event | None = None
-        self.entered = asyncio.Event()
-
-    @property
-    def name(self) -> ProviderName:
-        return self._name
-
-    @property
-    def default_model(self) -> str:
-        return self._inner.default_model
-
-    def known_models(self) -> frozenset[str]:
-        return self._inner.known_models()
-
-    async def compare(
-        self, items: Sequence[ComparisonItem], *, model: str, overrides: Overrides
-    ) -> list[ItemOutcome]:
-        keys = [i.key for i in items]
-        self.calls.append(keys)
-        self.models.append(model)
-        self.journal.append((self._name, keys))
-        self.in_flight += 1
-        self.max_in_flight = max(self.max_in_flight, self.in_flight)
-        self.entered.set()
-        try:
-            if self.gate is not None:
-                await self.gate.wait()
-            if self._fail_calls:
-                raise self._fail_calls.pop(0)
-            outcomes = await self._inner.compare(items, model=model, overrides=overrides)
-        finally:
-            self.in_flight -= 1
-        return [self._scripted(k, o) for k, o in zip(keys, outcomes, strict=True)]
-
-    def _scripted(self, key: str, outcome: ItemOutcome) -> ItemOutcome:
-        planned = self._fail.get(key)
-        return planned.pop(0) if planned else outcome
-
-    async def aclose(self) -> None:
-        await self._inner.aclose()
-
-
-class ShiftedClock:
-    """Wall time plus an offset the test moves forward, so TTLs pass without sleeping."""
-
-    def __init__(self) -> None:
-        self.offset = 0.0
-
-    def __call__(self) -> float:
-        return time.time() + self.offset
-
-
-AppFactory = Callable[..., Awaitable[LpsApp]]
-
-
-@pytest.fixture(params=BACKENDS)
-def backend(request: pytest.FixtureRequest) -> dict[str, Any]:
-    """Settings selecting the queue backend (a flushed private Redis for `redis`)."""
-    if request.param == "redis":
-        return {"queue_backend": "redis", "redis_url": request.getfixturevalue("redis_url")}
-    return {"queue_backend": "local"}
-
-
-@pytest.fixture
-async def make_app(backend: dict[str, Any]) -> AsyncIterator[AppFactory]:
-    """Build LPS apps with the given providers (serial-bundle mode unless told otherwise); with
-    `start=False` requests can be queued before processing begins. All are stopped afterwards."""
-    apps: list[LpsApp] = []
-
-    async def make(
-        *providers: RecordingProvider,
-        start: bool = True,
-        clock: Callable[[], float] = time.time,
-        **settings: Any,
-    ) -> LpsApp:
-        values: dict[str, Any] = {
-            "grpc_host": "127.0.0.1",
-            "grpc_port": 0,
-            "metrics_port": 0,
-            "queue_processing_mode": SERIAL,
-            "retry_backoff_ms": 1,
-            # Only the sweep at start-up: expiry in these tests is found when dequeued.
-            "queue_sweep_interval_seconds": 3600.0,
-            **backend,
-            **settings,
-        }
-        registry = ProviderRegistry(list(providers) or [RecordingProvider()])
-        app = LpsApp(Settings.from_env({}, **values), providers=registry, clock=clock)
-        apps.append(app)
-        if start:
-            await app.start(serve_metrics=False)
-        return app
-
-    yield make
-    for app in apps:
-        await app.stop(grace=5)
-
-
-def client_of(app: LpsApp) -> LpsClient:
-    return LpsClient(target=f"127.0.0.1:{app.grpc_port}", timeout=WAIT_S)
-
-
-async def enqueue(app: LpsApp, subs: Sequence[ComparisonSubmission]) -> None:
-    """Queue requests through intake in one backend call, as the servicer does."""
-    prepared = [
-        app.intake.prepare(request_from_pb(submission_to_pb(s), request_id=s.request_id))
-        for s in subs
-    ]
-    outcomes = await app.intake.submit(prepared)
-    assert all(o.created for o in outcomes)
-
-
-async def submit_and_collect(
-    client: LpsClient, subs: Sequence[ComparisonSubmission]
-) -> dict[str, ComparisonOutcome]:
-    """Stream submissions in one message; every one must be accepted; results by request id."""
-    results: dict[str, ComparisonOutcome] = {}
-    async with asyncio.timeout(WAIT_S), aclosing(client.submit_many(subs)) as events:
-        async for event in events:
-            if isinstance(event, Ack):
-                assert event.accepted, event
-            else:
-                results[event.request_id] = event
-    assert sorted(results) == sorted(s.request_id for s in subs)
-    return results
-
-
-async def follow(client: LpsClient, channel: str, count: int) -> dict[str, ComparisonOutcome]:
-    """The first `count` results published on `channel`."""
-    results: dict[str, ComparisonOutcome] = {}
-    async with asyncio.timeout(WAIT_S), aclosing(client.stream_results(channel)) as stream:
-        async for _, outcome in stream:
-            results[outcome.request_id] = outcome
-            if len(results) == count:
-                break
-    return results
-
-
-def subs_of(ids: Sequence[str], channel: str = "", **kw: Any) -> list[ComparisonSubmission]:
-    return [
-        submission(i, request_id=rid, result_channel=channel, **kw) for i, rid in enumerate(ids)
-    ]
-
-
-def has_samples(app: LpsApp, prefix: str) -> bool:
-    return any(s.name.startswith(prefix) for f in app.registry.collect() for s in f.samples)
-
 
 # --- the happy path -------------------------------------------------------------------------------
 
@@ -572,122 +372,3 @@ async def test_a_lease_of_zero_items_peeks_at_the_head(make_app: AppFactory) -> 
     assert first.group == peek.group
     assert [q.request_id for q in first.items] == ["req-0"]
     assert (await app.queue.stats(now=time.time())).queued == 1
-
-
-# --- per-item failures and retries ----------------------------------------------------------------
-
-
-async def test_items_fail_and_retry_one_by_one(make_app: AppFactory) -> None:
-    rate_limited = ItemFailure(ErrorCode.RATE_LIMITED, "429 slow down")
-    provider = RecordingProvider(
-        fail={
-            "r1": [rate_limited],  # retryable once: retried, then judged
-            "r2": [ItemFailure(ErrorCode.PROVIDER_ERROR, "500 model crashed")],  # not retryable
-            "r3": [rate_limited] * 10,  # retryable, beyond LPS_QUEUE_MAX_RETRIES
-        }
-    )
-    app = await make_app(provider, queue_max_retries=2)
-    ids = [f"r{i}" for i in range(6)]
-    async with client_of(app) as client:
-        results = await submit_and_collect(client, subs_of(ids))
-
-    assert provider.calls == [ids, ["r1", "r3"], ["r3"]]
-    assert {rid for rid, r in results.items() if r.status == "completed"} == {
-        "r0",
-        "r1",
-        "r4",
-        "r5",
-    }
-    assert (results["r2"].status, results["r2"].error_code) == ("failed", "provider_error")
-    assert results["r2"].error_message == "500 model crashed (after 1 attempt)"
-    assert (results["r3"].status, results["r3"].error_code) == ("failed", "rate_limited")
-    assert results["r3"].error_message == "429 slow down (after 3 attempts)"
-    assert {r.bundle_id for r in results.values()} == {results["r0"].bundle_id}
-    assert results["r3"].bundle_index == 3
-    reg = app.registry
-    assert metric(reg, "llm_provider_retries_total", error_code="rate_limited") == 3
-    assert metric(reg, "llm_provider_requests_total", status="completed") == 4
-    assert metric(reg, "llm_provider_requests_total", status="failed") == 2
-    # Every answered provider call is a serial-bundle call, retries included.
-    assert metric(reg, "llm_provider_serial_bundle_calls_total") == 3
-    assert metric(reg, "llm_provider_serial_bundle_items_per_call_sum") == 9
-
-
-async def test_a_failed_call_is_retried_for_all_its_items(make_app: AppFactory) -> None:
-    unavailable = ProviderCallError(ErrorCode.PROVIDER_UNAVAILABLE, "503 try later")
-    provider = RecordingProvider(fail_calls=[unavailable])
-    app = await make_app(provider)
-    ids = ["r0", "r1", "r2"]
-    async with client_of(app) as client:
-        results = await submit_and_collect(client, subs_of(ids))
-    assert provider.calls == [ids, ids]
-    assert {r.status for r in results.values()} == {"completed"}
-    # The failed call answered nothing: only the successful one is a serial-bundle call.
-    assert metric(app.registry, "llm_provider_serial_bundle_calls_total") == 1
-    assert (
-        metric(app.registry, "llm_provider_retries_total", error_code="provider_unavailable") == 3
-    )
-
-
-# --- LPS_MAX_CONCURRENT_CALLS ---------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("limit", [1, 3])
-async def test_calls_in_flight_never_exceed_the_limit(make_app: AppFactory, limit: int) -> None:
-    provider = RecordingProvider(latency_ms=40)
-    app = await make_app(
-        provider, start=False, serial_bundle_max_requests_per_call=2, max_concurrent_calls=limit
-    )
-    ids = [f"r{i:02d}" for i in range(12)]
-    await enqueue(app, subs_of(ids, "c"))
-    await app.start(serve_metrics=False)
-    async with client_of(app) as client:
-        results = await follow(client, "c", len(ids))
-    assert {r.status for r in results.values()} == {"completed"}
-    assert len(provider.calls) == 6
-    assert provider.max_in_flight == limit
-
-
-async def test_the_limit_applies_per_provider(make_app: AppFactory) -> None:
-    mock = RecordingProvider(latency_ms=60)
-    other = RecordingProvider(name=ProviderName.OPENAI, latency_ms=60)
-    app = await make_app(
-        mock, other, start=False, serial_bundle_max_requests_per_call=1, max_concurrent_calls=2
-    )
-    subs = [
-        submission(i, request_id=f"p{i:02d}", provider="openai" if i % 2 else "mock")
-        for i in range(16)
-    ]
-    await enqueue(app, [replace(s, result_channel="pp") for s in subs])
-    await app.start(serve_metrics=False)
-    async with client_of(app) as client:
-        results = await follow(client, "pp", len(subs))
-    assert {r.status for r in results.values()} == {"completed"}
-    # Each provider reaches its own limit at the same time: the limit is not shared.
-    assert (mock.max_in_flight, other.max_in_flight) == (2, 2)
-
-
-# --- per-request mode is unchanged ----------------------------------------------------------------
-
-
-async def test_per_request_mode_is_unaffected(make_app: AppFactory) -> None:
-    per_request = RecordingProvider()
-    app = await make_app(per_request, queue_processing_mode=ProcessingMode.PER_REQUEST)
-    subs = [submission(i) for i in range(6)]
-    async with client_of(app) as client:
-        plain = await submit_and_collect(client, subs)
-    bundled_provider = RecordingProvider()
-    bundled_app = await make_app(bundled_provider, redis_prefix="lps-serial")
-    async with client_of(bundled_app) as client:
-        bundled = await submit_and_collect(client, subs)
-
-    ids = [s.request_id for s in subs]
-    assert per_request.calls == [[rid] for rid in ids]
-    assert bundled_provider.calls == [ids]
-    for r in plain.values():
-        assert (r.status, r.bundle_id, r.bundle_index, r.bundle_size) == ("completed", "", 0, 1)
-        assert r.processing_mode == "per_request"
-    assert not has_samples(app, "llm_provider_serial_bundle_")
-    assert metric(app.registry, "llm_provider_requests_total", status="completed") == 6
-    verdict = {rid: (r.winner, r.justification, r.confidence) for rid, r in plain.items()}
-    assert verdict == {rid: (r.winner, r.justification, r.confidence) for rid, r in bundled.items()}
