@@ -52,6 +52,10 @@ class AssessmentOptions:
     bos_batch_id: str = ""
     cj_source: str = "cj_assess"
 
+    def budget_for(self, essays: int) -> int:
+        """The comparison budget for a run over `essays` essays."""
+        return self.budget or 5 * essays
+
 
 @dataclass(frozen=True, slots=True)
 class AssessmentReport:
@@ -114,7 +118,7 @@ class Assessment:
             self._settings, self._options.batch, provider=self._options.provider
         )
         self.cj_batch_id = self._options.cj_batch_id or f"cj-{uuid.uuid4().hex[:12]}"
-        self.budget = self._options.budget or 5 * len(essays)
+        self.budget = self._options.budget_for(len(essays))
 
     async def run(self) -> AssessmentReport:
         """Run waves until the stopping rule says stop; failed comparisons are retried later."""

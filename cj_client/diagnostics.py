@@ -32,7 +32,7 @@ def plan(
     """What a run would do, without side effects."""
     override = options.batch.llm_batching_mode_override
     mode = resolve_batching_mode(settings, options.batch, provider=options.provider)
-    budget = options.budget or 5 * len(essays)
+    budget = options.budget_for(len(essays))
     first_wave = PairPlanner([e.id for e in essays], seed=options.seed).next_wave(scores=None)
     return {
         "essays": len(essays),
@@ -57,7 +57,7 @@ def dry_run(
     batch_id = options.cj_batch_id or "dry-run"
     tags = BatchTags(batch_id, options.bos_batch_id or batch_id, options.cj_source, mode)
     planner = PairPlanner([e.id for e in essays], seed=options.seed)
-    budget = options.budget or 5 * len(essays)
+    budget = options.budget_for(len(essays))
     lines: list[dict[str, Any]] = []
     wave_number = 0
     while len(lines) < budget:
