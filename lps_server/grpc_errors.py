@@ -7,10 +7,10 @@ import uuid
 
 import grpc
 from google.protobuf import any_pb2
-from google.protobuf.duration_pb2 import Duration
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
+from lps_server.convert import duration_pb
 from lps_server.errors import (
     FieldViolation,
     InvalidRequestError,
@@ -48,9 +48,7 @@ def bad_request(violations: list[FieldViolation]) -> error_details_pb2.BadReques
 
 def retry_info(seconds: float) -> error_details_pb2.RetryInfo:
     """The RetryInfo detail telling when to try again."""
-    delay = Duration()
-    delay.FromNanoseconds(int(seconds * 1e9))
-    return error_details_pb2.RetryInfo(retry_delay=delay)
+    return error_details_pb2.RetryInfo(retry_delay=duration_pb(seconds))
 
 
 def to_status(exc: BaseException) -> grpc.Status:

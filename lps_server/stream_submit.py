@@ -18,7 +18,7 @@ from generated.lps.v1 import comparison_pb2 as pb
 from generated.lps.v1 import llm_provider_service_pb2 as svc
 from lps_server.convert import STATUS_TO_PB, duration_pb, result_to_pb
 from lps_server.domain import ComparisonResult, QueuedRequest
-from lps_server.errors import FieldViolation, InvalidRequestError, LpsError, ShuttingDownError
+from lps_server.errors import FieldViolation, InvalidRequestError, LpsError
 from lps_server.grpc_errors import to_status
 from lps_server.intake import Intake
 from lps_server.queue.base import QueueBackend
@@ -154,7 +154,7 @@ class StreamSubmission:
             acks.append(None)
         try:
             outcomes = await self._intake.submit([q for _, q in prepared])
-        except (LpsError, ShuttingDownError) as exc:
+        except LpsError as exc:
             for slot, queued in prepared:
                 acks[slot] = _rejection(queued.request_id, exc)
             return [a for a in acks if a is not None]
