@@ -7,7 +7,6 @@ Provider calls are observed through `RecordingProvider`, the real mock provider 
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import aclosing
@@ -29,17 +28,7 @@ from lps_server.providers.base import (
 from lps_server.providers.mock import MockProvider
 from tests.helpers import submission
 
-REDIS_QUEUE_READY = importlib.util.find_spec("lps_server.queue.redis_queue") is not None
-BACKENDS = [
-    "local",
-    pytest.param(
-        "redis",
-        marks=[
-            pytest.mark.redis,
-            pytest.mark.skipif(not REDIS_QUEUE_READY, reason="lps_server.queue.redis_queue absent"),
-        ],
-    ),
-]
+BACKENDS = ["local", pytest.param("redis", marks=pytest.mark.redis)]
 MOCK_MODEL = "mock-judge-1"
 SERIAL = ProcessingMode.SERIAL_BUNDLE
 WAIT_S = 10.0

@@ -4,7 +4,6 @@ are, and shows the result in ComparisonResult.request_metadata and in each reque
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
@@ -19,6 +18,7 @@ from lps_server.config import Settings
 from lps_server.domain import Overrides, ProcessingMode, ProviderName, Route
 from lps_server.providers import ProviderRegistry
 from lps_server.providers.mock import MockProvider
+from tests.bundling_support import BACKENDS
 from tests.helpers import submission
 
 LEGACY = {
@@ -34,17 +34,6 @@ LEGACY = {
 }
 ROUTE = Route(ProviderName.MOCK, "mock-judge-1")
 MODES = [ProcessingMode.PER_REQUEST, ProcessingMode.SERIAL_BUNDLE]
-REDIS_QUEUE_READY = importlib.util.find_spec("lps_server.queue.redis_queue") is not None
-BACKENDS = [
-    "local",
-    pytest.param(
-        "redis",
-        marks=[
-            pytest.mark.redis,
-            pytest.mark.skipif(not REDIS_QUEUE_READY, reason="lps_server.queue.redis_queue absent"),
-        ],
-    ),
-]
 
 
 # --- enrich_metadata ------------------------------------------------------------------------------

@@ -8,7 +8,6 @@ from a real receiver.
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 from collections.abc import Sequence
 from typing import Any
 
@@ -198,8 +197,6 @@ async def test_server_joins_the_trace_a_client_sends_in_grpc_metadata() -> None:
 async def test_trace_continues_on_the_replica_that_processes_the_request(
     redis_url: str,
 ) -> None:
-    if importlib.util.find_spec("lps_server.queue.redis_queue") is None:
-        pytest.skip("the Redis queue backend is not available yet")
     tracing_a, exporter_a = memory_tracing()
     tracing_b, exporter_b = memory_tracing()
     gated = GatedMock()
