@@ -3,13 +3,23 @@
 Fields are written by name, not position, so a payload stored by one release still decodes in the
 next during a rolling deploy (a field it does not carry takes its default). Text goes out as UTF-8
 rather than `\\u` escapes: essays dominate the bytes and are often not ASCII. Decoding an encoded
-value gives back an equal value (floats are written with `repr`, which round-trips exactly).
+value gives back an equal value (floats are written in their shortest exact form).
+
+orjson does the work: the payloads are mostly essay text, and it encodes them about thirty times
+faster than the standard library (the codec was a tenth of LPS's CPU per comparison). It cannot
+write three rare things exactly: lone surrogates and integers beyond 64 bits (it refuses them) and
+non-finite floats (it writes `null`). Payloads holding any of them take the standard library's path
+(surrogates as UTF-8 with `surrogatepass`, big integers, `Infinity`), marked by a leading space so
+that decoding takes the same path: orjson would refuse some of that and read big integers as floats.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
+
+import orjson
 
 from lps_server.domain import (
     BundleFacts,
@@ -32,11 +42,32 @@ from lps_server.domain import (
 Obj = dict[str, Any]
 
 
-def _dump(obj: Obj) -> bytes:
+def _dump(obj: Obj, floats: tuple[float | None, ...]) -> bytes:
+    """`obj` as JSON; `floats` are its float fields, which must be finite for orjson's path."""
+    if all(f is None or math.isfinite(f) for f in floats):
+        try:
+            return orjson.dumps(obj)
+        except TypeError:  # a lone surrogate or an integer beyond 64 bits
+            pass
     # surrogatepass keeps any Python str encodable; json.loads decodes bytes the same way.
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode(
-        "utf-8", "surrogatepass"
-    )
+    text = json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+    return _STDLIB_MARK + text.encode("utf-8", "surrogatepass")
+
+
+# Leading whitespace is valid JSON, so the mark needs no stripping and older readers ignore it.
+_STDLIB_MARK = b" "
+
+
+def _load(data: bytes) -> Obj:
+    obj: Obj
+    if data.startswith(_STDLIB_MARK):
+        obj = json.loads(data)
+    else:
+        try:
+            obj = orjson.loads(data)
+        except orjson.JSONDecodeError:  # a payload from a release before orjson
+            obj = json.loads(data)
+    return obj
 
 
 def _essay(essay: Essay) -> Obj:
@@ -110,13 +141,19 @@ def encode_queued(queued: QueuedRequest) -> bytes:
             "deadline": queued.deadline,
             "reply_to": queued.reply_to,
             "trace_context": dict(queued.trace_context),
-        }
+        },
+        (
+            queued.request.overrides.temperature,
+            queued.request.ttl_seconds,
+            queued.enqueued_at,
+            queued.deadline,
+        ),
     )
 
 
 def decode_queued(data: bytes) -> QueuedRequest:
     """The queued request `encode_queued` wrote."""
-    obj = json.loads(data)
+    obj = _load(data)
     route = obj["route"]
     return QueuedRequest(
         request=_request_from(obj["request"]),
@@ -204,13 +241,14 @@ def encode_result(result: ComparisonResult) -> bytes:
             "trace_id": result.trace_id,
             "metadata": dict(result.metadata),
             "bundle": _bundle(result.bundle),
-        }
+        },
+        (result.cost_usd, result.response_time_s, result.requested_at, result.completed_at),
     )
 
 
 def decode_result(data: bytes) -> ComparisonResult:
     """The result `encode_result` wrote."""
-    obj = json.loads(data)
+    obj = _load(data)
     provider = obj.get("provider")
     prompt, completion = obj.get("token_usage", [0, 0])
     return ComparisonResult(

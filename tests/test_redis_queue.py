@@ -6,8 +6,10 @@ Behaviour both backends share is in test_queue_contract.py (which runs against R
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Iterator
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -135,6 +137,17 @@ def test_codec_keeps_non_ascii_and_lone_surrogates() -> None:
     data = encode_queued(queued)
     assert "Ünïcödé ✓".encode() in data  # raw UTF-8, not \\u escapes
     assert decode_queued(data) == queued
+
+
+@pytest.mark.parametrize("value", [math.inf, -math.inf])
+def test_codec_keeps_values_orjson_cannot_write(value: float) -> None:
+    # orjson writes non-finite floats as null and refuses integers beyond 64 bits.
+    queued = replace(make_queued("r1"), deadline=value)
+    assert repr(decode_queued(encode_queued(queued))) == repr(queued)
+    result = replace(judged(queued), cost_usd=value)
+    assert repr(decode_result(encode_result(result))) == repr(result)
+    result = replace(judged(queued), token_usage=TokenUsage(1 << 70, 0))
+    assert repr(decode_result(encode_result(result))) == repr(result)
 
 
 def test_codec_reads_payloads_with_fields_it_does_not_know_or_lacks() -> None:
