@@ -7,6 +7,8 @@ import logging
 import sys
 import time
 
+import orjson
+
 _STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
 
 
@@ -25,7 +27,10 @@ class JsonFormatter(logging.Formatter):
         out.update({k: v for k, v in record.__dict__.items() if k not in _STANDARD})
         if record.exc_info:
             out["exception"] = self.formatException(record.exc_info)
-        return json.dumps(out, default=str)
+        try:
+            return orjson.dumps(out, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
+        except TypeError:  # a lone surrogate or an integer beyond 64 bits: the slow, exact path
+            return json.dumps(out, default=str)
 
 
 def configure_logging(level: str = "INFO", *, json_lines: bool = True) -> None:

@@ -1,6 +1,7 @@
 """Metadata enrichment (origin checklist PR 1): after routing, LPS adds `resolved_provider`,
 `resolved_model` and `queue_processing_mode` to a request's metadata, leaves the CJ keys as they
-are, and shows the result in ComparisonResult.request_metadata and in each request's log line."""
+are, and shows the result in ComparisonResult.request_metadata and in the log line that records
+each request's result."""
 
 from __future__ import annotations
 
@@ -145,8 +146,9 @@ async def test_results_and_log_lines_carry_the_enriched_metadata(
     assert results["req-2"].metadata == {**routing, "resolved_model": "mock-judge-1"}
     assert {r.status for r in results.values()} == {"completed"}
     logged = {
-        rec.request_id: rec.metadata  # type: ignore[attr-defined]
+        entry["request_id"]: entry["metadata"]
         for rec in caplog.records
-        if rec.name == "lps_server.bundle_runner" and hasattr(rec, "metadata")
+        if rec.name == "lps_server.bundle_runner" and hasattr(rec, "requests")
+        for entry in rec.requests
     }
     assert logged == {rid: dict(r.metadata) for rid, r in results.items()}

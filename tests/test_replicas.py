@@ -62,7 +62,7 @@ class Replica:
         assert reply.status == health_pb2.HealthCheckResponse.SERVING
 
     def completions(self) -> int:
-        return self.log.read_text().count('"status": "completed"')
+        return self.log.read_text().count('"status":"completed"')
 
     def stop(self) -> None:
         if self.proc.poll() is None:
