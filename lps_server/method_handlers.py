@@ -7,7 +7,9 @@ place.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -20,6 +22,10 @@ else:
     Handler = grpc.RpcMethodHandler
     ServerInterceptor = grpc.aio.ServerInterceptor
 Behavior = Callable[..., Any]
+
+# Reading what a refused client already sent takes at most this long and this many messages.
+DRAIN_MAX_S = 1.0
+DRAIN_MAX_MESSAGES = 64
 Continuation = Callable[[grpc.HandlerCallDetails], Any]
 
 _FACTORIES: dict[tuple[bool, bool], Callable[..., Handler]] = {
@@ -73,7 +79,26 @@ def aborting(handler: Handler, status: grpc.Status) -> Handler:
 
     # A coroutine (not an async generator) is valid for every arity in grpc.aio: for streaming
     # responses it is the reader/writer style, and it writes nothing before aborting.
-    async def abort(_request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+    async def abort(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        if handler.request_streaming:
+            await drain(request)
         await context.abort(status.code, status.details, status.trailing_metadata)
 
     return rebuild(handler, abort, request_deserializer=None)
+
+
+async def drain(requests: AsyncIterator[Any]) -> None:
+    """Read (and drop) what a client streams until it half-closes, briefly, before refusing it.
+
+    A grpc.aio client whose message write fails because the server already ended the call reports
+    INTERNAL "Internal error from Core" instead of the server's status (grpc/grpc#36066): ending a
+    streaming call while the client still writes turns a clear refusal into a riddle. Reading
+    first lets the writes succeed; the bounds keep a client that never stops from holding the call.
+    """
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(DRAIN_MAX_S):
+            read = 0
+            async for _ in requests:
+                read += 1
+                if read >= DRAIN_MAX_MESSAGES:
+                    return

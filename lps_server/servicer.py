@@ -30,6 +30,7 @@ from lps_server.errors import (
 from lps_server.grpc_errors import to_status
 from lps_server.intake import Intake, new_request_id
 from lps_server.limits import ClientLimits
+from lps_server.method_handlers import drain
 from lps_server.metrics import LpsMetrics
 from lps_server.providers import ProviderRegistry
 from lps_server.queue.base import QueueBackend
@@ -71,11 +72,19 @@ class LlmProviderServicer(svc_grpc.LlmProviderServiceServicer):
         self._draining = True
 
     @asynccontextmanager
-    async def _rpc(self, method: str, context: Ctx, *, stream: bool = False) -> AsyncIterator[str]:
+    async def _rpc(
+        self,
+        method: str,
+        context: Ctx,
+        *,
+        stream: bool = False,
+        requests: AsyncIterator[Any] | None = None,
+    ) -> AsyncIterator[str]:
         """Translate errors into statuses and record the call's code and latency.
 
         Yields the caller's identity for per-client limits; a `stream` call holds one of the
-        caller's stream slots until it ends.
+        caller's stream slots until it ends. A refused call with streamed `requests` reads what the
+        client still sends before it ends (see `drain`).
         """
         started = time.perf_counter()
         code = grpc.StatusCode.OK
@@ -105,6 +114,8 @@ class LlmProviderServicer(svc_grpc.LlmProviderServiceServicer):
         except Exception as exc:
             status = to_status(exc)
             code = status.code
+            if requests is not None:
+                await drain(requests)
             await context.abort(status.code, status.details, status.trailing_metadata)
         finally:
             labels = {"method": method, "code": code.name}
@@ -167,7 +178,9 @@ class LlmProviderServicer(svc_grpc.LlmProviderServiceServicer):
         context: Ctx,
     ) -> AsyncIterator[svc.SubmitComparisonsResponse]:
         """Acknowledge every streamed request, then stream each accepted one's result."""
-        async with self._rpc("SubmitComparisons", context, stream=True) as client:
+        async with self._rpc(
+            "SubmitComparisons", context, stream=True, requests=request_iterator
+        ) as client:
             submission = StreamSubmission(
                 servicer=self,
                 intake=self._intake,
