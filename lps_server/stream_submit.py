@@ -21,7 +21,7 @@ from lps_server.domain import ComparisonResult, QueuedRequest
 from lps_server.errors import FieldViolation, InvalidRequestError, LpsError
 from lps_server.grpc_errors import to_status
 from lps_server.intake import Intake
-from lps_server.queue.base import QueueBackend
+from lps_server.queue.base import QueueBackend, SubmitOutcome
 
 if TYPE_CHECKING:
     from lps_server.servicer import LlmProviderServicer
@@ -113,14 +113,36 @@ class StreamSubmission:
         return [event] if event is not None else []
 
     async def _read(self, messages: AsyncIterator[svc.SubmitComparisonsRequest]) -> None:
+        # One message is submitted while the next is read and validated: waiting for the queue
+        # before reading on would stall the client's stream (HTTP/2 flow control) for a Redis
+        # round trip per message. Submissions stay in message order, and at most one waits.
+        submitting: asyncio.Task[None] | None = None
         try:
             async for message in messages:
-                for ack in await self._accept(message.requests):
-                    self._out.put_nowait(ack)
+                acks, prepared = self._prepare(message.requests)
+                if submitting is not None:
+                    await submitting
+                submitting = asyncio.create_task(self._submit(acks, prepared))
+        except asyncio.CancelledError:
+            if submitting is not None:
+                submitting.cancel()  # the call is over: nobody reads the acks
+            raise
+        except Exception:
+            # A bad message ends the call, but the message before it is acknowledged first.
+            if submitting is not None:
+                await submitting
+            raise
+        else:
+            if submitting is not None:
+                await submitting
         finally:
             self._out.put_nowait(_READ_DONE)
 
-    async def _accept(self, requests: Sequence[pb.ComparisonRequest]) -> list[svc.SubmissionAck]:
+    def _prepare(
+        self, requests: Sequence[pb.ComparisonRequest]
+    ) -> tuple[list[svc.SubmissionAck | None], list[tuple[int, QueuedRequest]]]:
+        """Validate and route one message's requests: acks for the refused ones, and the slots
+        of the others, which `_submit` fills."""
         if self._max_requests is not None and len(requests) > self._max_requests:
             # A protocol error of the client, not of one request: the call ends here, and requests
             # accepted from earlier messages go on (their results stay available by id).
@@ -152,26 +174,35 @@ class StreamSubmission:
                 continue
             prepared.append((len(acks), queued))
             acks.append(None)
+        return acks, prepared
+
+    async def _submit(
+        self, acks: list[svc.SubmissionAck | None], prepared: list[tuple[int, QueuedRequest]]
+    ) -> None:
+        """Queue the prepared requests and send every ack of their message, in message order."""
         try:
             outcomes = await self._intake.submit([q for _, q in prepared])
         except LpsError as exc:
             for slot, queued in prepared:
                 acks[slot] = _rejection(queued.request_id, exc)
-            return [a for a in acks if a is not None]
-        for (slot, queued), outcome in zip(prepared, outcomes, strict=True):
-            if outcome.status is None:
-                acks[slot] = _exhausted(outcome.request_id, outcome.rejected, outcome.retry_after)
-                continue
-            acks[slot] = svc.SubmissionAck(
-                request_id=outcome.request_id, accepted=True, status=STATUS_TO_PB[outcome.status]
-            )
-            rid = queued.request_id
-            if rid in self._awaiting or rid in self._answered:
-                continue
+        else:
+            for (slot, queued), outcome in zip(prepared, outcomes, strict=True):
+                acks[slot] = self._accepted(queued, outcome)
+        for ack in acks:
+            if ack is not None:
+                self._out.put_nowait(ack)
+
+    def _accepted(self, queued: QueuedRequest, outcome: SubmitOutcome) -> svc.SubmissionAck:
+        if outcome.status is None:
+            return _exhausted(outcome.request_id, outcome.rejected, outcome.retry_after)
+        rid = queued.request_id
+        if rid not in self._awaiting and rid not in self._answered:
             self._awaiting.add(rid)
             if not outcome.created:
                 self._foreign.add(rid)
-        return [a for a in acks if a is not None]
+        return svc.SubmissionAck(
+            request_id=outcome.request_id, accepted=True, status=STATUS_TO_PB[outcome.status]
+        )
 
     async def _follow(self) -> None:
         """Move results from the reply channel (and for known ids, the store) to the output."""

@@ -14,6 +14,7 @@ from cj_client import LpsClient
 from lps_server.app import LpsApp
 from lps_server.config import Settings
 from lps_server.providers import ProviderRegistry
+from lps_server.queue.base import QueueBackend
 from tests.bundling_support import BACKENDS, SERIAL, AppFactory, RecordingProvider
 from tests.redis_server import RedisProcess
 
@@ -50,7 +51,11 @@ async def start_lps(
     apps: list[LpsApp] = []
 
     async def start(
-        *, tracer_provider: Any = None, serve_metrics: bool = False, **settings: Any
+        *,
+        tracer_provider: Any = None,
+        serve_metrics: bool = False,
+        queue: QueueBackend | None = None,
+        **settings: Any,
     ) -> LpsApp:
         base: dict[str, Any] = {
             "grpc_host": "127.0.0.1",
@@ -63,6 +68,7 @@ async def start_lps(
             Settings.from_env({}, **base),
             registry=registry if not apps else None,
             tracer_provider=tracer_provider,
+            queue=queue,
         )
         await app.start(serve_metrics=serve_metrics)
         apps.append(app)

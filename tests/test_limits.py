@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 import grpc
 import pytest
@@ -16,8 +16,11 @@ from generated.lps.v1 import llm_provider_service_pb2 as svc
 from generated.lps.v1 import llm_provider_service_pb2_grpc as svc_grpc
 from lps_server.app import LpsApp
 from lps_server.config import Settings
+from lps_server.domain import QueuedRequest
 from lps_server.errors import ConfigurationError, LimitExceededError
 from lps_server.limits import MAX_TRACKED_CLIENTS, RateLimiter, StreamLimiter
+from lps_server.queue.base import SubmitOutcome
+from lps_server.queue.local import LocalQueue
 from tests.helpers import submission
 
 Start = Callable[..., Awaitable[LpsApp]]
@@ -73,6 +76,44 @@ async def test_a_stream_message_over_the_request_limit_ends_the_call(start_lps: 
             async for _ in client.submit_many([submission(i) for i in range(10, 15)], chunk=5):
                 pass
         assert [v.field for v in caught.value.violations] == ["requests"]
+
+
+class SlowSubmitQueue(LocalQueue):
+    """A local queue that takes its time to accept: the next message is read meanwhile."""
+
+    async def submit(self, requests: Sequence[QueuedRequest]) -> list[SubmitOutcome]:
+        await asyncio.sleep(0.2)
+        return await super().submit(requests)
+
+
+async def test_messages_before_the_one_over_the_limit_are_acknowledged(start_lps: Start) -> None:
+    # The server reads a message while it queues the one before: that one still gets its acks.
+    app = await start_lps(max_requests_per_message=4, queue=SlowSubmitQueue())
+    sizes = [4, 4, 5, 4]
+    messages = [
+        svc.SubmitComparisonsRequest(
+            requests=[submission_to_pb(submission(10 * m + i)) for i in range(size)]
+        )
+        for m, size in enumerate(sizes)
+    ]
+
+    async def requests() -> AsyncIterator[svc.SubmitComparisonsRequest]:
+        for message in messages:
+            yield message
+
+    async with grpc.aio.insecure_channel(target(app)) as channel:
+        call = svc_grpc.LlmProviderServiceStub(channel).SubmitComparisons(requests())
+        acked: list[str] = []
+
+        async def read_all() -> None:
+            async for event in call:
+                if event.HasField("ack"):
+                    acked.append(event.ack.request_id)
+
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await read_all()
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert sorted(acked) == sorted(f"req-{n}" for n in [0, 1, 2, 3, 10, 11, 12, 13])
 
 
 # --- concurrent streams per client --------------------------------------------------------------
