@@ -25,7 +25,7 @@ from lps_server.metrics import LpsMetrics
 from lps_server.providers import ProviderRegistry
 from lps_server.queue.base import Lease, QueueBackend
 from lps_server.results import expired, failed
-from lps_server.tracing import TRACER_NAME
+from lps_server.tracing import tracer_for
 
 log = logging.getLogger(__name__)
 UNAVAILABLE_BACKOFF_S = (0.05, 2.0)
@@ -66,7 +66,7 @@ class Processor:
             providers=providers,
             settings=settings,
             metrics=metrics,
-            tracer=trace.get_tracer(TRACER_NAME, tracer_provider=tracer_provider),
+            tracer=tracer_for(tracer_provider),
             clock=clock,
             rng=rng or random.Random(),
         )

@@ -35,7 +35,7 @@ from lps_server.metrics import LpsMetrics
 from lps_server.providers import ProviderRegistry
 from lps_server.queue.base import QueueBackend
 from lps_server.stream_submit import StreamSubmission
-from lps_server.tracing import TRACER_NAME, context_from, current_carrier
+from lps_server.tracing import context_from, current_carrier, tracer_for
 from lps_server.validation import validate_request
 
 STREAM_POLL_S = 5.0
@@ -62,7 +62,7 @@ class LlmProviderServicer(svc_grpc.LlmProviderServiceServicer):
         self._providers = providers
         self._settings = settings
         self._metrics = metrics
-        self._tracer = trace.get_tracer(TRACER_NAME, tracer_provider=tracer_provider)
+        self._tracer = tracer_for(tracer_provider)
         self._clock = clock
         self._limits = limits or ClientLimits.from_settings(settings)
         self._draining = False

@@ -26,6 +26,7 @@ from generated.lps.v1 import llm_provider_service_pb2_grpc as svc_grpc
 from lps_server.domain import ProcessingMode
 from lps_server.errors import ConfigurationError
 from lps_server.telemetry import configure_tracing
+from lps_server.tracing import current_carrier, tracer_for
 from tests.helpers import GatedMock, running_app, submission, submit_all
 from tests.otlp_receiver import OtlpReceiver
 
@@ -303,3 +304,20 @@ async def test_the_cj_client_propagates_its_trace_context() -> None:
     assert results[0].trace_id == client_trace
     submits = [s for s in exporter.get_finished_spans() if s.name == "lps.submit"]
     assert [hex_trace(s) for s in submits] == [client_trace]
+
+
+def test_without_a_provider_the_tracer_records_nothing_and_sets_no_context() -> None:
+    # The global provider is unset in tests, so `None` means tracing is off.
+    for provider in (None, trace.NoOpTracerProvider()):
+        tracer = tracer_for(provider)
+        assert tracer.start_span("x") is trace.INVALID_SPAN
+        with tracer.start_as_current_span("y") as span:
+            assert span is trace.INVALID_SPAN
+            assert trace.get_current_span() is trace.INVALID_SPAN
+            assert current_carrier() == {}
+    with tracer_for(TracerProvider()).start_as_current_span("z") as span:
+        assert span.is_recording()
+        assert (
+            current_carrier()["traceparent"].split("-")[2]
+            == f"{span.get_span_context().span_id:016x}"
+        )
