@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
+import redis
 import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
 
@@ -16,6 +17,7 @@ from lps_server.config import Settings
 from lps_server.providers import ProviderRegistry
 from lps_server.queue.base import QueueBackend
 from tests.bundling_support import BACKENDS, SERIAL, AppFactory, RecordingProvider
+from tests.queue_support import QueueFactory, build_queue
 from tests.redis_server import RedisProcess
 
 
@@ -134,3 +136,29 @@ async def make_app(backend: dict[str, Any]) -> AsyncIterator[AppFactory]:
     yield make
     for app in apps:
         await app.stop(grace=5)
+
+
+@pytest.fixture(params=["local", "redis"])
+async def make_queue(request: pytest.FixtureRequest) -> AsyncIterator[QueueFactory]:
+    """Builds queues of one backend (closed after the test); Redis is flushed first."""
+    built: list[QueueBackend] = []
+    url = ""
+    if request.param == "redis":
+        url = request.getfixturevalue("redis_proc").url
+        with redis.Redis.from_url(url) as sync_client:
+            sync_client.flushall()
+
+    def build(**settings: Any) -> QueueBackend:
+        queue = build_queue(request.param, url, **settings)
+        built.append(queue)
+        return queue
+
+    yield build
+    for queue in built:
+        await queue.close()
+
+
+@pytest.fixture
+def queue(make_queue: QueueFactory) -> QueueBackend:
+    """A queue of each backend with default settings."""
+    return make_queue()

@@ -38,8 +38,8 @@ from lps_server.domain import (
 from lps_server.errors import ConfigurationError, QueueUnavailableError
 from lps_server.queue.redis_keys import QueueKeys
 from lps_server.queue.redis_queue import RedisQueue
+from tests.queue_support import T0, expired_result, judged, make_queued, redis_settings
 from tests.redis_server import RedisProcess
-from tests.test_queue_contract import T0, expired_result, judged, make_queued, redis_settings
 
 # --- codec -----------------------------------------------------------------------------------
 
