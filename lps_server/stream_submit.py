@@ -73,26 +73,29 @@ class StreamSubmission:
     ) -> AsyncGenerator[svc.SubmitComparisonsResponse, None]:
         """Yield acks and results until the client has half-closed and every accepted request
         has its result."""
-        reader = asyncio.create_task(self._read(messages))
-        follower = asyncio.create_task(self._follow())
-        reading = True
-        try:
-            while reading or self._awaiting:
-                item = await self._out.get()
-                if item is _READ_DONE:
-                    reading = False
-                    await reader  # re-raises a failure to read the client's messages
-                elif isinstance(item, svc.SubmissionAck):
-                    yield svc.SubmitComparisonsResponse(ack=item)
-                    for early in self._release_early(item):
-                        yield early
-                elif isinstance(item, ComparisonResult):
-                    answer = self._answer(item)
-                    if answer is not None:
-                        yield answer
-        finally:
-            reader.cancel()
-            follower.cancel()
+        # Results this replica stores for the call come straight here; the follower reads the
+        # ones other replicas store from the reply channel.
+        with self._queue.reply_here(self._reply_to, self._out.put_nowait):
+            reader = asyncio.create_task(self._read(messages))
+            follower = asyncio.create_task(self._follow())
+            reading = True
+            try:
+                while reading or self._awaiting:
+                    item = await self._out.get()
+                    if item is _READ_DONE:
+                        reading = False
+                        await reader  # re-raises a failure to read the client's messages
+                    elif isinstance(item, svc.SubmissionAck):
+                        yield svc.SubmitComparisonsResponse(ack=item)
+                        for early in self._release_early(item):
+                            yield early
+                    elif isinstance(item, ComparisonResult):
+                        answer = self._answer(item)
+                        if answer is not None:
+                            yield answer
+            finally:
+                reader.cancel()
+                follower.cancel()
 
     def _answer(self, result: ComparisonResult) -> svc.SubmitComparisonsResponse | None:
         rid = result.request_id

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from lps_server.domain import ComparisonResult, QueuedRequest, RequestStatus
+from lps_server.queue.replies import Deliver
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,8 +106,16 @@ class QueueBackend(Protocol):
         """Store final results, publish each on its channels; False where it had ended already.
 
         Publishing happens once per request even when two replicas complete the same request
-        (after a lease was reclaimed): only the first completion is stored and published.
+        (after a lease was reclaimed): only the first completion is stored and published. A
+        `reply_to` channel with a reader in this process (`reply_here`) is not published to: the
+        stored result is handed to that reader instead.
         """
+        ...
+
+    def reply_here(self, channel: str, deliver: Deliver) -> AbstractContextManager[None]:
+        """While open, results this process stores for requests whose `reply_to` is `channel` go
+        to `deliver` (once stored) instead of onto the channel; results stored by other replicas
+        still arrive on the channel."""
         ...
 
     async def get(self, request_id: str) -> ComparisonResult | None:

@@ -12,6 +12,7 @@ import heapq
 import itertools
 from collections import deque
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 
 from lps_server.bundling import limit_of
@@ -19,6 +20,7 @@ from lps_server.domain import ComparisonResult, QueuedRequest, RequestStatus
 from lps_server.errors import QueueUnavailableError
 from lps_server.queue.base import ChannelEntry, Lease, QueueStats, SubmitOutcome, SweepResult
 from lps_server.queue.ordering import queue_score, request_bytes
+from lps_server.queue.replies import Deliver, LocalReplies
 from lps_server.results import in_progress
 
 CHANNEL_MAX_ENTRIES = 100_000
@@ -79,6 +81,7 @@ class LocalQueue:
         self._queued_bytes = 0
         self._processing = 0
         self._channels: dict[str, _Channel] = {}
+        self._replies = LocalReplies()
         self._cursor = itertools.count(1)
         self._work = asyncio.Event()
         self._closed = False
@@ -200,10 +203,18 @@ class LocalQueue:
             record.status = result.status
             record.result = result
             record.finished_at = result.completed_at
-            for channel in {queued.request.result_channel, queued.reply_to} - {""}:
+            reader = self._replies.reader(queued.reply_to)
+            skipped = {"", queued.reply_to} if reader is not None else {""}
+            for channel in {queued.request.result_channel, queued.reply_to} - skipped:
                 self._publish(channel, result)
+            if reader is not None:
+                reader(result)
             stored.append(True)
         return stored
+
+    def reply_here(self, channel: str, deliver: Deliver) -> AbstractContextManager[None]:
+        """Results for `channel` go to `deliver` instead of onto the channel while open."""
+        return self._replies.open(channel, deliver)
 
     def _publish(self, name: str, result: ComparisonResult) -> None:
         channel = self._channels.setdefault(name, _Channel())

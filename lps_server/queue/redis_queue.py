@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 from redis.asyncio import ConnectionPool, Redis
@@ -28,6 +28,7 @@ from lps_server.queue.local import CHANNEL_MAX_ENTRIES, RETRY_AFTER_FULL_S
 from lps_server.queue.ordering import queue_score, request_bytes
 from lps_server.queue.redis_keys import ENDED_STATUSES, QueueKeys
 from lps_server.queue.redis_scripts import QueueScripts
+from lps_server.queue.replies import Deliver, LocalReplies
 from lps_server.results import in_progress
 
 # Short timeouts make calls fail fast (gRPC UNAVAILABLE) while Redis is down, instead of hanging
@@ -103,6 +104,7 @@ class RedisQueue:
         self._retention_ms = max(1, round(retention_s * 1000))
         self._retention_s = retention_s
         self._closed = False
+        self._replies = LocalReplies()
         kwargs = client.connection_pool.connection_kwargs
         self._address = kwargs.get("path") or f"{kwargs.get('host')}:{kwargs.get('port')}"
 
@@ -239,7 +241,8 @@ class RedisQueue:
         if not done:
             return []
         args: list[Any] = [self._retention_ms, CHANNEL_MAX_ENTRIES]
-        for queued, result in done:
+        readers = [self._replies.reader(queued.reply_to) for queued, _ in done]
+        for (queued, result), reader in zip(done, readers, strict=True):
             if not result.status.is_final:
                 raise ValueError(f"complete() needs a final status, got {result.status.value}")
             channel, reply_to = queued.request.result_channel, queued.reply_to
@@ -249,10 +252,19 @@ class RedisQueue:
                 encode_result(result),
                 repr(result.completed_at),
                 channel,
-                "" if reply_to == channel else reply_to,
+                "" if reply_to == channel or reader is not None else reply_to,
             ]
         replies = await self._run(self._scripts.complete, args)
-        return [bool(r) for r in replies]
+        firsts = [bool(r) for r in replies]
+        for (_, result), reader, first in zip(done, readers, firsts, strict=True):
+            if reader is not None and first:
+                reader(result)
+        return firsts
+
+    def reply_here(self, channel: str, deliver: Deliver) -> AbstractContextManager[None]:
+        """Results this replica stores for `channel` go to `deliver` instead of onto the channel
+        while open; other replicas still publish theirs on it."""
+        return self._replies.open(channel, deliver)
 
     async def get(self, request_id: str) -> ComparisonResult | None:
         """The stored result, or a status-only result while the request is not done."""
