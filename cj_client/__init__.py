@@ -3,9 +3,11 @@
 from cj_client.client import LpsClient
 from cj_client.errors import (
     InvalidRequestError,
+    LimitExceededError,
     LpsClientError,
     NotFoundError,
     QueueFullError,
+    ResourceExhaustedError,
     UnauthenticatedError,
     UnavailableError,
 )
@@ -25,11 +27,13 @@ __all__ = [
     "EssayInput",
     "FieldViolation",
     "InvalidRequestError",
+    "LimitExceededError",
     "LpsClient",
     "LpsClientError",
     "NotFoundError",
     "QueueFullError",
     "QueueStatsView",
+    "ResourceExhaustedError",
     "UnauthenticatedError",
     "UnavailableError",
 ]

@@ -82,7 +82,8 @@ class LpsClient:
         """Enqueue one comparison; returns (request_id, status).
 
         Raises:
-            InvalidRequestError, QueueFullError, UnavailableError, LpsClientError.
+            InvalidRequestError, QueueFullError, LimitExceededError, UnavailableError,
+            LpsClientError.
         """
         request = svc.SubmitComparisonRequest(request=submission_to_pb(submission))
         try:

@@ -21,12 +21,21 @@ class InvalidRequestError(LpsClientError):
         super().__init__(message, code="INVALID_ARGUMENT")
 
 
-class QueueFullError(LpsClientError):
-    """The queue is full; retry after `retry_after` seconds."""
+class ResourceExhaustedError(LpsClientError):
+    """The server refused the call for now; retry after `retry_after` seconds (0: no hint)."""
 
     def __init__(self, message: str, *, retry_after: float) -> None:
         self.retry_after = retry_after
         super().__init__(message, code="RESOURCE_EXHAUSTED")
+
+
+class QueueFullError(ResourceExhaustedError):
+    """The queue is full: every client waits until it drains."""
+
+
+class LimitExceededError(ResourceExhaustedError):
+    """A limit of this client was reached: its submission rate or open streams, or the size of
+    one message (which waiting does not cure)."""
 
 
 class UnavailableError(LpsClientError):

@@ -11,6 +11,7 @@ from grpc_status import rpc_status
 
 from cj_client.errors import (
     InvalidRequestError,
+    LimitExceededError,
     LpsClientError,
     NotFoundError,
     QueueFullError,
@@ -149,6 +150,9 @@ def stats_from_pb(msg: svc.GetQueueStatsResponse) -> QueueStatsView:
     )
 
 
+# The google.rpc.ErrorInfo reason LPS gives a RESOURCE_EXHAUSTED caused by a full queue.
+QUEUE_FULL_REASON = "QUEUE_FULL"
+
 _ERRORS: Mapping[grpc.StatusCode, Callable[[str, str], LpsClientError]] = {
     grpc.StatusCode.UNAVAILABLE: lambda m, c: UnavailableError(m, code=c),
     grpc.StatusCode.UNAUTHENTICATED: lambda m, c: UnauthenticatedError(m, code=c),
@@ -163,6 +167,7 @@ def translate(exc: grpc.aio.AioRpcError) -> LpsClientError:
     status = rpc_status.from_call(exc)  # type: ignore[arg-type]
     violations: list[FieldViolation] = []
     retry_after = 0.0
+    reason = ""
     for detail in status.details if status is not None else ():
         if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
             bad = error_details_pb2.BadRequest()
@@ -172,10 +177,17 @@ def translate(exc: grpc.aio.AioRpcError) -> LpsClientError:
             info = error_details_pb2.RetryInfo()
             detail.Unpack(info)
             retry_after = info.retry_delay.ToNanoseconds() / 1e9
+        elif detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            error_info = error_details_pb2.ErrorInfo()
+            detail.Unpack(error_info)
+            reason = error_info.reason
     if code == grpc.StatusCode.INVALID_ARGUMENT:
         return InvalidRequestError(message, violations=violations)
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
-        return QueueFullError(message, retry_after=retry_after)
+        # LPS names the reason; gRPC's own refusals (a message over the size limit) carry none.
+        if reason == QUEUE_FULL_REASON:
+            return QueueFullError(message, retry_after=retry_after)
+        return LimitExceededError(message, retry_after=retry_after)
     factory = _ERRORS.get(code)
     if factory is not None:
         return factory(message, code.name)

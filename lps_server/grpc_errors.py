@@ -7,6 +7,7 @@ import uuid
 
 import grpc
 from google.protobuf import any_pb2
+from google.protobuf.message import Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
@@ -24,6 +25,12 @@ from lps_server.errors import (
 )
 
 log = logging.getLogger(__name__)
+
+# google.rpc.ErrorInfo on RESOURCE_EXHAUSTED says which resource ran out: clients back off from a
+# full queue (everyone's problem) differently from their own rate or stream limit.
+ERROR_DOMAIN = "lps.v1"
+REASON_QUEUE_FULL = "QUEUE_FULL"
+REASON_LIMIT_EXCEEDED = "CLIENT_LIMIT_EXCEEDED"
 
 _CODES: list[tuple[type[LpsError], int]] = [
     (InvalidRequestError, code_pb2.INVALID_ARGUMENT),
@@ -60,12 +67,16 @@ def to_status(exc: BaseException) -> grpc.Status:
         message = f"internal server error (ref {ref}; the server log has the details)"
         return rpc_status.to_status(status_pb2.Status(code=code_pb2.INTERNAL, message=message))
     status = status_pb2.Status(code=code, message=str(exc))
-    detail = None
+    details: list[Message] = []
     if isinstance(exc, InvalidRequestError):
-        detail = bad_request(exc.violations)
+        details.append(bad_request(exc.violations))
     elif isinstance(exc, QueueFullError | LimitExceededError):
-        detail = retry_info(exc.retry_after)
-    if detail is not None:
+        reason = REASON_QUEUE_FULL if isinstance(exc, QueueFullError) else REASON_LIMIT_EXCEEDED
+        details += [
+            retry_info(exc.retry_after),
+            error_details_pb2.ErrorInfo(reason=reason, domain=ERROR_DOMAIN),
+        ]
+    for detail in details:
         packed = any_pb2.Any()
         packed.Pack(detail)
         status.details.append(packed)

@@ -11,6 +11,7 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from cj_client import Ack, EssayInput, InvalidRequestError, LpsClient, QueueFullError
+from cj_client import LimitExceededError as ClientLimitError
 from cj_client.transport import submission_to_pb
 from generated.lps.v1 import llm_provider_service_pb2 as svc
 from generated.lps.v1 import llm_provider_service_pb2_grpc as svc_grpc
@@ -59,9 +60,21 @@ async def test_messages_over_the_size_limit_are_refused(start_lps: Start) -> Non
     app = await start_lps(max_message_bytes=64 * 1024)
     async with LpsClient(target=target(app), timeout=10) as client:
         big = EssayInput("big", "word " * 14_000)  # 70 kB: a valid essay, too big a message
-        with pytest.raises(QueueFullError, match="larger than max"):
+        with pytest.raises(ClientLimitError, match="larger than max"):
             await client.submit(submission(1, essay_a=big))
         assert (await client.submit(submission(2)))[0] == "req-2"  # and the server carries on
+
+
+# --- a full queue is not a client limit ----------------------------------------------------------
+
+
+async def test_a_full_queue_is_told_apart_from_a_client_limit(start_lps: Start) -> None:
+    app = await start_lps(queue=LocalQueue(max_size=0))
+    async with LpsClient(target=target(app), timeout=10) as client:
+        with pytest.raises(QueueFullError, match="queue is full") as caught:
+            await client.submit(submission(1))
+    assert not isinstance(caught.value, ClientLimitError)
+    assert caught.value.retry_after > 0
 
 
 # --- requests per stream message ----------------------------------------------------------------
@@ -206,7 +219,7 @@ async def test_unary_submissions_over_the_rate_are_refused_with_retry_info(
     async with LpsClient(target=target(app), token="tok-one", timeout=10) as one:
         for i in range(3):
             await one.submit(submission(i))
-        with pytest.raises(QueueFullError, match="rate limit") as caught:
+        with pytest.raises(ClientLimitError, match="rate limit") as caught:
             await one.submit(submission(3))
         assert 0 < caught.value.retry_after <= 5.0
     async with LpsClient(target=target(app), token="tok-two", timeout=10) as two:
