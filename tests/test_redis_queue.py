@@ -413,3 +413,16 @@ async def test_a_closed_queue_refuses_calls_instead_of_reconnecting(redis_url: s
     ):
         with pytest.raises(QueueUnavailableError, match="closed"):
             await call
+
+
+async def test_close_lets_calls_in_progress_finish_and_leaves_no_connection_open(
+    redis_url: str, observer: Redis
+) -> None:
+    queue = RedisQueue.from_settings(redis_settings(redis_url))
+    baseline = len(await observer.client_list())
+    # Started before close(), still opening its connection when close() begins.
+    calls = [asyncio.create_task(queue.stats(now=T0)) for _ in range(3)]
+    await asyncio.sleep(0)
+    await queue.close()
+    assert [(await c).queued for c in calls] == [0, 0, 0]
+    assert len(await observer.client_list()) == baseline

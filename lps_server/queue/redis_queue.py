@@ -7,6 +7,8 @@ module encodes arguments, decodes replies, and turns every Redis failure into
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import re
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
@@ -40,6 +42,8 @@ COMMAND_TIMEOUT_S = 2.0
 MAX_BLOCK_S = 10.0
 MIN_BLOCK_S = 0.01
 BLOCKING_TIMEOUT_S = MAX_BLOCK_S + COMMAND_TIMEOUT_S
+# close() waits at most this long for calls in progress.
+CLOSE_WAIT_S = COMMAND_TIMEOUT_S
 # Each lease takes at most this many expired requests besides its items; the caller ends them.
 LEASE_MAX_EXPIRED = 256
 SWEEP_BATCH = 1000
@@ -104,6 +108,9 @@ class RedisQueue:
         self._retention_ms = max(1, round(retention_s * 1000))
         self._retention_s = retention_s
         self._closed = False
+        self._calls = 0  # calls between their `_closed` check and their end
+        self._idle = asyncio.Event()
+        self._idle.set()
         self._replies = LocalReplies()
         kwargs = client.connection_pool.connection_kwargs
         self._address = kwargs.get("path") or f"{kwargs.get('host')}:{kwargs.get('port')}"
@@ -144,6 +151,8 @@ class RedisQueue:
         if self._closed:
             # redis-py would quietly reconnect a closed client; a closed queue serves nothing.
             raise QueueUnavailableError(f"redis queue at {self._address} is closed")
+        self._calls += 1
+        self._idle.clear()
         try:
             yield
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
@@ -154,6 +163,10 @@ class RedisQueue:
                     f"redis at {self._address} cannot serve the queue: {exc}"
                 ) from exc
             raise
+        finally:
+            self._calls -= 1
+            if not self._calls:
+                self._idle.set()
 
     async def _run(self, script: Any, args: Sequence[Any]) -> Any:
         prefixed = [*self._keys.script_prefixes(), *args]
@@ -349,4 +362,9 @@ class RedisQueue:
         QueueUnavailableError."""
         self._closed = True
         await self._blocking.aclose()
+        # Calls already past their check (a cancelled task's last command, say) finish first: one
+        # still waiting for a connection would otherwise open it in a closed pool and leave it open.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), CLOSE_WAIT_S)
         await self._client.aclose()
+        await self._blocking.aclose()  # again, for a blocking call that reconnected meanwhile
