@@ -22,11 +22,11 @@ else:
     Handler = grpc.RpcMethodHandler
     ServerInterceptor = grpc.aio.ServerInterceptor
 Behavior = Callable[..., Any]
+Continuation = Callable[[grpc.HandlerCallDetails], Any]
 
 # Reading what a refused client already sent takes at most this long and this many messages.
 DRAIN_MAX_S = 1.0
 DRAIN_MAX_MESSAGES = 64
-Continuation = Callable[[grpc.HandlerCallDetails], Any]
 
 _FACTORIES: dict[tuple[bool, bool], Callable[..., Handler]] = {
     (False, False): grpc.unary_unary_rpc_method_handler,
