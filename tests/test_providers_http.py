@@ -2,136 +2,31 @@
 
 from __future__ import annotations
 
-import asyncio
 import email.utils
-import json
 import logging
 import socket
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from dataclasses import dataclass, field, replace
-from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from prometheus_client import CollectorRegistry, generate_latest
 
-from lps_server.config import Settings
-from lps_server.domain import (
-    ComparisonRequest,
-    ErrorCode,
-    Essay,
-    Overrides,
-    ProcessingMode,
-    ProviderName,
-    RequestStatus,
-    Winner,
-)
-from lps_server.errors import ConfigurationError
-from lps_server.intake import Intake
-from lps_server.metrics import LpsMetrics
-from lps_server.processor import Processor
-from lps_server.providers import ProviderRegistry
-from lps_server.providers.anthropic import AnthropicProvider
-from lps_server.providers.base import ComparisonItem, ItemFailure, ItemSuccess, ProviderCallError
+from lps_server.domain import ErrorCode, Overrides, ProviderName, Winner
+from lps_server.providers.base import ItemFailure, ItemSuccess, ProviderCallError
 from lps_server.providers.circuit_breaker import CircuitBreaker, CircuitState
 from lps_server.providers.http_errors import parse_retry_after
-from lps_server.providers.http_provider import HttpProvider
-from lps_server.providers.http_settings import (
-    BundleCalls,
-    HttpProviderSettings,
-    HttpProvidersSettings,
-    ModelPrice,
-    PriceTable,
-    Secret,
+from lps_server.providers.http_settings import BundleCalls, PriceTable, Secret
+from tests.fake_llm_servers import Reply
+from tests.provider_rig import (
+    FLAVOURS,
+    INSTRUCTIONS,
+    MODELS,
+    SECRET,
+    FakeClock,
+    call_error,
+    compare,
+    items,
+    rig,
 )
-from lps_server.providers.openai_compat import OpenAICompatibleProvider
-from lps_server.queue import LocalQueue
-from tests.fake_llm_servers import FakeAnthropic, FakeLlmServer, FakeOpenAI, Reply
-
-SECRET = "sk-test-SECRET-123"
-FLAVOURS = ["openai", "anthropic"]
-MODELS = {"openai": "gpt-4o-mini", "anthropic": "claude-haiku-4-5"}
-INSTRUCTIONS = "Which essay answers the question 'Should school start later?' better?"
-
-
-class FakeClock:
-    """A monotonic clock that moves only when told."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@dataclass
-class Rig:
-    """A fake server and a provider pointed at it."""
-
-    server: FakeLlmServer
-    provider: HttpProvider
-    settings: HttpProviderSettings
-    clock: FakeClock
-    transitions: list[CircuitState] = field(default_factory=list)
-
-
-@asynccontextmanager
-async def rig(
-    flavour: str, *, server_key: str | None = SECRET, **overrides: Any
-) -> AsyncIterator[Rig]:
-    server: FakeLlmServer = (
-        FakeOpenAI(api_key=server_key) if flavour == "openai" else FakeAnthropic(api_key=server_key)
-    )
-    async with server:
-        settings = HttpProviderSettings(
-            provider=ProviderName.OPENAI if flavour == "openai" else ProviderName.ANTHROPIC,
-            base_url=server.base_url,
-            api_key=Secret(SECRET),
-            default_model=MODELS[flavour],
-            timeout_s=5.0,
-            configured=True,
-        )
-        settings = replace(settings, **overrides)
-        clock = FakeClock()
-        transitions: list[CircuitState] = []
-        adapter = OpenAICompatibleProvider if flavour == "openai" else AnthropicProvider
-        provider = adapter(
-            settings, clock=clock, on_circuit_state=lambda _name, state: transitions.append(state)
-        )
-        try:
-            yield Rig(server, provider, settings, clock, transitions)
-        finally:
-            await provider.aclose()
-
-
-def items(n: int, instructions: str = INSTRUCTIONS) -> list[ComparisonItem]:
-    return [
-        ComparisonItem(
-            key=f"req-{i}",
-            essay_a=Essay(f"a{i}", f"Essay A number {i}: later starts help sleep."),
-            essay_b=Essay(f"b{i}", f"Essay B number {i}: buses cost money."),
-            instructions=instructions,
-        )
-        for i in range(1, n + 1)
-    ]
-
-
-async def compare(r: Rig, n: int, **overrides: Any) -> list[Any]:
-    return await r.provider.compare(
-        items(n), model=r.settings.default_model, overrides=Overrides(**overrides)
-    )
-
-
-async def call_error(r: Rig, n: int = 2) -> ProviderCallError:
-    with pytest.raises(ProviderCallError) as info:
-        await compare(r, n)
-    return info.value
 
 
 @pytest.mark.parametrize("flavour", FLAVOURS)
@@ -410,160 +305,3 @@ async def test_the_api_key_appears_nowhere(flavour: str, caplog: pytest.LogCaptu
     seen += [repr(vars(record)) for record in caplog.records]
     assert caplog.records, "the calls were logged"
     assert not [text for text in seen if SECRET in text]
-
-
-def test_settings_from_env_defaults_and_configuration(tmp_path: Path) -> None:
-    none = HttpProvidersSettings.from_env({})
-    assert none.configured() == []
-    assert none.openai.base_url == "https://api.openai.com/v1"
-    assert none.anthropic.base_url == "https://api.anthropic.com"
-
-    prices = tmp_path / "prices.json"
-    prices.write_text(json.dumps({"local-judge": {"input_per_mtok": 1, "output_per_mtok": 2}}))
-    env = {
-        "LPS_OPENAI_API_KEY": SECRET,
-        "LPS_OPENAI_COMPATIBLE_BASE_URL": "http://127.0.0.1:8000/v1/",
-        "LPS_OPENAI_COMPATIBLE_MODEL": "local-judge",
-        "LPS_OPENAI_COMPATIBLE_BUNDLE_CALLS": "sequential",
-        "LPS_ANTHROPIC_TIMEOUT_SECONDS": "12.5",
-        "LPS_PRICE_TABLE": str(prices),
-    }
-    some = HttpProvidersSettings.from_env(env)
-    assert [s.provider for s in some.configured()] == [
-        ProviderName.OPENAI,
-        ProviderName.OPENAI_COMPATIBLE,
-    ]
-    compat = some.openai_compatible
-    assert compat.base_url == "http://127.0.0.1:8000/v1"
-    assert compat.bundle_calls == BundleCalls.SEQUENTIAL
-    assert not compat.api_key
-    assert compat.prices.prices["local-judge"] == ModelPrice(1.0, 2.0)
-    assert "gpt-4o-mini" in compat.known_models(), "built-in prices stay"
-    assert some.anthropic.timeout_s == 12.5
-    assert SECRET not in repr(some)
-    assert some.openai.api_key == Secret(SECRET)
-
-
-@pytest.mark.parametrize(
-    ("env", "message"),
-    [
-        ({"LPS_OPENAI_COMPATIBLE_BASE_URL": "http://x/v1"}, "LPS_OPENAI_COMPATIBLE_MODEL"),
-        ({"LPS_OPENAI_API_KEY": "k", "LPS_OPENAI_BUNDLE_CALLS": "batch"}, "BUNDLE_CALLS"),
-        ({"LPS_ANTHROPIC_API_KEY": "k", "LPS_ANTHROPIC_BASE_URL": "api.x"}, "BASE_URL"),
-        ({"LPS_OPENAI_API_KEY": "k", "LPS_OPENAI_CIRCUIT_BREAKER_THRESHOLD": "0"}, "THRESHOLD"),
-        ({"LPS_PRICE_TABLE": '{"m": {"input_per_mtok": -1}}'}, "input_per_mtok"),
-        ({"LPS_PRICE_TABLE": "/nonexistent/prices.json"}, "cannot read"),
-    ],
-)
-def test_invalid_settings_name_the_variable(env: dict[str, str], message: str) -> None:
-    with pytest.raises(ConfigurationError, match=message):
-        HttpProvidersSettings.from_env(env)
-
-
-def test_registry_builds_configured_providers_and_bounded_model_labels() -> None:
-    from lps_server.domain import Route
-
-    assert ProviderRegistry.from_settings(Settings(), env={}).names() == [ProviderName.MOCK]
-    env = {
-        "LPS_ANTHROPIC_API_KEY": SECRET,
-        "LPS_PRICE_TABLE": '{"claude-x": {"input_per_mtok": 1, "output_per_mtok": 5}}',
-    }
-    registry = ProviderRegistry.from_settings(Settings(), env=env)
-    assert registry.names() == [ProviderName.MOCK, ProviderName.ANTHROPIC]
-    route = registry.resolve(Overrides(provider=ProviderName.ANTHROPIC))
-    assert route == Route(ProviderName.ANTHROPIC, "claude-haiku-4-5")
-    assert registry.model_label(route) == "claude-haiku-4-5"
-    assert registry.model_label(Route(ProviderName.ANTHROPIC, "claude-x")) == "claude-x"
-    assert registry.model_label(Route(ProviderName.ANTHROPIC, "made-up-model")) == "other"
-
-
-async def test_through_the_processor_retries_and_keeps_the_key_secret(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    """Serial bundle of 4 on a compatible server: a 429, then an answer missing one item, then the
-    item alone; every request completes with usage and cost, and the key is in no span, metric,
-    result or log."""
-    caplog.set_level(logging.DEBUG)
-    async with FakeOpenAI(api_key=SECRET) as server:
-        server.script(
-            Reply(429, {"Retry-After": "0.05"}),
-            Reply(
-                answer={
-                    "comparisons": [
-                        {"index": i, "justification": "Clearer.", "winner": "B", "confidence": 3}
-                        for i in (1, 3, 4)
-                    ]
-                }
-            ),
-        )
-        env = {
-            "LPS_OPENAI_COMPATIBLE_BASE_URL": server.base_url,
-            "LPS_OPENAI_COMPATIBLE_API_KEY": SECRET,
-            "LPS_OPENAI_COMPATIBLE_MODEL": "local-judge",
-            "LPS_PRICE_TABLE": '{"local-judge": {"input_per_mtok": 10, "output_per_mtok": 20}}',
-        }
-        settings = Settings(
-            queue_processing_mode=ProcessingMode.SERIAL_BUNDLE,
-            serial_bundle_max_requests_per_call=4,
-            serial_bundle_max_wait_ms=200,
-            retry_backoff_ms=1,
-        )
-        registry = CollectorRegistry()
-        spans = InMemorySpanExporter()
-        tracer_provider = TracerProvider()
-        tracer_provider.add_span_processor(SimpleSpanProcessor(spans))
-        providers = ProviderRegistry.from_settings(settings, env=env)
-        queue = LocalQueue()
-        intake = Intake(queue=queue, providers=providers, settings=settings)
-        processor = Processor(
-            queue=queue,
-            providers=providers,
-            settings=settings,
-            metrics=LpsMetrics(registry),
-            tracer_provider=tracer_provider,
-        )
-        requests = [
-            ComparisonRequest(
-                request_id=item.key,
-                essay_a=item.essay_a,
-                essay_b=item.essay_b,
-                instructions=item.instructions,
-                overrides=Overrides(provider=ProviderName.OPENAI_COMPATIBLE),
-                result_channel="results",
-            )
-            for item in items(4)
-        ]
-        await intake.submit([intake.prepare(req) for req in requests])
-        running = asyncio.create_task(processor.run())
-        results = []
-        cursor = ""
-        async with asyncio.timeout(10):
-            while len(results) < 4:
-                entries = await queue.read_channel("results", cursor=cursor, timeout=5)
-                results += [e.result for e in entries]
-                cursor = entries[-1].cursor if entries else cursor
-        processor.stop()
-        await running
-        await providers.aclose()
-
-    assert server.problems == []
-    assert [c.comparisons for c in server.calls] == [4, 4, 1]
-    assert {r.status for r in results} == {RequestStatus.COMPLETED}
-    assert all(r.token_usage.total_tokens > 0 and r.cost_usd > 0 for r in results)
-    assert all(r.model == "local-judge" for r in results)
-    labels = {"provider": "openai_compatible", "model": "local-judge"}
-    assert registry.get_sample_value("llm_provider_serial_bundle_calls_total", labels) == 2
-    exported = [
-        json.dumps(
-            [
-                s.attributes and dict(s.attributes),
-                [e.attributes for e in s.events],
-                s.status.description,
-            ],
-            default=str,
-        )
-        for s in spans.get_finished_spans()
-    ]
-    assert exported, "spans were recorded"
-    for text in [*exported, generate_latest(registry).decode(), repr(results), caplog.text]:
-        assert SECRET not in text
