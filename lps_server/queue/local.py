@@ -203,13 +203,12 @@ class LocalQueue:
             record.status = result.status
             record.result = result
             record.finished_at = result.completed_at
-            reader = self._replies.reader(queued.reply_to)
-            skipped = {"", queued.reply_to} if reader is not None else {""}
+            read_here = self._replies.reader(queued.reply_to) is not None
+            skipped = {"", queued.reply_to} if read_here else {""}
             for channel in {queued.request.result_channel, queued.reply_to} - skipped:
                 self._publish(channel, result)
-            if reader is not None:
-                reader(result)
             stored.append(True)
+        self._replies.deliver(done, stored)
         return stored
 
     def reply_here(self, channel: str, deliver: Deliver) -> AbstractContextManager[None]:

@@ -254,8 +254,7 @@ class RedisQueue:
         if not done:
             return []
         args: list[Any] = [self._retention_ms, CHANNEL_MAX_ENTRIES]
-        readers = [self._replies.reader(queued.reply_to) for queued, _ in done]
-        for (queued, result), reader in zip(done, readers, strict=True):
+        for queued, result in done:
             if not result.status.is_final:
                 raise ValueError(f"complete() needs a final status, got {result.status.value}")
             channel, reply_to = queued.request.result_channel, queued.reply_to
@@ -265,13 +264,11 @@ class RedisQueue:
                 encode_result(result),
                 repr(result.completed_at),
                 channel,
-                "" if reply_to == channel or reader is not None else reply_to,
+                "" if reply_to == channel or self._replies.reader(reply_to) else reply_to,
             ]
         replies = await self._run(self._scripts.complete, args)
         firsts = [bool(r) for r in replies]
-        for (_, result), reader, first in zip(done, readers, firsts, strict=True):
-            if reader is not None and first:
-                reader(result)
+        self._replies.deliver(done, firsts)
         return firsts
 
     def reply_here(self, channel: str, deliver: Deliver) -> AbstractContextManager[None]:

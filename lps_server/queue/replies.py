@@ -9,10 +9,10 @@ would hold each streamed result twice for the whole retention period.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
-from lps_server.domain import ComparisonResult
+from lps_server.domain import ComparisonResult, QueuedRequest
 
 Deliver = Callable[[ComparisonResult], None]
 
@@ -37,3 +37,13 @@ class LocalReplies:
     def reader(self, channel: str) -> Deliver | None:
         """The reader of `channel` in this process, if it has one."""
         return self._readers.get(channel) if channel else None
+
+    def deliver(
+        self, done: Sequence[tuple[QueuedRequest, ComparisonResult]], stored: Sequence[bool]
+    ) -> None:
+        """Hand each result this process stored first to its call's reader here, if it has one
+        (a backend's `complete` skipped that reply channel for it)."""
+        for (queued, result), first in zip(done, stored, strict=True):
+            reader = self.reader(queued.reply_to)
+            if first and reader is not None:
+                reader(result)
