@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck proto-check unit gen bench redis-server clean
+.PHONY: demo test lint typecheck imports proto-check unit gen bench redis-server clean
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -18,7 +18,7 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python scripts/demo
 
-test: $(STAMP) redis-server lint typecheck proto-check unit
+test: $(STAMP) redis-server lint typecheck imports proto-check unit
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -26,6 +26,10 @@ lint: $(STAMP)
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
+
+# The layering contract in pyproject.toml (docs/architecture.md).
+imports: $(STAMP)
+	$(BIN)/lint-imports --no-logo
 
 proto-check: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" buf lint

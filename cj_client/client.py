@@ -5,21 +5,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterable
 from types import TracebackType
 
-import grpc
 from opentelemetry.propagate import inject
 
 from cj_client.models import Ack, ComparisonOutcome, ComparisonSubmission, QueueStatsView
-from cj_client.transport import (
-    ack_from_pb,
-    open_channel,
-    outcome_from_pb,
-    stats_from_pb,
-    submission_to_pb,
-    translate,
-)
-from generated.lps.v1 import comparison_pb2 as pb
-from generated.lps.v1 import llm_provider_service_pb2 as svc
-from generated.lps.v1 import llm_provider_service_pb2_grpc as svc_grpc
+from cj_client.transport import LpsCalls, Metadata
 
 DEFAULT_TARGET = "127.0.0.1:50051"
 STREAM_CHUNK = 64
@@ -51,13 +40,10 @@ class LpsClient:
     ) -> None:
         self.target = target
         self._timeout = timeout
-        self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
-        self._channel = open_channel(
-            target, tls=tls, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key
-        )
-        self._stub = svc_grpc.LlmProviderServiceStub(self._channel)
+        self._metadata: Metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        self._calls = LpsCalls(target, tls=tls, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key)
 
-    def _call_metadata(self) -> tuple[tuple[str, str], ...]:
+    def _call_metadata(self) -> Metadata:
         """Auth plus the caller's trace context (`traceparent`), so LPS joins the caller's trace."""
         carrier: dict[str, str] = {}
         inject(carrier)
@@ -76,7 +62,7 @@ class LpsClient:
 
     async def close(self) -> None:
         """Close the channel."""
-        await self._channel.close(None)
+        await self._calls.close()
 
     async def submit(self, submission: ComparisonSubmission) -> tuple[str, str]:
         """Enqueue one comparison; returns (request_id, status).
@@ -85,15 +71,9 @@ class LpsClient:
             InvalidRequestError, QueueFullError, LimitExceededError, UnavailableError,
             LpsClientError.
         """
-        request = svc.SubmitComparisonRequest(request=submission_to_pb(submission))
-        try:
-            response = await self._stub.SubmitComparison(
-                request, timeout=self._timeout, metadata=self._call_metadata()
-            )
-        except grpc.aio.AioRpcError as exc:
-            raise translate(exc) from None
-        status = pb.RequestStatus.Name(response.status).removeprefix("REQUEST_STATUS_").lower()
-        return response.request_id, status
+        return await self._calls.submit(
+            submission, timeout=self._timeout, metadata=self._call_metadata()
+        )
 
     async def submit_many(
         self, submissions: Iterable[ComparisonSubmission], *, chunk: int = STREAM_CHUNK
@@ -102,37 +82,19 @@ class LpsClient:
 
         The call ends when every accepted submission has its result.
         """
-        messages = [submission_to_pb(s) for s in submissions]
-
-        async def requests() -> AsyncIterator[svc.SubmitComparisonsRequest]:
-            for start in range(0, len(messages), chunk):
-                yield svc.SubmitComparisonsRequest(requests=messages[start : start + chunk])
-
-        call = self._stub.SubmitComparisons(requests(), metadata=self._call_metadata())
-        try:
-            async for event in call:
-                if event.HasField("ack"):
-                    yield ack_from_pb(event.ack)
-                else:
-                    yield outcome_from_pb(event.result)
-        except grpc.aio.AioRpcError as exc:
-            raise translate(exc) from None
-        finally:
-            call.cancel()
+        subs = list(submissions)
+        chunks = [subs[start : start + chunk] for start in range(0, len(subs), chunk)]
+        async for event in self._calls.submit_many(chunks, metadata=self._call_metadata()):
+            yield event
 
     async def stream_results(
         self, result_channel: str, *, cursor: str = ""
     ) -> AsyncIterator[tuple[str, ComparisonOutcome]]:
         """Follow a result channel from `cursor`; yields (cursor, outcome) until cancelled."""
-        request = svc.StreamResultsRequest(result_channel=result_channel, cursor=cursor)
-        call = self._stub.StreamResults(request, metadata=self._call_metadata())
-        try:
-            async for event in call:
-                yield event.cursor, outcome_from_pb(event.result)
-        except grpc.aio.AioRpcError as exc:
-            raise translate(exc) from None
-        finally:
-            call.cancel()
+        async for entry in self._calls.stream_results(
+            result_channel, cursor=cursor, metadata=self._call_metadata()
+        ):
+            yield entry
 
     async def get(self, request_id: str) -> ComparisonOutcome:
         """Status and, once ended, the result of one request.
@@ -140,22 +102,10 @@ class LpsClient:
         Raises:
             NotFoundError: the id is unknown.
         """
-        try:
-            response = await self._stub.GetComparison(
-                svc.GetComparisonRequest(request_id=request_id),
-                timeout=self._timeout,
-                metadata=self._call_metadata(),
-            )
-        except grpc.aio.AioRpcError as exc:
-            raise translate(exc) from None
-        return outcome_from_pb(response.result)
+        return await self._calls.get(
+            request_id, timeout=self._timeout, metadata=self._call_metadata()
+        )
 
     async def queue_stats(self) -> QueueStatsView:
         """Queue depth by status, oldest age and processing mode."""
-        try:
-            response = await self._stub.GetQueueStats(
-                svc.GetQueueStatsRequest(), timeout=self._timeout, metadata=self._call_metadata()
-            )
-        except grpc.aio.AioRpcError as exc:
-            raise translate(exc) from None
-        return stats_from_pb(response)
+        return await self._calls.queue_stats(timeout=self._timeout, metadata=self._call_metadata())

@@ -5,6 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+#: The providers a submission may name (`ComparisonSubmission.provider`).
+PROVIDER_NAMES = ("anthropic", "mock", "openai", "openai_compatible")
+
 
 @dataclass(frozen=True, slots=True)
 class EssayInput:

@@ -8,22 +8,16 @@ import time
 from collections.abc import Callable
 from wsgiref.simple_server import WSGIServer
 
-import grpc
-from grpc_health.v1 import health, health_pb2
-from grpc_health.v1._async import HealthServicer
 from opentelemetry import trace
 from prometheus_client import CollectorRegistry, start_http_server
 
-from lps_server.auth import AuthInterceptor
-from lps_server.config import Settings
-from lps_server.decode_guard import DecodeGuardInterceptor
-from lps_server.intake import Intake
-from lps_server.metrics import LpsMetrics
-from lps_server.processor import Processor
+from lps_server.core.config import Settings
+from lps_server.edge.grpc_edge import GrpcEdge
+from lps_server.observability.metrics import LpsMetrics
+from lps_server.processing.intake import Intake
+from lps_server.processing.processor import Processor
 from lps_server.providers import ProviderRegistry
 from lps_server.queue import LocalQueue, QueueBackend, make_queue
-from lps_server.server import SERVICE_NAME, create_server, server_credentials
-from lps_server.servicer import LlmProviderServicer
 
 log = logging.getLogger(__name__)
 STREAM_FLUSH_GRACE_S = 5.0
@@ -69,48 +63,30 @@ class LpsApp:
             tracer_provider=tracer_provider,
             clock=clock,
         )
-        self.health = HealthServicer()
-        self._servicer = servicer = LlmProviderServicer(
+        self.edge = GrpcEdge(
+            settings=settings,
             intake=self.intake,
             queue=self.queue,
             providers=self.providers,
-            settings=settings,
             metrics=self.metrics,
             tracer_provider=tracer_provider,
             clock=clock,
         )
-        self.server, self.grpc_port = create_server(
-            servicer,
-            host=settings.grpc_host,
-            port=settings.grpc_port,
-            health_servicer=self.health,
-            credentials=server_credentials(settings),
-            # Authentication first: an unauthenticated call is refused before its bytes are parsed.
-            interceptors=[
-                AuthInterceptor(settings.auth_tokens, on_reject=self._count_rejection),
-                DecodeGuardInterceptor(on_reject=self._count_rejection),
-            ],
-            max_message_bytes=settings.max_message_bytes,
-        )
+        self.grpc_port = self.edge.port
         self.metrics_port: int | None = None
         self._metrics_http: WSGIServer | None = None
         self._processor_task: asyncio.Task[None] | None = None
 
-    def _count_rejection(self, method: str, code: grpc.StatusCode) -> None:
-        # Calls refused by an interceptor never reach the servicer, which counts all the others.
-        self.metrics.grpc_requests.labels(method=method, code=code.name).inc()
-
     async def start(self, *, serve_metrics: bool = True) -> None:
         """Start serving gRPC (and /metrics unless disabled) and processing the queue."""
-        await self.server.start()
+        await self.edge.start()
         if serve_metrics:
             self._metrics_http, _ = start_http_server(
                 self.settings.metrics_port, addr=self.settings.metrics_host, registry=self.registry
             )
             self.metrics_port = self._metrics_http.server_port
         self._processor_task = asyncio.create_task(self.processor.run())
-        for name in (SERVICE_NAME, health.OVERALL_HEALTH):
-            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        await self.edge.set_serving(True)
         log.info(
             "lps listening grpc=%s:%d metrics=%s backend=%s mode=%s",
             self.settings.grpc_host,
@@ -129,9 +105,8 @@ class LpsApp:
         queued work stays in Redis for other replicas and only the bundles in flight are finished.
         """
         grace = self.settings.shutdown_grace_seconds if grace is None else grace
-        await self.health.enter_graceful_shutdown()
+        await self.edge.begin_drain()
         self.intake.close()
-        self._servicer.refuse_new_calls()
         if self._processor_task is not None:
             self.processor.stop(drain=isinstance(self.queue, LocalQueue))
             done, _ = await asyncio.wait({self._processor_task}, timeout=grace)
@@ -145,7 +120,7 @@ class LpsApp:
                 leftover, "server shut down before this request was processed; submit it again"
             )
         # Let streaming calls deliver the last results before connections close.
-        await self.server.stop(STREAM_FLUSH_GRACE_S)
+        await self.edge.stop(STREAM_FLUSH_GRACE_S)
         await self.queue.close()
         await self.providers.aclose()
         if self._metrics_http is not None:

@@ -10,10 +10,10 @@ import signal
 import sys
 
 from lps_server.app import LpsApp
-from lps_server.config import Settings
-from lps_server.errors import ConfigurationError
-from lps_server.logs import configure_logging
-from lps_server.telemetry import configure_tracing
+from lps_server.core.config import Settings
+from lps_server.core.errors import ConfigurationError
+from lps_server.observability.logs import configure_logging
+from lps_server.observability.telemetry import configure_tracing
 
 # Flags that override LPS_* variables: (flag, settings field, type, help).
 FLAGS: list[tuple[str, str, type, str]] = [

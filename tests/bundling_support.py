@@ -17,8 +17,8 @@ import pytest
 from cj_client import Ack, ComparisonOutcome, ComparisonSubmission, LpsClient
 from cj_client.transport import submission_to_pb
 from lps_server.app import LpsApp
-from lps_server.convert import request_from_pb
-from lps_server.domain import Overrides, ProcessingMode, ProviderName
+from lps_server.core.domain import Overrides, ProcessingMode, ProviderName
+from lps_server.edge.convert import request_from_pb
 from lps_server.providers.base import (
     ComparisonItem,
     ItemFailure,

@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry
 
 from cj_client import LpsClient
 from lps_server.app import LpsApp
-from lps_server.config import Settings
+from lps_server.core.config import Settings
 from lps_server.providers import ProviderRegistry
 from lps_server.queue.base import QueueBackend
 from tests.bundling_support import BACKENDS, SERIAL, AppFactory, RecordingProvider

@@ -13,8 +13,8 @@ from prometheus_client import CollectorRegistry
 
 from cj_client import Ack, ComparisonOutcome, ComparisonSubmission, EssayInput, LpsClient
 from lps_server.app import LpsApp
-from lps_server.config import Settings
-from lps_server.domain import Overrides
+from lps_server.core.config import Settings
+from lps_server.core.domain import Overrides
 from lps_server.providers import ComparisonItem, ItemOutcome, ProviderRegistry
 from lps_server.providers.mock import MockProvider
 

@@ -9,10 +9,9 @@ from typing import Any
 
 import pytest
 
-from lps_server.domain import Essay, Overrides, ProviderName
+from lps_server.core.domain import CircuitState, Essay, Overrides, ProviderName
 from lps_server.providers.anthropic import AnthropicProvider
 from lps_server.providers.base import ComparisonItem, ProviderCallError
-from lps_server.providers.circuit_breaker import CircuitState
 from lps_server.providers.http_provider import HttpProvider
 from lps_server.providers.http_settings import HttpProviderSettings, Secret
 from lps_server.providers.openai_compat import OpenAICompatibleProvider

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from lps_server.bundling import limit_of
-from lps_server.config import Settings
-from lps_server.domain import (
+from lps_server.core.bundling import limit_of
+from lps_server.core.config import Settings
+from lps_server.core.domain import (
     ComparisonRequest,
     ComparisonResult,
     ErrorCode,

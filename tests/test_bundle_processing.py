@@ -9,7 +9,7 @@ from dataclasses import replace
 
 import pytest
 
-from lps_server.domain import ErrorCode, ProcessingMode, ProviderName
+from lps_server.core.domain import ErrorCode, ProcessingMode, ProviderName
 from lps_server.providers.base import (
     ItemFailure,
     ProviderCallError,

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 
 from cj_client import Ack, ComparisonOutcome
-from lps_server.bundling import bundle_limit
-from lps_server.domain import ProviderName
+from lps_server.core.bundling import bundle_limit
+from lps_server.core.domain import ProviderName
 from tests.bundling_support import (
     MOCK_MODEL,
     SERIAL,

@@ -7,7 +7,7 @@ from prometheus_client import CollectorRegistry
 
 from cj_client import Ack, ComparisonOutcome, LpsClient
 from lps_server.app import LpsApp
-from lps_server.config import Settings
+from lps_server.core.config import Settings
 from tests.helpers import metric, submission
 from tests.redis_server import free_port
 

@@ -24,7 +24,7 @@ from cj_client.batching import (
 from cj_client.cli import main as cj_main
 from cj_client.outputs import load_essays
 from lps_server.app import LpsApp
-from lps_server.domain import ProcessingMode
+from lps_server.core.domain import ProcessingMode
 from lps_server.providers.mock import quality
 from tests.helpers import metric
 

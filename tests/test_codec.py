@@ -9,8 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lps_server.codec import decode_queued, decode_result, encode_queued, encode_result
-from lps_server.domain import (
+from lps_server.core.domain import (
     BundleFacts,
     ComparisonRequest,
     ComparisonResult,
@@ -27,6 +26,7 @@ from lps_server.domain import (
     TokenUsage,
     Winner,
 )
+from lps_server.queue.codec import decode_queued, decode_result, encode_queued, encode_result
 from tests.queue_support import judged, make_queued
 
 text = st.text(max_size=12)

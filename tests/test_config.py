@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from lps_server.config import Settings
-from lps_server.domain import ProcessingMode
-from lps_server.errors import ConfigurationError
+from lps_server.core.config import Settings
+from lps_server.core.domain import ProcessingMode
+from lps_server.core.errors import ConfigurationError
 
 
 def test_defaults_need_no_configuration() -> None:

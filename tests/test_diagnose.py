@@ -11,7 +11,7 @@ from pathlib import Path
 from opentelemetry.sdk.trace import TracerProvider
 
 from lps_server.app import LpsApp
-from lps_server.domain import ProcessingMode
+from lps_server.core.domain import ProcessingMode
 from tests.helpers import metric
 
 ROOT = Path(__file__).resolve().parent.parent

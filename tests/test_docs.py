@@ -6,7 +6,7 @@ import re
 from dataclasses import fields
 from pathlib import Path
 
-from lps_server.config import Settings
+from lps_server.core.config import Settings
 from lps_server.providers.http_settings import PREFIXES
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -25,7 +25,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from cj_client import LpsClient, UnavailableError
-from lps_server.config import Settings
+from lps_server.core.config import Settings
 from lps_server.queue.redis_queue import RedisQueue
 from tests.helpers import submission
 

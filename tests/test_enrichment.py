@@ -14,9 +14,9 @@ import pytest
 
 from cj_client import Ack, ComparisonOutcome, LpsClient
 from lps_server.app import LpsApp
-from lps_server.bundling import enrich_metadata
-from lps_server.config import Settings
-from lps_server.domain import Overrides, ProcessingMode, ProviderName, Route
+from lps_server.core.bundling import enrich_metadata
+from lps_server.core.config import Settings
+from lps_server.core.domain import Overrides, ProcessingMode, ProviderName, Route
 from lps_server.providers import ProviderRegistry
 from lps_server.providers.mock import MockProvider
 from tests.bundling_support import BACKENDS
@@ -122,7 +122,7 @@ async def test_results_and_log_lines_carry_the_enriched_metadata(
     mode: ProcessingMode,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    caplog.set_level(logging.INFO, logger="lps_server.bundle_runner")
+    caplog.set_level(logging.INFO, logger="lps_server.processing.bundle_runner")
     app = await make_app(queue_processing_mode=mode)
     subs = [
         submission(0, metadata=LEGACY),
@@ -148,7 +148,7 @@ async def test_results_and_log_lines_carry_the_enriched_metadata(
     logged = {
         entry["request_id"]: entry["metadata"]
         for rec in caplog.records
-        if rec.name == "lps_server.bundle_runner" and hasattr(rec, "requests")
+        if rec.name == "lps_server.processing.bundle_runner" and hasattr(rec, "requests")
         for entry in rec.requests
     }
     assert logged == {rid: dict(r.metadata) for rid, r in results.items()}

@@ -28,7 +28,7 @@ from generated.lps.v1 import comparison_pb2 as pb
 from generated.lps.v1 import llm_provider_service_pb2 as svc
 from generated.lps.v1 import llm_provider_service_pb2_grpc as svc_grpc
 from lps_server.app import LpsApp
-from lps_server.domain import ProcessingMode
+from lps_server.core.domain import ProcessingMode
 from tests.helpers import metric, submission
 
 SERVICE = "/lps.v1.LlmProviderService/"

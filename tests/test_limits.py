@@ -16,10 +16,10 @@ from cj_client.transport import submission_to_pb
 from generated.lps.v1 import llm_provider_service_pb2 as svc
 from generated.lps.v1 import llm_provider_service_pb2_grpc as svc_grpc
 from lps_server.app import LpsApp
-from lps_server.config import Settings
-from lps_server.domain import QueuedRequest
-from lps_server.errors import ConfigurationError, LimitExceededError
-from lps_server.limits import MAX_TRACKED_CLIENTS, RateLimiter, StreamLimiter
+from lps_server.core.config import Settings
+from lps_server.core.domain import QueuedRequest
+from lps_server.core.errors import ConfigurationError, LimitExceededError
+from lps_server.edge.limits import MAX_TRACKED_CLIENTS, RateLimiter, StreamLimiter
 from lps_server.queue.base import SubmitOutcome
 from lps_server.queue.local import LocalQueue
 from tests.helpers import submission

@@ -12,7 +12,7 @@ import redis.asyncio as aioredis
 
 from cj_client import ComparisonOutcome, LpsClient
 from lps_server.app import LpsApp
-from lps_server.domain import ComparisonResult, ProcessingMode
+from lps_server.core.domain import ComparisonResult, ProcessingMode
 from lps_server.queue.base import QueueBackend
 from lps_server.queue.redis_keys import QueueKeys
 from lps_server.queue.replies import LocalReplies

@@ -24,8 +24,8 @@ from cj_client import (
     NotFoundError,
 )
 from cj_client.metrics import CjMetrics
-from lps_server.domain import ProcessingMode
-from lps_server.metrics import BUNDLE_SIZE_BUCKETS, EXPIRY_AGE_BUCKETS, LpsMetrics
+from lps_server.core.domain import ProcessingMode
+from lps_server.observability.metrics import BUNDLE_SIZE_BUCKETS, EXPIRY_AGE_BUCKETS, LpsMetrics
 from tests.helpers import GatedMock, metric, running_app, submission, submit_all
 
 ROOT = Path(__file__).resolve().parent.parent

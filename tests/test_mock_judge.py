@@ -6,7 +6,7 @@ import math
 import subprocess
 import sys
 
-from lps_server.domain import Winner
+from lps_server.core.domain import Winner
 from lps_server.providers.mock import distinct_words, judge, quality
 
 POOR = "good good good school school"

@@ -12,17 +12,17 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client import CollectorRegistry, generate_latest
 
-from lps_server.config import Settings
-from lps_server.domain import (
+from lps_server.core.config import Settings
+from lps_server.core.domain import (
     ComparisonRequest,
     Overrides,
     ProcessingMode,
     ProviderName,
     RequestStatus,
 )
-from lps_server.intake import Intake
-from lps_server.metrics import LpsMetrics
-from lps_server.processor import Processor
+from lps_server.observability.metrics import LpsMetrics
+from lps_server.processing.intake import Intake
+from lps_server.processing.processor import Processor
 from lps_server.providers import ProviderRegistry
 from lps_server.queue import LocalQueue
 from tests.fake_llm_servers import FakeOpenAI, Reply

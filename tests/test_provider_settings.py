@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from lps_server.config import Settings
-from lps_server.domain import Overrides, ProviderName
-from lps_server.errors import ConfigurationError
+from lps_server.core.config import Settings
+from lps_server.core.domain import Overrides, ProviderName
+from lps_server.core.errors import ConfigurationError
 from lps_server.providers import ProviderRegistry
 from lps_server.providers.http_settings import (
     BundleCalls,
@@ -69,7 +69,7 @@ def test_invalid_settings_name_the_variable(env: dict[str, str], message: str) -
 
 
 def test_registry_builds_configured_providers_and_bounded_model_labels() -> None:
-    from lps_server.domain import Route
+    from lps_server.core.domain import Route
 
     assert ProviderRegistry.from_settings(Settings(), env={}).names() == [ProviderName.MOCK]
     env = {

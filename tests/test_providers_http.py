@@ -10,9 +10,9 @@ import time
 import httpx
 import pytest
 
-from lps_server.domain import ErrorCode, Overrides, ProviderName, Winner
+from lps_server.core.domain import CircuitState, ErrorCode, Overrides, ProviderName, Winner
 from lps_server.providers.base import ItemFailure, ItemSuccess, ProviderCallError
-from lps_server.providers.circuit_breaker import CircuitBreaker, CircuitState
+from lps_server.providers.circuit_breaker import CircuitBreaker
 from lps_server.providers.http_errors import parse_retry_after
 from lps_server.providers.http_settings import BundleCalls, PriceTable, Secret
 from tests.fake_llm_servers import Reply

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from lps_server.domain import RequestStatus
+from lps_server.core.domain import RequestStatus
 from lps_server.queue.base import QueueBackend
 from tests.queue_support import T0, QueueFactory, expired_result, judged, make_queued
 

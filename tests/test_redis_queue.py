@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from lps_server.domain import (
+from lps_server.core.domain import (
     RequestStatus,
 )
-from lps_server.errors import ConfigurationError, QueueUnavailableError
+from lps_server.core.errors import ConfigurationError, QueueUnavailableError
 from lps_server.queue.redis_keys import QueueKeys
 from lps_server.queue.redis_queue import RedisQueue
 from tests.queue_support import T0, expired_result, judged, make_queued, redis_settings

@@ -20,8 +20,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from cj_client import Ack, ComparisonOutcome, LpsClient, UnauthenticatedError
 from lps_server.app import LpsApp
-from lps_server.config import Settings
-from lps_server.logs import JsonFormatter
+from lps_server.core.config import Settings
+from lps_server.observability.logs import JsonFormatter
 from lps_server.providers.http_settings import HttpProvidersSettings
 from tests.fake_llm_servers import FakeOpenAI
 from tests.helpers import submission

@@ -23,10 +23,10 @@ from cj_client import ComparisonOutcome, LpsClient
 from cj_client.transport import submission_to_pb
 from generated.lps.v1 import llm_provider_service_pb2 as svc
 from generated.lps.v1 import llm_provider_service_pb2_grpc as svc_grpc
-from lps_server.domain import ProcessingMode
-from lps_server.errors import ConfigurationError
-from lps_server.telemetry import configure_tracing
-from lps_server.tracing import current_carrier, tracer_for
+from lps_server.core.domain import ProcessingMode
+from lps_server.core.errors import ConfigurationError
+from lps_server.observability.telemetry import configure_tracing
+from lps_server.observability.tracing import current_carrier, tracer_for
 from tests.helpers import GatedMock, running_app, submission, submit_all
 from tests.otlp_receiver import OtlpReceiver
 

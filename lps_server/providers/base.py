@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from lps_server.domain import ErrorCode, Essay, Judgement, Overrides, ProviderName, TokenUsage
+from lps_server.core.domain import ErrorCode, Essay, Judgement, Overrides, ProviderName, TokenUsage
 
 #: Failure codes that a later attempt may cure.
 RETRYABLE_CODES = frozenset(

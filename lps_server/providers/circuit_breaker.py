@@ -13,29 +13,13 @@ import math
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from enum import StrEnum
 
-from lps_server.domain import ErrorCode, ProviderName
+from lps_server.core.domain import CircuitState, ErrorCode, ProviderName
 from lps_server.providers.base import ProviderCallError
 
 #: Call failures that mean "the provider did not answer"; only these count towards opening.
 TRIP_CODES = frozenset({ErrorCode.PROVIDER_UNAVAILABLE, ErrorCode.TIMEOUT})
 
-
-class CircuitState(StrEnum):
-    """Where a provider's circuit stands."""
-
-    CLOSED = "closed"
-    HALF_OPEN = "half_open"
-    OPEN = "open"
-
-    @property
-    def gauge_value(self) -> int:
-        """0 closed, 1 half-open, 2 open: the value for `llm_provider_circuit_state`."""
-        return _GAUGE[self]
-
-
-_GAUGE = {CircuitState.CLOSED: 0, CircuitState.HALF_OPEN: 1, CircuitState.OPEN: 2}
 
 #: Called with the provider and its new state on every transition (e.g. to set a gauge).
 CircuitListener = Callable[[ProviderName, CircuitState], None]

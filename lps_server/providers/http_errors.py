@@ -14,7 +14,7 @@ import time
 
 import httpx
 
-from lps_server.domain import ErrorCode, ProviderName
+from lps_server.core.domain import ErrorCode, ProviderName
 from lps_server.providers.base import ProviderCallError
 from lps_server.providers.http_settings import Secret
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import httpx
 
-from lps_server.domain import ErrorCode, Overrides, ProviderName
+from lps_server.core.domain import CircuitState, ErrorCode, Overrides, ProviderName
 from lps_server.providers.base import (
     ComparisonItem,
     ItemFailure,
@@ -27,7 +27,7 @@ from lps_server.providers.base import (
     ItemSuccess,
     ProviderCallError,
 )
-from lps_server.providers.circuit_breaker import CircuitBreaker, CircuitListener, CircuitState
+from lps_server.providers.circuit_breaker import CircuitBreaker, CircuitListener
 from lps_server.providers.http_errors import error_for_status, error_for_transport
 from lps_server.providers.http_settings import BundleCalls, HttpProviderSettings
 from lps_server.providers.prompting import Prompt, build_prompt, parse_answer, split_usage

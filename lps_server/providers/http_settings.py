@@ -16,8 +16,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TypeVar
 
-from lps_server.domain import ProviderName, TokenUsage
-from lps_server.errors import ConfigurationError
+from lps_server.core.domain import ProviderName, TokenUsage
+from lps_server.core.errors import ConfigurationError
 
 T = TypeVar("T")
 

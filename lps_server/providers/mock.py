@@ -15,7 +15,7 @@ import random
 import re
 from collections.abc import Sequence
 
-from lps_server.domain import ErrorCode, Judgement, Overrides, ProviderName, TokenUsage, Winner
+from lps_server.core.domain import ErrorCode, Judgement, Overrides, ProviderName, TokenUsage, Winner
 from lps_server.providers.base import ComparisonItem, ItemFailure, ItemOutcome, ItemSuccess
 
 _WORD = re.compile(r"[^\W\d_]+")

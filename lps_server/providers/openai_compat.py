@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 
-from lps_server.domain import ProviderName
+from lps_server.core.domain import ProviderName
 from lps_server.providers.http_provider import HttpCall, HttpProvider, ProviderReply, usage_field
 from lps_server.providers.prompting import ANSWER_NAME, Prompt, answer_schema
 

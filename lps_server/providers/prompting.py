@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from lps_server.domain import ErrorCode, Judgement, TokenUsage, Winner
+from lps_server.core.domain import ErrorCode, Judgement, TokenUsage, Winner
 from lps_server.providers.base import ComparisonItem, ItemFailure, ProviderCallError
 
 ANSWER_NAME = "record_comparisons"

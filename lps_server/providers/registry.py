@@ -5,8 +5,8 @@ from __future__ import annotations
 import random
 from collections.abc import Iterable, Mapping
 
-from lps_server.config import Settings
-from lps_server.domain import Overrides, ProviderName, Route
+from lps_server.core.config import Settings
+from lps_server.core.domain import Overrides, ProviderName, Route
 from lps_server.providers.anthropic import AnthropicProvider
 from lps_server.providers.base import Provider
 from lps_server.providers.circuit_breaker import CircuitListener

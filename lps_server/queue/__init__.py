@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from lps_server.config import Settings
+from lps_server.core.config import Settings
 from lps_server.queue.base import QueueBackend
 from lps_server.queue.local import LocalQueue
 

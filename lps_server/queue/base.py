@@ -7,8 +7,13 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from lps_server.domain import ComparisonResult, QueuedRequest, RequestStatus
+from lps_server.core.domain import ComparisonResult, QueuedRequest, RequestStatus
 from lps_server.queue.replies import Deliver
+
+# Shared by both backends: how many results a channel keeps, and how long a client told "queue
+# full" should wait before trying again.
+CHANNEL_MAX_ENTRIES = 100_000
+RETRY_AFTER_FULL_S = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,3 +149,14 @@ class QueueBackend(Protocol):
     async def close(self) -> None:
         """Release connections and wake waiters."""
         ...
+
+
+def in_progress(queued: QueuedRequest, status: RequestStatus) -> ComparisonResult:
+    """What a status query answers for a request that has not ended yet."""
+    return ComparisonResult(
+        request_id=queued.request_id,
+        status=status,
+        correlation_id=queued.request.correlation_id,
+        requested_at=queued.enqueued_at,
+        metadata=dict(queued.request.metadata),
+    )

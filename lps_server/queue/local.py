@@ -15,16 +15,21 @@ from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 
-from lps_server.bundling import limit_of
-from lps_server.domain import ComparisonResult, QueuedRequest, RequestStatus
-from lps_server.errors import QueueUnavailableError
-from lps_server.queue.base import ChannelEntry, Lease, QueueStats, SubmitOutcome, SweepResult
+from lps_server.core.bundling import limit_of
+from lps_server.core.domain import ComparisonResult, QueuedRequest, RequestStatus
+from lps_server.core.errors import QueueUnavailableError
+from lps_server.queue.base import (
+    CHANNEL_MAX_ENTRIES,
+    RETRY_AFTER_FULL_S,
+    ChannelEntry,
+    Lease,
+    QueueStats,
+    SubmitOutcome,
+    SweepResult,
+    in_progress,
+)
 from lps_server.queue.ordering import queue_score, request_bytes
 from lps_server.queue.replies import Deliver, LocalReplies
-from lps_server.results import in_progress
-
-CHANNEL_MAX_ENTRIES = 100_000
-RETRY_AFTER_FULL_S = 2.0
 
 
 @dataclass(slots=True)

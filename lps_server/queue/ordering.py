@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from lps_server.domain import QueuedRequest
+from lps_server.core.domain import QueuedRequest
 
 
 def queue_score(queued: QueuedRequest, *, aging_s: float) -> float:

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from lps_server.domain import RequestStatus
+from lps_server.core.domain import RequestStatus
 
 # Width of the sequence that leads a queue member; the request id starts after it and a colon.
 MEMBER_SEQ_DIGITS = 16

@@ -21,17 +21,24 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from lps_server.codec import decode_queued, decode_result, encode_queued, encode_result
-from lps_server.config import Settings
-from lps_server.domain import ComparisonResult, QueuedRequest, RequestStatus
-from lps_server.errors import ConfigurationError, QueueUnavailableError
-from lps_server.queue.base import ChannelEntry, Lease, QueueStats, SubmitOutcome, SweepResult
-from lps_server.queue.local import CHANNEL_MAX_ENTRIES, RETRY_AFTER_FULL_S
+from lps_server.core.config import Settings
+from lps_server.core.domain import ComparisonResult, QueuedRequest, RequestStatus
+from lps_server.core.errors import ConfigurationError, QueueUnavailableError
+from lps_server.queue.base import (
+    CHANNEL_MAX_ENTRIES,
+    RETRY_AFTER_FULL_S,
+    ChannelEntry,
+    Lease,
+    QueueStats,
+    SubmitOutcome,
+    SweepResult,
+    in_progress,
+)
+from lps_server.queue.codec import decode_queued, decode_result, encode_queued, encode_result
 from lps_server.queue.ordering import queue_score, request_bytes
 from lps_server.queue.redis_keys import ENDED_STATUSES, QueueKeys
 from lps_server.queue.redis_scripts import QueueScripts
 from lps_server.queue.replies import Deliver, LocalReplies
-from lps_server.results import in_progress
 
 # Short timeouts make calls fail fast (gRPC UNAVAILABLE) while Redis is down, instead of hanging
 # the RPCs that wait on them. Scripts do bounded work, so 2 s is far above a healthy call.

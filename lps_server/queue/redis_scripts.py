@@ -19,7 +19,7 @@ from string import Template
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
-from lps_server.domain import RequestStatus
+from lps_server.core.domain import RequestStatus
 from lps_server.queue.redis_keys import MEMBER_SEQ_DIGITS
 
 # At most this many wake tokens wait in the list: enough to wake every idle replica's dispatcher

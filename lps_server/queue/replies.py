@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
-from lps_server.domain import ComparisonResult, QueuedRequest
+from lps_server.core.domain import ComparisonResult, QueuedRequest
 
 Deliver = Callable[[ComparisonResult], None]
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cj_client.models import ComparisonSubmission, EssayInput
-from lps_server.domain import ProcessingMode
+from lps_server.core.domain import ProcessingMode
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "bench"

@@ -18,8 +18,8 @@ from typing import Any
 from benchkit.common import BUNDLED, ROOT, SCRIPT, BenchError, new_tag
 from benchkit.processes import Run, calls_per, child_env, dying_with_parent, redis_calls
 from lps_server.app import LpsApp
-from lps_server.config import Settings
-from lps_server.logs import JsonFormatter
+from lps_server.core.config import Settings
+from lps_server.observability.logs import JsonFormatter
 from lps_server.providers import ProviderRegistry
 from lps_server.providers.mock import MockProvider
 from lps_server.queue.redis_queue import RedisQueue

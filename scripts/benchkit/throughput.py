@@ -12,7 +12,7 @@ from benchkit.common import BUNDLE_MAX, BUNDLED, SLOW_MOCK, BenchError, new_tag,
 from benchkit.processes import Run, calls_per, echo_serve, lps_serve, redis_calls
 from cj_client.client import LpsClient
 from cj_client.models import ComparisonOutcome, ComparisonSubmission
-from lps_server.domain import ProcessingMode
+from lps_server.core.domain import ProcessingMode
 
 
 async def stream_all(client: LpsClient, subs: list[ComparisonSubmission]) -> float:

@@ -6,10 +6,10 @@ import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 
-from lps_server.bundling import bundle_limit, compatibility_key
-from lps_server.config import Settings
-from lps_server.domain import ComparisonRequest, QueuedRequest
-from lps_server.errors import ShuttingDownError
+from lps_server.core.bundling import bundle_limit, compatibility_key
+from lps_server.core.config import Settings
+from lps_server.core.domain import ComparisonRequest, QueuedRequest
+from lps_server.core.errors import ShuttingDownError
 from lps_server.providers import ProviderRegistry
 from lps_server.queue.base import QueueBackend, SubmitOutcome
 

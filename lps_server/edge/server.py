@@ -15,8 +15,8 @@ from grpc_reflection.v1alpha import reflection
 
 from generated.lps.v1 import llm_provider_service_pb2 as svc
 from generated.lps.v1 import llm_provider_service_pb2_grpc as svc_grpc
-from lps_server.config import Settings
-from lps_server.errors import ConfigurationError
+from lps_server.core.config import Settings
+from lps_server.core.errors import ConfigurationError
 
 SERVICE_NAME = svc.DESCRIPTOR.services_by_name["LlmProviderService"].full_name
 DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024

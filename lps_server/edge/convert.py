@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-from google.protobuf.duration_pb2 import Duration
-from google.protobuf.timestamp_pb2 import Timestamp
-
 from generated.lps.v1 import comparison_pb2 as pb
 from generated.lps.v1 import llm_provider_service_pb2 as svc
-from lps_server.domain import (
+from lps_server.core.domain import (
     ComparisonRequest,
     ComparisonResult,
     ErrorCode,
@@ -18,6 +15,7 @@ from lps_server.domain import (
     RequestStatus,
     Winner,
 )
+from lps_server.edge.wire_time import duration_pb, timestamp_pb
 from lps_server.queue.base import QueueStats
 
 PROVIDER_FROM_PB = {
@@ -76,20 +74,6 @@ def request_from_pb(msg: pb.ComparisonRequest, *, request_id: str) -> Comparison
     )
 
 
-def _timestamp(seconds: float) -> Timestamp:
-    ts = Timestamp()
-    if seconds > 0:
-        ts.FromNanoseconds(int(seconds * 1e9))
-    return ts
-
-
-def duration_pb(seconds: float) -> Duration:
-    """A protobuf Duration of `seconds`."""
-    d = Duration()
-    d.FromNanoseconds(int(seconds * 1e9))
-    return d
-
-
 def result_to_pb(result: ComparisonResult) -> pb.ComparisonResult:
     """The wire form of a result."""
     msg = pb.ComparisonResult(
@@ -134,9 +118,9 @@ def result_to_pb(result: ComparisonResult) -> pb.ComparisonResult:
     if result.response_time_s:
         msg.response_time.CopyFrom(duration_pb(result.response_time_s))
     if result.requested_at:
-        msg.requested_at.CopyFrom(_timestamp(result.requested_at))
+        msg.requested_at.CopyFrom(timestamp_pb(result.requested_at))
     if result.completed_at:
-        msg.completed_at.CopyFrom(_timestamp(result.completed_at))
+        msg.completed_at.CopyFrom(timestamp_pb(result.completed_at))
     if result.bundle is not None:
         msg.bundle_id = result.bundle.bundle_id
         msg.bundle_index = result.bundle.index

@@ -11,8 +11,7 @@ from google.protobuf.message import Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from lps_server.convert import duration_pb
-from lps_server.errors import (
+from lps_server.core.errors import (
     FieldViolation,
     InvalidRequestError,
     LimitExceededError,
@@ -23,6 +22,7 @@ from lps_server.errors import (
     UnauthenticatedError,
     UnknownRequestError,
 )
+from lps_server.edge.wire_time import duration_pb
 
 log = logging.getLogger(__name__)
 

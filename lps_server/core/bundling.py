@@ -16,7 +16,7 @@ import hashlib
 import json
 from collections.abc import Mapping
 
-from lps_server.domain import Overrides, ProcessingMode, Route
+from lps_server.core.domain import Overrides, ProcessingMode, Route
 
 BATCHING_MODE_KEY = "cj_llm_batching_mode"
 PREFERRED_BUNDLE_SIZE_KEY = "preferred_bundle_size"

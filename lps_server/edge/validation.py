@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from generated.lps.v1 import comparison_pb2 as pb
-from lps_server.config import Settings
-from lps_server.convert import PROVIDER_FROM_PB
-from lps_server.errors import FieldViolation
+from lps_server.core.config import Settings
+from lps_server.core.errors import FieldViolation
+from lps_server.edge.convert import PROVIDER_FROM_PB
 from lps_server.providers import ProviderRegistry
 
 MAX_ID_CHARS = 256

@@ -12,8 +12,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from lps_server.config import Settings
-from lps_server.errors import LimitExceededError
+from lps_server.core.config import Settings
+from lps_server.core.errors import LimitExceededError
 
 # A client over its stream limit can try again once one of its streams ends; we cannot know when,
 # so we suggest a short pause rather than a hammering loop.

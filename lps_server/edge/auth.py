@@ -15,9 +15,9 @@ from collections.abc import Callable, Iterable, Sequence
 import grpc
 from grpc_health.v1 import health
 
-from lps_server.errors import UnauthenticatedError
-from lps_server.grpc_errors import to_status
-from lps_server.method_handlers import (
+from lps_server.core.errors import UnauthenticatedError
+from lps_server.edge.grpc_errors import to_status
+from lps_server.edge.method_handlers import (
     Continuation,
     Handler,
     ServerInterceptor,

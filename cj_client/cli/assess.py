@@ -13,10 +13,10 @@ from prometheus_client import CollectorRegistry, start_http_server
 
 from cj_client.assessment import Assessment, AssessmentOptions
 from cj_client.batching import BatchConfig, CjSettings, LLMBatchingMode
-from cj_client.cli import Handler, add_connection_flags, run
+from cj_client.cli.common import Handler, add_connection_flags, run
 from cj_client.client import LpsClient
+from cj_client.models import PROVIDER_NAMES
 from cj_client.outputs import load_essays, ranking_rows, summary, write_outputs
-from cj_client.transport import PROVIDERS
 
 
 def register(commands: Any) -> Handler:
@@ -32,7 +32,7 @@ def register(commands: Any) -> Handler:
         help="batching mode override for this batch (default: CJ_LLM_BATCHING_MODE)",
     )
     parser.add_argument("--budget", type=int, help="most comparisons (default 5 per essay)")
-    parser.add_argument("--provider", default="mock", choices=sorted(PROVIDERS))
+    parser.add_argument("--provider", default="mock", choices=PROVIDER_NAMES)
     parser.add_argument("--model", default="")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-id", default="", help="cj_batch_id (default: a new one)")
@@ -117,8 +117,8 @@ async def _assess(args: argparse.Namespace) -> int:
 async def _embedded_lps(stack: AsyncExitStack, mode: LLMBatchingMode) -> str:
     """Start an in-process LPS for this run; serial_bundle runs get a bundling server."""
     from lps_server.app import LpsApp
-    from lps_server.config import Settings
-    from lps_server.domain import ProcessingMode
+    from lps_server.core.config import Settings
+    from lps_server.core.domain import ProcessingMode
 
     processing = (
         ProcessingMode.SERIAL_BUNDLE

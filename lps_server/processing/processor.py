@@ -10,9 +10,8 @@ from collections.abc import Callable, Sequence
 
 from opentelemetry import trace
 
-from lps_server.bundle_runner import BundleRunner
-from lps_server.config import Settings
-from lps_server.domain import (
+from lps_server.core.config import Settings
+from lps_server.core.domain import (
     BundleFacts,
     ErrorCode,
     Failure,
@@ -20,12 +19,13 @@ from lps_server.domain import (
     QueuedRequest,
     RequestStatus,
 )
-from lps_server.errors import QueueUnavailableError
-from lps_server.metrics import LpsMetrics
+from lps_server.core.errors import QueueUnavailableError
+from lps_server.observability.metrics import LpsMetrics
+from lps_server.observability.tracing import tracer_for
+from lps_server.processing.bundle_runner import BundleRunner
+from lps_server.processing.results import expired, failed
 from lps_server.providers import ProviderRegistry
 from lps_server.queue.base import Lease, QueueBackend
-from lps_server.results import expired, failed
-from lps_server.tracing import tracer_for
 
 log = logging.getLogger(__name__)
 UNAVAILABLE_BACKOFF_S = (0.05, 2.0)

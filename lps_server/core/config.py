@@ -7,8 +7,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, TypeVar
 
-from lps_server.domain import ProcessingMode
-from lps_server.errors import ConfigurationError
+from lps_server.core.domain import ProcessingMode
+from lps_server.core.errors import ConfigurationError
 
 T = TypeVar("T")
 MAX_BUNDLE_SIZE = 64

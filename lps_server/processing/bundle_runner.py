@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 from opentelemetry import trace
 
-from lps_server.config import Settings
-from lps_server.domain import (
+from lps_server.core.config import Settings
+from lps_server.core.domain import (
     BundleFacts,
     ComparisonResult,
     ErrorCode,
@@ -22,7 +22,9 @@ from lps_server.domain import (
     ProcessingMode,
     QueuedRequest,
 )
-from lps_server.metrics import LpsMetrics
+from lps_server.observability.metrics import LpsMetrics
+from lps_server.observability.tracing import context_from, trace_id_of
+from lps_server.processing.results import completed, failed
 from lps_server.providers import (
     ComparisonItem,
     ItemFailure,
@@ -33,8 +35,6 @@ from lps_server.providers import (
 from lps_server.providers.base import ItemSuccess, ProviderCallError
 from lps_server.providers.registry import UnknownProviderError
 from lps_server.queue.base import QueueBackend
-from lps_server.results import completed, failed
-from lps_server.tracing import context_from, trace_id_of
 
 log = logging.getLogger(__name__)
 BACKOFF_CAP_S = 30.0

@@ -21,7 +21,7 @@ from typing import Any
 
 import orjson
 
-from lps_server.domain import (
+from lps_server.core.domain import (
     BundleFacts,
     ComparisonRequest,
     ComparisonResult,

@@ -16,9 +16,9 @@ from typing import Any, NoReturn
 import grpc
 from google.protobuf.message import DecodeError
 
-from lps_server.errors import FieldViolation, InvalidRequestError
-from lps_server.grpc_errors import to_status
-from lps_server.method_handlers import (
+from lps_server.core.errors import FieldViolation, InvalidRequestError
+from lps_server.edge.grpc_errors import to_status
+from lps_server.edge.method_handlers import (
     Behavior,
     Continuation,
     Handler,

@@ -10,31 +10,39 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from opentelemetry.context import Context
 
 from generated.lps.v1 import comparison_pb2 as pb
 from generated.lps.v1 import llm_provider_service_pb2 as svc
-from lps_server.convert import STATUS_TO_PB, duration_pb, result_to_pb
-from lps_server.domain import ComparisonResult, QueuedRequest
-from lps_server.errors import FieldViolation, InvalidRequestError, LpsError
-from lps_server.grpc_errors import to_status
-from lps_server.intake import Intake
+from lps_server.core.domain import ComparisonResult, QueuedRequest
+from lps_server.core.errors import FieldViolation, InvalidRequestError, LpsError
+from lps_server.edge.convert import STATUS_TO_PB, result_to_pb
+from lps_server.edge.grpc_errors import to_status
+from lps_server.edge.wire_time import duration_pb
+from lps_server.processing.intake import Intake
 from lps_server.queue.base import QueueBackend, SubmitOutcome
-
-if TYPE_CHECKING:
-    from lps_server.servicer import LlmProviderServicer
 
 log = logging.getLogger(__name__)
 CHANNEL_WAIT_S = 1.0
 _READ_DONE = object()
 
 
+class PrepareRequest(Protocol):
+    """Validates and routes one request message into its queued form (the servicer's `prepare`;
+    passed in so that this module does not import the servicer that uses it)."""
+
+    def __call__(
+        self, msg: pb.ComparisonRequest, *, path: str, reply_to: str, parent: Context
+    ) -> QueuedRequest: ...
+
+
 class StreamSubmission:
     """State of one streaming submission.
 
     Args:
+        prepare: validates and routes one request message (raises InvalidRequestError).
         admit: spends one unit of the caller's submission rate; returns 0.0, or the seconds to
             wait when the caller is over its rate (that request is then refused).
         rate_message: why an over-rate request is refused.
@@ -44,7 +52,7 @@ class StreamSubmission:
     def __init__(
         self,
         *,
-        servicer: LlmProviderServicer,
+        prepare: PrepareRequest,
         intake: Intake,
         queue: QueueBackend,
         reply_to: str,
@@ -53,7 +61,7 @@ class StreamSubmission:
         rate_message: str = "",
         max_requests_per_message: int | None = None,
     ) -> None:
-        self._servicer = servicer
+        self._prepare_one = prepare
         self._admit = admit
         self._rate_message = rate_message
         self._max_requests = max_requests_per_message
@@ -165,7 +173,7 @@ class StreamSubmission:
             path = f"requests[{self._index}]"
             self._index += 1
             try:
-                queued = self._servicer.prepare(
+                queued = self._prepare_one(
                     msg, path=path, reply_to=self._reply_to, parent=self._parent
                 )
             except InvalidRequestError as exc:

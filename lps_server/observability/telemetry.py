@@ -8,7 +8,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-from lps_server.errors import ConfigurationError
+from lps_server.core.errors import ConfigurationError
 
 
 def configure_tracing(*, service_name: str) -> TracerProvider | None:

@@ -1,24 +1,9 @@
-"""The client's one contact with gRPC: channels, message conversion and error translation."""
+"""Conversion between LPS messages (`generated/`) and the client's models."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from pathlib import Path
-
-import grpc
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
-
-from cj_client.errors import (
-    InvalidRequestError,
-    LimitExceededError,
-    LpsClientError,
-    NotFoundError,
-    QueueFullError,
-    UnauthenticatedError,
-    UnavailableError,
-)
 from cj_client.models import (
+    PROVIDER_NAMES,
     Ack,
     ComparisonOutcome,
     ComparisonSubmission,
@@ -28,6 +13,7 @@ from cj_client.models import (
 from generated.lps.v1 import comparison_pb2 as pb
 from generated.lps.v1 import llm_provider_service_pb2 as svc
 
+# Keyed by the names in models.PROVIDER_NAMES.
 PROVIDERS = {
     "mock": pb.PROVIDER_MOCK,
     "openai": pb.PROVIDER_OPENAI,
@@ -35,30 +21,12 @@ PROVIDERS = {
     "openai_compatible": pb.PROVIDER_OPENAI_COMPATIBLE,
 }
 _PROVIDER_NAMES = {v: k for k, v in PROVIDERS.items()}
+assert sorted(PROVIDERS) == sorted(PROVIDER_NAMES), "models.PROVIDER_NAMES is out of date"
 
 
 def _enum_name(enum: object, number: int, prefix: str) -> str:
     name: str = enum.Name(number)  # type: ignore[attr-defined]
     return name.removeprefix(prefix).lower()
-
-
-def open_channel(
-    target: str,
-    *,
-    tls_ca: str | None = None,
-    tls_cert: str | None = None,
-    tls_key: str | None = None,
-    tls: bool = False,
-) -> grpc.aio.Channel:
-    """A channel to `target`: plaintext, TLS (system roots or `tls_ca`), or mutual TLS."""
-    if not (tls or tls_ca or tls_cert):
-        return grpc.aio.insecure_channel(target)
-    credentials = grpc.ssl_channel_credentials(
-        root_certificates=Path(tls_ca).read_bytes() if tls_ca else None,
-        private_key=Path(tls_key).read_bytes() if tls_key else None,
-        certificate_chain=Path(tls_cert).read_bytes() if tls_cert else None,
-    )
-    return grpc.aio.secure_channel(target, credentials)
 
 
 def submission_to_pb(sub: ComparisonSubmission) -> pb.ComparisonRequest:
@@ -148,47 +116,3 @@ def stats_from_pb(msg: svc.GetQueueStatsResponse) -> QueueStatsView:
         backend=msg.backend,
         max_size=msg.max_size,
     )
-
-
-# The google.rpc.ErrorInfo reason LPS gives a RESOURCE_EXHAUSTED caused by a full queue.
-QUEUE_FULL_REASON = "QUEUE_FULL"
-
-_ERRORS: Mapping[grpc.StatusCode, Callable[[str, str], LpsClientError]] = {
-    grpc.StatusCode.UNAVAILABLE: lambda m, c: UnavailableError(m, code=c),
-    grpc.StatusCode.UNAUTHENTICATED: lambda m, c: UnauthenticatedError(m, code=c),
-    grpc.StatusCode.NOT_FOUND: lambda m, c: NotFoundError(m, code=c),
-}
-
-
-def translate(exc: grpc.aio.AioRpcError) -> LpsClientError:
-    """The typed client error for a failed call, with the server's details."""
-    code = exc.code()
-    message = exc.details() or code.name
-    status = rpc_status.from_call(exc)  # type: ignore[arg-type]
-    violations: list[FieldViolation] = []
-    retry_after = 0.0
-    reason = ""
-    for detail in status.details if status is not None else ():
-        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad = error_details_pb2.BadRequest()
-            detail.Unpack(bad)
-            violations += [FieldViolation(v.field, v.description) for v in bad.field_violations]
-        elif detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
-            info = error_details_pb2.RetryInfo()
-            detail.Unpack(info)
-            retry_after = info.retry_delay.ToNanoseconds() / 1e9
-        elif detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            error_info = error_details_pb2.ErrorInfo()
-            detail.Unpack(error_info)
-            reason = error_info.reason
-    if code == grpc.StatusCode.INVALID_ARGUMENT:
-        return InvalidRequestError(message, violations=violations)
-    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
-        # LPS names the reason; gRPC's own refusals (a message over the size limit) carry none.
-        if reason == QUEUE_FULL_REASON:
-            return QueueFullError(message, retry_after=retry_after)
-        return LimitExceededError(message, retry_after=retry_after)
-    factory = _ERRORS.get(code)
-    if factory is not None:
-        return factory(message, code.name)
-    return LpsClientError(f"{code.name}: {message}", code=code.name)

@@ -16,27 +16,27 @@ from opentelemetry.context import Context
 from generated.lps.v1 import comparison_pb2 as pb
 from generated.lps.v1 import llm_provider_service_pb2 as svc
 from generated.lps.v1 import llm_provider_service_pb2_grpc as svc_grpc
-from lps_server.auth import client_identity
-from lps_server.config import Settings
-from lps_server.convert import STATUS_TO_PB, request_from_pb, result_to_pb, stats_to_pb
-from lps_server.domain import QueuedRequest
-from lps_server.errors import (
+from lps_server.core.config import Settings
+from lps_server.core.domain import QueuedRequest
+from lps_server.core.errors import (
     FieldViolation,
     InvalidRequestError,
     QueueFullError,
     ShuttingDownError,
     UnknownRequestError,
 )
-from lps_server.grpc_errors import to_status
-from lps_server.intake import Intake, new_request_id
-from lps_server.limits import ClientLimits
-from lps_server.method_handlers import drain
-from lps_server.metrics import LpsMetrics
+from lps_server.edge.auth import client_identity
+from lps_server.edge.convert import STATUS_TO_PB, request_from_pb, result_to_pb, stats_to_pb
+from lps_server.edge.grpc_errors import to_status
+from lps_server.edge.limits import ClientLimits
+from lps_server.edge.method_handlers import drain
+from lps_server.edge.stream_submit import StreamSubmission
+from lps_server.edge.validation import validate_request
+from lps_server.observability.metrics import LpsMetrics
+from lps_server.observability.tracing import context_from, current_carrier, tracer_for
+from lps_server.processing.intake import Intake, new_request_id
 from lps_server.providers import ProviderRegistry
 from lps_server.queue.base import QueueBackend
-from lps_server.stream_submit import StreamSubmission
-from lps_server.tracing import context_from, current_carrier, tracer_for
-from lps_server.validation import validate_request
 
 STREAM_POLL_S = 5.0
 Ctx = grpc.aio.ServicerContext[Any, Any]
@@ -182,7 +182,7 @@ class LlmProviderServicer(svc_grpc.LlmProviderServiceServicer):
             "SubmitComparisons", context, stream=True, requests=request_iterator
         ) as client:
             submission = StreamSubmission(
-                servicer=self,
+                prepare=self.prepare,
                 intake=self._intake,
                 queue=self._queue,
                 reply_to=f"reply:{uuid.uuid4().hex}",

@@ -62,6 +62,22 @@ class ErrorCode(StrEnum):
     INTERNAL = "internal"
 
 
+class CircuitState(StrEnum):
+    """Where a provider's circuit stands."""
+
+    CLOSED = "closed"
+    HALF_OPEN = "half_open"
+    OPEN = "open"
+
+    @property
+    def gauge_value(self) -> int:
+        """0 closed, 1 half-open, 2 open: the value for `llm_provider_circuit_state`."""
+        return _GAUGE[self]
+
+
+_GAUGE = {CircuitState.CLOSED: 0, CircuitState.HALF_OPEN: 1, CircuitState.OPEN: 2}
+
+
 @dataclass(frozen=True, slots=True)
 class Essay:
     """One essay of a pair."""

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from lps_server.bundling import enrich_metadata
-from lps_server.domain import (
+from lps_server.core.bundling import enrich_metadata
+from lps_server.core.domain import (
     BundleFacts,
     ComparisonResult,
     ErrorCode,
@@ -85,15 +85,4 @@ def expired(queued: QueuedRequest, now: float, mode: ProcessingMode) -> Comparis
         _base(queued, mode, RequestStatus.EXPIRED),
         failure=failure,
         completed_at=now,
-    )
-
-
-def in_progress(queued: QueuedRequest, status: RequestStatus) -> ComparisonResult:
-    """What a status query answers for a request that has not ended yet."""
-    return ComparisonResult(
-        request_id=queued.request_id,
-        status=status,
-        correlation_id=queued.request.correlation_id,
-        requested_at=queued.enqueued_at,
-        metadata=dict(queued.request.metadata),
     )

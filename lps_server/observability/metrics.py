@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from lps_server.domain import ProcessingMode, ProviderName, RequestStatus
-from lps_server.providers.circuit_breaker import CircuitState
+from lps_server.core.domain import CircuitState, ProcessingMode, ProviderName, RequestStatus
 
 BUNDLE_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 EXPIRY_AGE_BUCKETS = (1, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)

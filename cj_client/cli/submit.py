@@ -10,10 +10,15 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from cj_client.cli import Handler, add_connection_flags, run
+from cj_client.cli.common import Handler, add_connection_flags, run
 from cj_client.client import DEFAULT_TARGET, LpsClient
-from cj_client.models import Ack, ComparisonOutcome, ComparisonSubmission, EssayInput
-from cj_client.transport import PROVIDERS
+from cj_client.models import (
+    PROVIDER_NAMES,
+    Ack,
+    ComparisonOutcome,
+    ComparisonSubmission,
+    EssayInput,
+)
 
 
 def register(commands: Any) -> Handler:
@@ -23,7 +28,7 @@ def register(commands: Any) -> Handler:
     )
     parser.add_argument("essay_a", help="path of essay A, or its text")
     parser.add_argument("essay_b", help="path of essay B, or its text")
-    parser.add_argument("--provider", default="mock", choices=sorted(PROVIDERS))
+    parser.add_argument("--provider", default="mock", choices=PROVIDER_NAMES)
     parser.add_argument("--model", default="", help="model (default: the provider's default)")
     parser.add_argument("--instructions", default="Which essay is better written and argued?")
     parser.add_argument("--request-id", default="", help="idempotency key (default: a new UUID)")

@@ -1,0 +1,1 @@
+"""Processing: intake into the queue, dispatch of bundles to providers, and their results."""
