@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -49,6 +50,8 @@ class Settings:
     mock_latency_jitter: float = 0.1
     mock_error_rate: float = 0.0
     mock_judge_temperature: float = 0.1
+    mock_position_bias: float = 0.0
+    mock_bundle_position_noise: float = 0.0
     mock_seed: int = 0
     auth_tokens: tuple[str, ...] = field(default=(), repr=False)
     tls_cert: str = ""
@@ -90,6 +93,11 @@ class Settings:
             (self.max_concurrent_calls >= 1, "LPS_MAX_CONCURRENT_CALLS must be >= 1"),
             (0.0 <= self.mock_error_rate <= 1.0, "LPS_MOCK_ERROR_RATE must be in 0..1"),
             (self.mock_judge_temperature > 0, "LPS_MOCK_JUDGE_TEMPERATURE must be > 0"),
+            (math.isfinite(self.mock_position_bias), "LPS_MOCK_POSITION_BIAS must be a number"),
+            (
+                0.0 <= self.mock_bundle_position_noise < math.inf,
+                "LPS_MOCK_BUNDLE_POSITION_NOISE must be >= 0",
+            ),
             (
                 self.queue_processing_mode != ProcessingMode.BATCH_API,
                 "LPS_QUEUE_PROCESSING_MODE batch_api is not available yet; "
