@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 
 from prometheus_client import CollectorRegistry
 
@@ -19,10 +19,12 @@ from cj_client.batching import (
 )
 from cj_client.client import LpsClient
 from cj_client.errors import LpsClientError
+from cj_client.judges import Judge, JudgeRota, judge_label
 from cj_client.metrics import CjMetrics
 from cj_client.models import Ack, ComparisonOutcome, ComparisonSubmission, EssayInput
 from cj_client.pairing import Pair, PairPlanner
-from cj_client.scoring import Outcome, Scores, fit_bradley_terry, max_score_change
+from cj_client.scoring import Outcome, ScaleFitter, Scores, max_score_change
+from cj_client.stats.run_statistics import RunStatistics
 from cj_client.stopping import StoppingRule
 
 DEFAULT_INSTRUCTIONS = (
@@ -51,6 +53,10 @@ class AssessmentOptions:
     cj_batch_id: str = ""
     bos_batch_id: str = ""
     cj_source: str = "cj_assess"
+    # Several judges take the comparisons in turn (empty: `provider` and `model` judge all).
+    judges: tuple[Judge, ...] = ()
+    # Essays whose scores are fixed, putting the run on an earlier run's scale.
+    anchors: Mapping[str, float] = field(default_factory=dict)
 
     def budget_for(self, essays: int) -> int:
         """The comparison budget for a run over `essays` essays."""
@@ -75,6 +81,8 @@ class AssessmentReport:
     waves: int
     stop_reason: str
     outcomes: tuple[ComparisonOutcome, ...]
+    statistics: RunStatistics | None = None
+    scoring_seconds: float = 0.0
 
 
 Progress = Callable[[int, int], None]
@@ -119,6 +127,8 @@ class Assessment:
         )
         self.cj_batch_id = self._options.cj_batch_id or f"cj-{uuid.uuid4().hex[:12]}"
         self.budget = self._options.budget_for(len(essays))
+        opts = self._options
+        self._judges = JudgeRota(opts.judges or (Judge(opts.provider, opts.model),))
 
     async def run(self) -> AssessmentReport:
         """Run waves until the stopping rule says stop; failed comparisons are retried later."""
@@ -136,11 +146,12 @@ class Assessment:
         tags = BatchTags(self.cj_batch_id, bos_batch_id, opts.cj_source, self.mode)
         self._metrics.batch_started(self.cj_batch_id, self.mode)
         tally = _Tally()
-        scores = fit_bradley_terry(ids, [])
+        fitter = ScaleFitter(ids, anchors=opts.anchors)
+        scores = fitter.current()
         failed_waves = waves = 0
         stop_reason = "budget"
         while True:
-            feedback = scores.as_mapping() if waves >= SCORE_FEEDBACK_AFTER_WAVES else None
+            feedback = scores if waves >= SCORE_FEEDBACK_AFTER_WAVES else None
             remaining = self.budget - tally.requested
             wave = planner.next_wave(scores=feedback, max_pairs=remaining, retry=tally.retry)
             if not wave:
@@ -156,32 +167,35 @@ class Assessment:
                 raise LpsClientError(message, code="UNAVAILABLE")
             tally.absorb(subs, done, planner)
             self._progress(tally.requested, self.budget)
-            previous, scores = scores, fit_bradley_terry(ids, tally.outcomes)
-            change = max_score_change(previous.as_mapping(), scores.as_mapping())
+            previous, scores = scores, fitter.update(tally.outcomes)
+            change = max_score_change(previous, scores)
             reason = rule.should_stop(
                 comparisons_done=tally.requested,
                 waves_done=waves,
                 score_change=change if waves > 1 else None,
-                ssr=scores.ssr,
+                ssr=fitter.ssr() if rule.ssr_target is not None else None,
             )
             if reason is not None:
                 stop_reason = reason
                 break
-        return self._report(scores, tally, waves, stop_reason, started)
+        report = self._report(fitter.scores(), tally, waves, stop_reason, started)
+        statistics = fitter.statistics(seed=opts.seed)
+        return replace(report, statistics=statistics, scoring_seconds=fitter.seconds)
 
     def _submission(
         self, pair: Pair, tags: BatchTags, wave: int, wave_size: int, tally: _Tally
     ) -> ComparisonSubmission:
         opts = self._options
         attempt = tally.attempts.get(pair, 0)
+        judge = self._judges.take()
         return ComparisonSubmission(
             essay_a=self._essays[pair.essay_a],
             essay_b=self._essays[pair.essay_b],
             request_id=f"{self.cj_batch_id}:{wave}:{pair.essay_a}:{pair.essay_b}:{attempt}",
             correlation_id=f"{self.cj_batch_id}:{pair.essay_a}:{pair.essay_b}",
             instructions=opts.instructions,
-            provider=opts.provider,
-            model=opts.model,
+            provider=judge.provider,
+            model=judge.model,
             metadata=request_metadata(
                 tags,
                 essay_a_id=pair.essay_a,
@@ -259,7 +273,9 @@ class _Tally:
                 planner.record(pair)
                 a_won = outcome.winner == "essay_a"
                 first, second = (pair.essay_a, pair.essay_b)
-                self.outcomes.append(Outcome(first, second) if a_won else Outcome(second, first))
+                winner, loser = (first, second) if a_won else (second, first)
+                judge = judge_label(outcome.provider, outcome.model)
+                self.outcomes.append(Outcome(winner, loser, winner_was_a=a_won, judge=judge))
                 continue
             self.attempts[pair] = self.attempts.get(pair, 0) + 1
             if self.attempts[pair] < MAX_ATTEMPTS_PER_PAIR:

@@ -11,10 +11,12 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, start_http_server
 
+from cj_client.anchors import AnchorFileError, check_anchors, load_anchors
 from cj_client.assessment import Assessment, AssessmentOptions
 from cj_client.batching import BatchConfig, CjSettings, LLMBatchingMode
 from cj_client.cli.common import Handler, add_connection_flags, run
 from cj_client.client import LpsClient
+from cj_client.judges import Judge
 from cj_client.models import PROVIDER_NAMES
 from cj_client.outputs import load_essays, ranking_rows, summary, write_outputs
 
@@ -40,6 +42,17 @@ def register(commands: Any) -> Handler:
     parser.add_argument("--metrics-port", type=int, help="serve CJ metrics on this port")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--show-results", action="store_true", help="print every comparison")
+    # Statistics: several judges, anchors (docs/cj.md).
+    parser.add_argument(
+        "--judge",
+        action="append",
+        type=_judge,
+        metavar="PROVIDER[:MODEL]",
+        help="a judge; repeat for several, who take the comparisons in turn (default: --provider)",
+    )
+    parser.add_argument(
+        "--anchors", type=Path, metavar="FILE", help="CSV id,score: essays whose scores are fixed"
+    )
     add_connection_flags(parser, default_target=None)
     return lambda args: run(_assess(args))
 
@@ -48,6 +61,12 @@ async def _assess(args: argparse.Namespace) -> int:
     settings = CjSettings.from_env()
     override = LLMBatchingMode(args.mode) if args.mode else None
     essays = load_essays(args.path)
+    try:
+        anchors = load_anchors(args.anchors) if args.anchors else {}
+        check_anchors(anchors, {e.id for e in essays}, args.anchors)
+    except AnchorFileError as exc:
+        print(f"cj: {exc}", file=sys.stderr)
+        return 2
     registry = CollectorRegistry()
     if args.metrics_port is not None:
         start_http_server(args.metrics_port, registry=registry)
@@ -58,6 +77,8 @@ async def _assess(args: argparse.Namespace) -> int:
         model=args.model,
         seed=args.seed,
         cj_batch_id=args.batch_id,
+        judges=tuple(args.judge or ()),
+        anchors=anchors,
     )
     async with AsyncExitStack() as stack:
         target = args.target
@@ -94,7 +115,7 @@ async def _assess(args: argparse.Namespace) -> int:
                 f"-> {verdict:<8} confidence {outcome.confidence}  "
                 f"bundle {outcome.bundle_index + 1}/{outcome.bundle_size}"
             )
-    write_outputs(report, args.out, plot=args.plot)
+    written = write_outputs(report, args.out, plot=args.plot)
     facts = summary(report)
     print(f"ranked {len(essays)} essays -> {args.out}/ranking.csv (best first):")
     for row in ranking_rows(report)[:5]:
@@ -107,10 +128,21 @@ async def _assess(args: argparse.Namespace) -> int:
         "provider_calls",
         "tokens",
         "ssr",
+        "split_half_reliability",
+        "position_bias_logit",
         "stop_reason",
         "elapsed_seconds",
     ):
         print(f"  {key:<24} {facts[key]}")
+    print(f"  {'misfit_essays':<24} {len(facts['misfit_essays'])} (flagged misfit in ranking.csv)")
+    if len(facts["judges"]) > 1:
+        for judge in facts["judges"]:
+            print(
+                f"  judge {judge['judge']:<18} infit {judge['infit']}  agreement "
+                f"{judge['agreement_with_consensus']}  position bias {judge['position_bias_logit']}"
+            )
+    if args.plot:
+        print(f"plot -> {written[-1]}")
     return 0
 
 
@@ -148,3 +180,10 @@ class _ProgressBar:
 
     def finish(self) -> None:
         sys.stderr.write("\n")
+
+
+def _judge(spec: str) -> Judge:
+    try:
+        return Judge.parse(spec)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
