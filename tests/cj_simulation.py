@@ -24,6 +24,8 @@ from cj_client.pairing import PairPlanner
 from cj_client.scoring import Outcome, ScaleFitter, Scores
 from cj_client.stats.run_statistics import RunStatistics
 
+ERRATIC_SPREAD = 4.0
+
 
 @dataclass(frozen=True)
 class SimulatedJudge:
@@ -81,9 +83,11 @@ def simulate(
     judges: Sequence[SimulatedJudge] = (SimulatedJudge(),),
     anchors: Mapping[str, float] | None = None,
     prior_sd: float | None = None,
+    erratic: frozenset[str] = frozenset(),
 ) -> SimulatedRun:
     """One run over `truth` with a budget of `comparisons_per_essay` per essay (each comparison
-    counts for two essays), judges taking the comparisons in turn."""
+    counts for two essays), judges taking the comparisons in turn. An `erratic` essay is one
+    judges cannot agree on: in each comparison its true score moves by +-ERRATIC_SPREAD, at random."""
     ids = list(truth)
     rng = np.random.default_rng(seed + 1_000_003)
     planner = PairPlanner(ids, seed=seed)
@@ -99,7 +103,12 @@ def simulate(
         waves += 1
         for pair in wave:
             judge = judges[len(outcomes) % len(judges)]
-            gap = judge.discrimination * (truth[pair.essay_a] - truth[pair.essay_b])
+            true_a, true_b = (
+                truth[essay]
+                + (rng.choice((-ERRATIC_SPREAD, ERRATIC_SPREAD)) if essay in erratic else 0.0)
+                for essay in (pair.essay_a, pair.essay_b)
+            )
+            gap = judge.discrimination * (true_a - true_b)
             a_won = rng.random() < 1.0 / (1.0 + math.exp(-(gap + judge.position_bias)))
             winner, loser = (pair.essay_a, pair.essay_b) if a_won else (pair.essay_b, pair.essay_a)
             outcomes.append(Outcome(winner, loser, winner_was_a=a_won, judge=judge.name))

@@ -49,6 +49,7 @@ SD_PRIOR_LOG_SD = 0.7
 # Grid over log(sd), in units of its posterior SD.
 GRID = (-2.0, -1.0, 0.0, 1.0, 2.0)
 _CENTRE_TOLERANCE = 1e-6
+_CENTRE_STEPS = 20
 _NODES, _WEIGHTS = np.polynomial.hermite_e.hermegauss(32)
 
 
@@ -131,15 +132,7 @@ def _laplace(problem: FitProblem, sd: float, start: Fit) -> _Point:
     current = replace(problem, prior=Prior(problem.prior.centre, sd))
     fit = fit_scale(current, start_scores=start.scores, start_bias=start.bias)
     if problem.anchors:
-        unanchored = _free_essays(current)
-        for _ in range(100):
-            centre = (
-                float(fit.scores[unanchored].mean()) if unanchored.any() else current.prior.centre
-            )
-            if abs(centre - current.prior.centre) < _CENTRE_TOLERANCE:
-                break
-            current = replace(current, prior=Prior(centre, sd))
-            fit = fit_scale(current, start_scores=fit.scores, start_bias=fit.bias)
+        current, fit = _fit_centre(current, fit)
     factor = cholesky_factor(current, fit)
     free = current.free()
     params = np.concatenate((fit.scores, fit.bias))[free]
@@ -154,6 +147,31 @@ def _laplace(problem: FitProblem, sd: float, start: Fit) -> _Point:
     )
     log_prior = -0.5 * ((math.log(sd) - SD_PRIOR_LOG_MEAN) / SD_PRIOR_LOG_SD) ** 2
     return _Point(log_likelihood + log_prior, current, fit, factor)
+
+
+def _fit_centre(problem: FitProblem, fit: Fit) -> tuple[FitProblem, Fit]:
+    """With anchors: the centre at which the prior's centre equals the free essays' mean score,
+    by the secant method on that difference (the mean moves almost linearly with the centre,
+    but so slowly when few anchors link the essays that plain iteration would crawl)."""
+    free = _free_essays(problem)
+    if not free.any():
+        return problem, fit
+    sd = problem.prior.sd
+
+    def gap(centre: float) -> tuple[float, FitProblem, Fit]:
+        trial = replace(problem, prior=Prior(centre, sd))
+        fitted = fit_scale(trial, start_scores=fit.scores, start_bias=fit.bias)
+        return float(fitted.scores[free].mean()) - centre, trial, fitted
+
+    x0 = problem.prior.centre
+    f0, best_problem, best_fit = gap(x0)
+    x1 = x0 + f0
+    for _ in range(_CENTRE_STEPS):
+        f1, best_problem, best_fit = gap(x1)
+        if abs(f1) < _CENTRE_TOLERANCE or f1 == f0:
+            break
+        x0, x1, f0 = x1, x1 - f1 * (x1 - x0) / (f1 - f0), f1
+    return best_problem, best_fit
 
 
 def _free_essays(problem: FitProblem) -> NDArray[np.bool_]:
