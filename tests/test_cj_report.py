@@ -1,0 +1,122 @@
+"""`cj assess` end to end through the embedded server and the mock judge: a position-biased
+judge, several judges, anchors files, and what the reports and the plot say."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry
+from scipy.stats import spearmanr
+
+from cj_client import LpsClient
+from cj_client.assessment import Assessment, AssessmentOptions
+from cj_client.cli import main as cj_main
+from cj_client.synthetic_essays import generate_essays, write_jsonl
+from lps_server.app import LpsApp
+from lps_server.providers.mock import quality
+
+ESSAYS = generate_essays(200, seed=3)
+TRUTH = {e.id: quality(e.text) for e in ESSAYS}
+
+
+async def _rank(app: LpsApp) -> tuple[float, float, float]:
+    """Spearman against the truth, position bias and its SE of one default run."""
+    async with LpsClient(target=f"127.0.0.1:{app.grpc_port}") as client:
+        report = await Assessment(
+            ESSAYS,
+            client=client,
+            options=AssessmentOptions(cj_batch_id="bias-run", seed=1),
+            registry=CollectorRegistry(),
+        ).run()
+    scores = report.scores.as_mapping()
+    rho = spearmanr([scores[e] for e in TRUTH], list(TRUTH.values())).statistic
+    assert report.statistics is not None and report.statistics.position_bias is not None
+    bias = report.statistics.position_bias
+    return float(rho), bias.logit, bias.se
+
+
+@pytest.mark.slow
+async def test_a_position_biased_judge_is_measured_and_balanced_out(
+    start_lps: Callable[..., Awaitable[LpsApp]],
+) -> None:
+    plain = await _rank(await start_lps())
+    biased = await _rank(await start_lps(mock_position_bias=1.0))
+    assert abs(biased[0] - plain[0]) <= 0.02, (plain, biased)
+    assert abs(biased[1] - 1.0) <= 0.2, biased
+    assert abs(plain[1]) <= 3 * plain[2], plain
+
+
+def _cli(argv: list[str]) -> Awaitable[int]:
+    # The CLI runs its own event loop: run it in a worker thread beside the test's server.
+    return asyncio.to_thread(cj_main, argv)
+
+
+async def test_several_judges_share_the_comparisons_and_are_reported(
+    start_lps: Callable[..., Awaitable[LpsApp]], tmp_path: Path
+) -> None:
+    app = await start_lps()
+    essays = write_jsonl(ESSAYS[:40], tmp_path / "essays.jsonl")
+    out = tmp_path / "run"
+    code = await _cli(["assess", str(essays), "--out", str(out), "--quiet",
+                       "--target", f"127.0.0.1:{app.grpc_port}", "--plot",
+                       "--judge", "mock:judge-a", "--judge", "mock:judge-b"])  # fmt: skip
+    assert code == 0
+    summary = json.loads((out / "summary.json").read_text())
+    judges = {j["judge"]: j for j in summary["judges"]}
+    assert set(judges) == {"mock:judge-a", "mock:judge-b"}
+    assert [j["comparisons"] for j in judges.values()] == [100, 100]
+    for judge in judges.values():
+        assert 0.5 < judge["agreement_with_consensus"] <= 1.0
+        assert judge["infit"] > 0 and judge["position_bias_se"] > 0
+    assert (out / "scores.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (None, "cannot read anchors"),
+        ("essay,mark\nessay-0001,1.0\n", "expected the header id,score"),
+        ("id,score\nessay-0001,high\n", "score 'high' of 'essay-0001' is not a number"),
+        ("id,score\nessay-0001,nan\n", "is not a number"),
+        ("id,score\nessay-0001,1\nessay-0001,2\n", "anchored twice"),
+        ("id,score\n", "no anchors"),
+        ("id,score\nessay-0001,1\nnobody,2\n", "anchors not among the essays: nobody"),
+    ],
+)
+def test_a_bad_anchors_file_is_one_line_and_nothing_runs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str | None, message: str
+) -> None:
+    essays = write_jsonl(ESSAYS[:4], tmp_path / "essays.jsonl")
+    anchors = tmp_path / "anchors.csv"
+    if content is not None:
+        anchors.write_text(content)
+    out = tmp_path / "run"
+    # No --target: a run would start an embedded server; the file is rejected before that.
+    code = cj_main(["assess", str(essays), "--out", str(out), "--anchors", str(anchors)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1 and message in err and "Traceback" not in err, err
+    assert not out.exists()
+
+
+async def test_anchored_essays_keep_their_scores(
+    start_lps: Callable[..., Awaitable[LpsApp]], tmp_path: Path
+) -> None:
+    app = await start_lps()
+    essays = write_jsonl(ESSAYS[:30], tmp_path / "essays.jsonl")
+    anchors = tmp_path / "anchors.csv"
+    anchors.write_text("id,score\nessay-0001,2.5\nessay-0002,-1.25\n")
+    out = tmp_path / "run"
+    code = await _cli(["assess", str(essays), "--out", str(out), "--quiet",
+                       "--target", f"127.0.0.1:{app.grpc_port}", "--anchors", str(anchors)])  # fmt: skip
+    assert code == 0
+    rows = {r["id"]: r for r in json.loads((out / "ranking.json").read_text())}
+    assert (rows["essay-0001"]["score"], rows["essay-0002"]["score"]) == (2.5, -1.25)
+    assert rows["essay-0001"]["flags"] == "anchor" and rows["essay-0001"]["se"] == 0
+    free = [r for r in rows.values() if "anchor" not in r["flags"]]
+    assert all(r["se"] > 0 for r in free)
+    assert json.loads((out / "summary.json").read_text())["anchored_essays"] == 2
