@@ -64,7 +64,8 @@ def _caterpillar(plt: Any, rows: Sequence[dict[str, Any]]) -> Any:
         size = max(2.0, 600 / n) * (1 if kind == "" else 4)
         ax.scatter([xs[i] for i in picked], [scores[i] for i in picked], s=size,
                    color=colour, zorder=3, label=kind or "essay")  # fmt: skip
-    flagged = [i for i, r in enumerate(ordered) if _kind(r)][:MAX_FLAG_LABELS]
+    flagged = sorted((i for i, r in enumerate(ordered) if _kind(r)),
+                     key=lambda i: -(ordered[i].get("infit") or 0.0))[:MAX_FLAG_LABELS]  # fmt: skip
     wanted = list(range(EDGE_LABELS)) + list(range(n - EDGE_LABELS, n)) + flagged
     placed: list[int] = []
     room = n / 45  # about one label per 45th of the axis, so labels never overlap
@@ -77,6 +78,7 @@ def _caterpillar(plt: Any, rows: Sequence[dict[str, Any]]) -> Any:
                     textcoords="offset points")  # fmt: skip
     ax.set_xlabel(f"rank, weakest to best ({n} essays)")
     ax.set_xlim(0, n + 1)
+    ax.margins(y=0.12)  # room for the labels above the best essays' intervals
     if any(_kind(r) for r in ordered):
         ax.legend(loc="upper left", fontsize=8)
     _finish(ax, rows, horizontal=False)

@@ -87,7 +87,7 @@ def simulate(
 ) -> SimulatedRun:
     """One run over `truth` with a budget of `comparisons_per_essay` per essay (each comparison
     counts for two essays), judges taking the comparisons in turn. An `erratic` essay is one
-    judges cannot agree on: in each comparison its true score moves by +-ERRATIC_SPREAD, at random."""
+    judges cannot agree on: in each comparison its true score moves by +-ERRATIC_SPREAD."""
     ids = list(truth)
     rng = np.random.default_rng(seed + 1_000_003)
     planner = PairPlanner(ids, seed=seed)

@@ -26,6 +26,8 @@ FIGURES = (
     "dispatch_p50_ms",
     "dispatch_p99_ms",
     "rss_mb_100k",
+    "cj_2000_seconds",
+    "cj_2000_scoring_share",
 )
 
 

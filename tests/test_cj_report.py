@@ -34,7 +34,8 @@ async def _rank(app: LpsApp) -> tuple[float, float, float]:
         ).run()
     scores = report.scores.as_mapping()
     rho = spearmanr([scores[e] for e in TRUTH], list(TRUTH.values())).statistic
-    assert report.statistics is not None and report.statistics.position_bias is not None
+    assert report.statistics is not None
+    assert report.statistics.position_bias is not None
     bias = report.statistics.position_bias
     return float(rho), bias.logit, bias.se
 
@@ -71,7 +72,8 @@ async def test_several_judges_share_the_comparisons_and_are_reported(
     assert [j["comparisons"] for j in judges.values()] == [100, 100]
     for judge in judges.values():
         assert 0.5 < judge["agreement_with_consensus"] <= 1.0
-        assert judge["infit"] > 0 and judge["position_bias_se"] > 0
+        assert judge["infit"] > 0
+        assert judge["position_bias_se"] > 0
     assert (out / "scores.png").read_bytes()[:4] == b"\x89PNG"
 
 
@@ -99,7 +101,9 @@ def test_a_bad_anchors_file_is_one_line_and_nothing_runs(
     code = cj_main(["assess", str(essays), "--out", str(out), "--anchors", str(anchors)])
     err = capsys.readouterr().err
     assert code == 2
-    assert err.count("\n") == 1 and message in err and "Traceback" not in err, err
+    assert err.count("\n") == 1, err
+    assert message in err
+    assert "Traceback" not in err
     assert not out.exists()
 
 
@@ -111,12 +115,14 @@ async def test_anchored_essays_keep_their_scores(
     anchors = tmp_path / "anchors.csv"
     anchors.write_text("id,score\nessay-0001,2.5\nessay-0002,-1.25\n")
     out = tmp_path / "run"
+    target = f"127.0.0.1:{app.grpc_port}"
     code = await _cli(["assess", str(essays), "--out", str(out), "--quiet",
-                       "--target", f"127.0.0.1:{app.grpc_port}", "--anchors", str(anchors)])  # fmt: skip
+                       "--target", target, "--anchors", str(anchors)])  # fmt: skip
     assert code == 0
     rows = {r["id"]: r for r in json.loads((out / "ranking.json").read_text())}
     assert (rows["essay-0001"]["score"], rows["essay-0002"]["score"]) == (2.5, -1.25)
-    assert rows["essay-0001"]["flags"] == "anchor" and rows["essay-0001"]["se"] == 0
+    assert rows["essay-0001"]["flags"] == "anchor"
+    assert rows["essay-0001"]["se"] == 0
     free = [r for r in rows.values() if "anchor" not in r["flags"]]
     assert all(r["se"] > 0 for r in free)
     assert json.loads((out / "summary.json").read_text())["anchored_essays"] == 2

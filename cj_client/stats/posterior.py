@@ -19,11 +19,11 @@ anchors the centre is 0 (the gauge); with anchors it is the free essays' mean, r
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import numpy as np
 from numpy.typing import NDArray
-from scipy.optimize import minimize_scalar
 
 from cj_client.stats.fit import (
     Fit,
@@ -46,8 +46,13 @@ SD_BOUNDS = (0.05, 10.0)
 # every essay to the centre; with hundreds of essays the judgements outweigh it.
 SD_PRIOR_LOG_MEAN = math.log(2.0)
 SD_PRIOR_LOG_SD = 0.7
-# Grid over log(sd), in units of its posterior SD.
-GRID = (-2.0, -1.0, 0.0, 1.0, 2.0)
+# log(sd) is integrated by three-point Gauss-Hermite quadrature around its mode (nodes in units
+# of its posterior SD, weights for a normal), corrected by the actual posterior at each node.
+GRID = ((-math.sqrt(3.0), 1.0 / 6.0), (0.0, 2.0 / 3.0), (math.sqrt(3.0), 1.0 / 6.0))
+# The mode of log(sd) is found to this tolerance, moving at most MAX_STEP at a time.
+LOG_SD_TOLERANCE = 0.02
+MAX_STEP = 0.7
+MAX_PARABOLA_STEPS = 30
 _CENTRE_TOLERANCE = 1e-6
 _CENTRE_STEPS = 20
 _NODES, _WEIGHTS = np.polynomial.hermite_e.hermegauss(32)
@@ -92,27 +97,25 @@ def posterior(problem: FitProblem, start: Fit) -> Posterior:
         return cache[key]
 
     low, high = (math.log(b) for b in SD_BOUNDS)
-    best = minimize_scalar(
-        lambda v: -at(v).log_posterior, bounds=(low, high), method="bounded",
-        options={"xatol": 1e-3},
-    )  # fmt: skip
-    centre = float(best.x)
-    h = 0.05
-    curvature = (at(centre + h).log_posterior - 2 * at(centre).log_posterior
-                 + at(centre - h).log_posterior) / (h * h)  # fmt: skip
+    centre, curvature = _maximise(
+        lambda v: at(v).log_posterior, math.log(problem.prior.sd), low, high
+    )
     spread = 1.0 / math.sqrt(-curvature) if curvature < 0 else 1.0
-    points = sorted({min(high, max(low, centre + z * spread)) for z in GRID})
-    evaluated = [at(v) for v in points]
-    top = max(p.log_posterior for p in evaluated)
-    weights = np.array([math.exp(p.log_posterior - top) for p in evaluated])
-    weights /= weights.sum()
-    moments = [_moments(p) for p in evaluated]
+    top = at(centre).log_posterior
+    evaluated, weights_list = [], []
+    for z, weight in GRID:
+        point = at(min(high, max(low, centre + z * spread)))
+        evaluated.append(point)
+        # The node's weight is the normal's; the actual posterior corrects it.
+        weights_list.append(weight * math.exp(point.log_posterior - top + 0.5 * z * z))
+    weights = np.array(weights_list) / sum(weights_list)
+    moments = [_moments(p) for p in evaluated]  # the middle node is the mode
     mean = sum(w * m[0] for w, m in zip(weights, moments, strict=True))
     second = sum(w * (m[1] + m[0] ** 2) for w, m in zip(weights, moments, strict=True))
     variance = np.maximum(second - mean**2, 0.0)
     n = problem.design.essays
     mode = at(centre)
-    conditional = _moments(mode)
+    conditional = moments[[z for z, _ in GRID].index(0.0)]
     return Posterior(
         scores=mean[:n],
         ses=np.sqrt(variance[:n]),
@@ -124,6 +127,30 @@ def posterior(problem: FitProblem, start: Fit) -> Posterior:
         mode=mode.fit,
         problem=mode.problem,
     )
+
+
+def _maximise(
+    value: Callable[[float], float], start: float, low: float, high: float
+) -> tuple[float, float]:
+    """The maximum of a smooth, roughly quadratic function on [low, high] by successive
+    parabolic interpolation from `start`, and its second derivative there (each evaluation
+    costs a Cholesky factorisation, so few are spent: about six)."""
+    seen = {x: value(x) for x in sorted({min(high, max(low, start + d)) for d in (-0.2, 0, 0.2)})}
+    curvature = 0.0
+    for _ in range(MAX_PARABOLA_STEPS):
+        best = max(seen, key=seen.__getitem__)
+        near = sorted(seen, key=lambda x: abs(x - best))[:3]
+        if len(near) < 3:
+            return best, curvature
+        a, b, _ = np.polyfit(near, [seen[x] for x in near], 2)
+        curvature = 2.0 * float(a)
+        # A vertex within a step of the best point; concave-up fits just walk uphill.
+        target = -b / (2.0 * a) if a < 0 else best + math.copysign(MAX_STEP, b + 2 * a * best)
+        target = min(high, max(low, min(best + MAX_STEP, max(best - MAX_STEP, float(target)))))
+        if abs(target - best) < LOG_SD_TOLERANCE or target in seen:
+            return best, curvature
+        seen[target] = value(target)
+    return max(seen, key=seen.__getitem__), curvature
 
 
 def _laplace(problem: FitProblem, sd: float, start: Fit) -> _Point:

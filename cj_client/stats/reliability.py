@@ -10,7 +10,10 @@ import numpy as np
 
 from cj_client.stats.fit import Fit, FitProblem, fit_scale
 
+# Splits averaged: ten for a few hundred essays; fewer for more, whose halves' correlation
+# varies less from split to split (about as 1 / sqrt(n)), down to three.
 SPLITS = 10
+SPLITS_AT = 400
 
 
 def scale_separation_reliability(scores: Sequence[float], ses: Sequence[float]) -> float:
@@ -47,7 +50,7 @@ def posterior_reliability(means: Sequence[float], sds: Sequence[float]) -> float
 
 
 def split_half_reliability(
-    problem: FitProblem, fit: Fit, *, seed: int, splits: int = SPLITS
+    problem: FitProblem, fit: Fit, *, seed: int, splits: int | None = None
 ) -> float | None:
     """Mean over random splits of the judgements into halves of the Spearman-Brown corrected
     correlation between the two halves' scores, clipped to [0, 1].
@@ -61,6 +64,8 @@ def split_half_reliability(
     if design.size < 4 or free.size < 3:
         return None
     rng = np.random.default_rng(seed)
+    if splits is None:
+        splits = max(3, min(SPLITS, round(SPLITS * (SPLITS_AT / design.essays) ** 0.5)))
     values = []
     for _ in range(splits):
         order = rng.permutation(design.size)
