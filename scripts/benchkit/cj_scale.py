@@ -11,7 +11,6 @@ import asyncio
 import json
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 from benchkit.common import BenchError
@@ -56,6 +55,5 @@ async def measure_cj(run: Run) -> dict[str, Any]:
             "run_elapsed_seconds": summary["elapsed_seconds"],
             "ssr": summary["ssr"],
             "split_half_reliability": summary["split_half_reliability"],
-            "plot": str(Path(out / "scores.png")),
         },
     }
