@@ -35,7 +35,7 @@ __all__ = [
     "scale_separation_reliability",
 ]
 
-# choix's convention: a penalty of alpha * sum(theta**2), a Gaussian prior with SD 1/sqrt(2 alpha),
+# A penalty of alpha * sum(theta**2) (choix's convention): a Gaussian prior of SD 1/sqrt(2 alpha),
 # about 7 logits: wide enough to leave any realistic scale alone, and an unbeaten essay finite.
 DEFAULT_REGULARIZATION = 0.01
 # The prior SD of a run's scores before the judgements say otherwise: a typical CJ scale's spread.
