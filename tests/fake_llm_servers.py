@@ -19,6 +19,7 @@ import json
 import re
 import time
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -71,8 +72,8 @@ class RecordedCall:
 
     @property
     def items(self) -> list[str]:
-        """The item ids the prompt's essays are marked with, each once per comparison."""
-        return list(dict.fromkeys(_ITEM.findall(self.prompt)))
+        """The item ids the prompt's essays are marked with (one marked essay per comparison)."""
+        return _ITEM.findall(self.prompt)
 
     @property
     def key(self) -> str:
@@ -129,6 +130,7 @@ class FakeLlmServer:
         self.base_url = ""
         self._server: asyncio.Server | None = None
         self._handlers: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
+        self._changed = asyncio.Event()
 
     async def __aenter__(self) -> FakeLlmServer:
         self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
@@ -151,6 +153,17 @@ class FakeLlmServer:
         return Counter(
             item for call in self.calls if key is None or call.key == key for item in call.items
         )
+
+    async def wait_until(self, predicate: Callable[[], bool], *, timeout: float, what: str) -> None:
+        """Wait (at most `timeout` s) until `predicate` holds; it is checked whenever a call
+        arrives or is answered."""
+        try:
+            async with asyncio.timeout(timeout):
+                while not predicate():
+                    self._changed.clear()
+                    await self._changed.wait()
+        except TimeoutError:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}") from None
 
     def script(self, *replies: Reply) -> None:
         """Answer the next requests with `replies`, in order; then with the default judge."""
@@ -193,6 +206,7 @@ class FakeLlmServer:
             method, path, headers, body if isinstance(body, dict) else {}, prompt, time.time()
         )
         self.calls.append(call)
+        self._changed.set()
         if reply.hang:
             await reader.read()  # returns at EOF: the client gave up
             return False
@@ -230,6 +244,7 @@ class FakeLlmServer:
         writer.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + payload)
         await writer.drain()
         call.answered.set()
+        self._changed.set()
         return True
 
     def _error_body(self, kind: str, message: str) -> bytes:

@@ -327,7 +327,7 @@ async def test_a_trial_that_outlasts_the_wait_fails_the_waiter_with_a_retry_afte
 
     trial = asyncio.create_task(stuck_trial())
     await _let_tasks_run()
-    with pytest.raises(ProviderCallError, match="outlasted 0.05s") as info:
+    with pytest.raises(ProviderCallError, match=r"outlasted 0\.05s") as info:
         async with breaker.guard():
             pass
     assert info.value.failure.retry_after == 2.0

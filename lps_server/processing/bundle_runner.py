@@ -94,6 +94,13 @@ class BundleRunner:
         route = items[0].route
         model_label = self._providers.model_label(route)
         labels = {"provider": route.provider.value, "model": model_label}
+        if not await keeper.confirm():
+            log.error(
+                "the leases of %d request(s) may have lapsed and cannot be confirmed; not calling "
+                "the provider for them, they will be reclaimed",
+                len(items),
+            )
+            return
         items = self._still_held(items, keeper, route.provider, stage="before_call")
         if not items:
             return

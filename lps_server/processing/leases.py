@@ -95,6 +95,16 @@ class LeaseKeeper:
         may take the requests over at any moment."""
         return self._clock() >= self._valid_until
 
+    async def confirm(self) -> bool:
+        """Before money is spent: True when the leases are known to be held for at least
+        another beat. When they may lapse sooner (the process was frozen, Redis was slow), they
+        are extended now, which also tells which were lost; False when that fails and they may
+        have lapsed already, so the caller should not call the provider for them."""
+        if self._valid_until - self._clock() > self._lease_s / 3.0:
+            return True
+        await self._extend()
+        return not self.lapsed()
+
     def lose(self, request_ids: Iterable[str]) -> None:
         """Record requests as lost (a fenced call found them held by someone else)."""
         lost = [rid for rid in request_ids if rid in self._held]
