@@ -22,7 +22,8 @@ class ProviderCapacity:
     Args:
         providers: the configured providers; each gets `limit` bundles.
         limit: LPS_MAX_CONCURRENT_CALLS.
-        on_room: called whenever a bundle ends, so a waiting dispatcher looks again.
+        on_room: called when a full provider gets room again, so a waiting dispatcher looks
+            again (only then: waking it at every bundle's end would cut its blocking reads short).
     """
 
     def __init__(
@@ -52,6 +53,9 @@ class ProviderCapacity:
 
     def give_back(self, provider: ProviderName) -> None:
         """A bundle of `provider` ended."""
-        if provider in self._in_flight:
-            self._in_flight[provider] -= 1
-        self._on_room()
+        if provider not in self._in_flight:
+            return
+        was_full = self._in_flight[provider] >= self._limit
+        self._in_flight[provider] -= 1
+        if was_full:
+            self._on_room()

@@ -382,4 +382,5 @@ class Processor:
             await keeper.stop()
             if provider is not None:
                 self._capacity.give_back(provider)
-            self._queue_changed()
+            if self._draining:
+                self._queue_changed()  # the drain ends once nothing is in flight

@@ -58,8 +58,9 @@ class Lease:
     release or complete them (a fenced lease). `expired` holds requests found past their deadline
     while leasing, `unreadable` those whose payload cannot be read; both are leased too and must be
     ended by the caller (EXPIRED, FAILED), never sent to a provider. `attempts` counts the earlier
-    failed attempts of retried items (absent: none). `next_retry_at` is when the earliest request
-    waiting for a retry becomes due (None: none waits), so an idle dispatcher knows when to look.
+    failed attempts of retried items (absent: none). On a lease that took nothing,
+    `next_retry_at` is when the earliest request waiting for a retry becomes due (None: none
+    waits), so an idle dispatcher knows when to look again.
     """
 
     items: list[QueuedRequest] = field(default_factory=list)

@@ -236,7 +236,7 @@ class LocalQueue:
             record.lease = token
             if record.attempts:
                 attempts[rid] = record.attempts
-            (expired if record.queued.is_expired(now) else items).append(record.queued)
+            (expired if _expires(record, now) else items).append(record.queued)
         if not heap:
             self._groups.pop(group, None)
         return Lease(
@@ -245,7 +245,7 @@ class LocalQueue:
             group=group,
             token=token,
             attempts=attempts,
-            next_retry_at=self._next_retry_at(),
+            next_retry_at=None if items or expired else self._next_retry_at(),
         )
 
     async def wait_for_work(self, timeout: float) -> None:
@@ -369,7 +369,7 @@ class LocalQueue:
         expired = []
         token = f"local-{next(self._leases)}"
         for record in list(self._records.values()):
-            if record.status == RequestStatus.QUEUED and record.queued.is_expired(now):
+            if record.status == RequestStatus.QUEUED and _expires(record, now):
                 self._unqueue(record)
                 record.status = RequestStatus.PROCESSING
                 record.lease = token
@@ -412,3 +412,9 @@ class LocalQueue:
         """Queued requests in queue order (used to end them at shutdown)."""
         live = [r for r in self._records.values() if r.status == RequestStatus.QUEUED]
         return [r.queued for r in sorted(live, key=lambda r: (r.score, r.seq))]
+
+
+def _expires(record: _Record, now: float) -> bool:
+    """Past its TTL, and never attempted: once a request has cost a provider call, it is retried
+    to the end however late, never ended EXPIRED."""
+    return record.attempts == 0 and record.queued.is_expired(now)

@@ -50,10 +50,17 @@ end
 
 local function load(rid)
   local v = redis.call('HMGET', req_prefix .. rid, 'status', 'member', 'score', 'group',
-    'deadline', 'bytes', 'enqueued_at', 'provider', 'lease')
+    'deadline', 'bytes', 'enqueued_at', 'provider', 'lease', 'attempts')
   if not v[1] then return nil end
   return {status = v[1], member = v[2], score = v[3], group = v[4], deadline = v[5],
-          bytes = tonumber(v[6]) or 0, enqueued_at = v[7], provider = v[8], lease = v[9] or ''}
+          bytes = tonumber(v[6]) or 0, enqueued_at = v[7], provider = v[8], lease = v[9] or '',
+          attempts = tonumber(v[10]) or 0}
+end
+
+-- The TTL bounds the wait before the first provider call only: once a request has cost a call
+-- (a failed attempt), it is retried to the end however late, never ended EXPIRED.
+local function expires(r)
+  return r.deadline ~= '' and r.attempts == 0
 end
 
 local function is_final(status)
@@ -79,7 +86,7 @@ end
 
 -- Count a request as queued: its TTL, its age, its bytes and its status.
 local function hold(rid, r)
-  if r.deadline ~= '' then redis.call('ZADD', deadlines, r.deadline, rid) end
+  if expires(r) then redis.call('ZADD', deadlines, r.deadline, rid) end
   redis.call('ZADD', enqueued, r.enqueued_at, rid)
   redis.call('HINCRBY', meta, 'bytes', r.bytes)
   redis.call('HSET', req_prefix .. rid, 'status', '$queued')
@@ -157,7 +164,7 @@ for i = 7, #ARGV, 8 do
     local seq = redis.call('HINCRBY', meta, 'seq', 1)
     local r = {member = string.format('%0${seq_digits}d', seq) .. ':' .. rid,
                score = ARGV[i + 2], group = ARGV[i + 3], deadline = ARGV[i + 4],
-               bytes = bytes, enqueued_at = ARGV[i + 6], provider = ARGV[i + 7]}
+               bytes = bytes, enqueued_at = ARGV[i + 6], provider = ARGV[i + 7], attempts = 0}
     redis.call('HSET', req_prefix .. rid, 'payload', ARGV[i + 1], 'member', r.member,
       'score', r.score, 'group', r.group, 'deadline', r.deadline, 'bytes', ARGV[i + 5],
       'enqueued_at', r.enqueued_at, 'provider', r.provider)
@@ -173,8 +180,8 @@ return out
 # ARGV[5] token, ARGV[6] lease deadline, ARGV[7] now, ARGV[8] group ('' = the head's), ARGV[9]
 # max items, ARGV[10] most expired requests to take in one call, ARGV[11..] the providers among
 # whose requests to look for the head (none given: all, in the global order). Returns {group, n,
-# next due retry, then per item and per expired request: id, attempts, payload}, or {'', '0',
-# next due retry} when nothing is queued. Expired ones are leased too, so that a replica dying
+# next due retry (only when it took nothing, else ''), then per item and per expired request: id,
+# attempts, payload}, or {'', '0', next due retry} when nothing is queued. Expired ones are leased too, so that a replica dying
 # before it ends them leaves them to be reclaimed (and found expired again), not lost.
 _LEASE = """
 local token, lease_deadline, now = ARGV[5], ARGV[6], tonumber(ARGV[7])
@@ -221,7 +228,7 @@ while #items < limit and #expired < max_expired do
       unqueue(rid, r)
       local held = lease_one(rid, lease_deadline, token)
       local entry = {rid, held[2] or '0', held[1] or ''}
-      if r.deadline ~= '' and tonumber(r.deadline) <= now then
+      if expires(r) and tonumber(r.deadline) <= now then
         expired[#expired + 1] = entry
       else
         items[#items + 1] = entry
@@ -232,7 +239,7 @@ while #items < limit and #expired < max_expired do
     end
   end
 end
-local out = {group, tostring(#items), next_due()}
+local out = {group, tostring(#items), (#items + #expired == 0) and next_due() or ''}
 for _, list in ipairs({items, expired}) do
   for _, entry in ipairs(list) do
     local n = #out
@@ -298,9 +305,9 @@ for i = 7, #ARGV do
     if retry_at == '' then
       requeue(rid, r)
     else
+      r.attempts = redis.call('HINCRBY', req_prefix .. rid, 'attempts', 1)
       hold(rid, r)
       redis.call('ZADD', delayed, retry_at, rid)
-      redis.call('HINCRBY', req_prefix .. rid, 'attempts', 1)
     end
     n = n + 1
   end
