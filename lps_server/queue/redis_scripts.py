@@ -181,8 +181,9 @@ return out
 # max items, ARGV[10] most expired requests to take in one call, ARGV[11..] the providers among
 # whose requests to look for the head (none given: all, in the global order). Returns {group, n,
 # next due retry (only when it took nothing, else ''), then per item and per expired request: id,
-# attempts, payload}, or {'', '0', next due retry} when nothing is queued. Expired ones are leased too, so that a replica dying
-# before it ends them leaves them to be reclaimed (and found expired again), not lost.
+# attempts, payload}, or {'', '0', next due retry} when nothing is queued. Expired ones are
+# leased too, so that a replica dying before it ends them leaves them to be reclaimed (and found
+# expired again), not lost.
 _LEASE = """
 local token, lease_deadline, now = ARGV[5], ARGV[6], tonumber(ARGV[7])
 local group, max_items, max_expired = ARGV[8], tonumber(ARGV[9]), tonumber(ARGV[10])
