@@ -10,6 +10,7 @@ items per request id: a duplicate provider call shows as an id asked for twice.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import re
 import signal
@@ -17,8 +18,8 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Sequence
-from contextlib import aclosing, asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, aclosing, asynccontextmanager
 from pathlib import Path
 
 import httpx
@@ -142,6 +143,15 @@ async def replicas(
     finally:
         for replica in started:
             replica.kill()
+
+
+#: Starts named replicas with settings (`LPS_*=value` keywords), see `replicas`.
+Launch = Callable[..., AbstractAsyncContextManager[list[Replica]]]
+
+
+def launcher(*, redis_url: str, provider: FakeOpenAI, log_dir: Path) -> Launch:
+    """`replicas` bound to one Redis, one provider and one log directory."""
+    return functools.partial(replicas, redis_url=redis_url, provider=provider, log_dir=log_dir)
 
 
 def marked(rid: str, i: int = 0, **fields: object) -> ComparisonSubmission:

@@ -14,7 +14,7 @@ import asyncio
 import json
 import signal
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import aclosing
 from pathlib import Path
 
@@ -33,18 +33,16 @@ from lps_server.providers import ProviderRegistry
 from lps_server.queue.redis_keys import QueueKeys
 from lps_server.queue.redis_queue import RedisQueue
 from tests.fake_llm_servers import FakeOpenAI
-from tests.fault_rig import marked, replicas
+from tests.fault_rig import Launch, launcher, marked
 from tests.redis_server import RedisProcess
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
 
 
 @pytest.fixture
-def redis() -> Iterator[RedisProcess]:
-    proc = RedisProcess()
-    proc.start()
-    yield proc
-    proc.close()
+def start(killable_redis: RedisProcess, provider: FakeOpenAI, tmp_path: Path) -> Launch:
+    """Starts replicas on this test's Redis, calling `provider`."""
+    return launcher(redis_url=killable_redis.url, provider=provider, log_dir=tmp_path)
 
 
 @pytest.fixture
@@ -73,11 +71,11 @@ async def queue_directly(redis_url: str, provider: FakeOpenAI, ids: list[str]) -
 
 
 async def test_poisoned_payloads_end_failed_and_dispatch_goes_on(
-    redis: RedisProcess, provider: FakeOpenAI, tmp_path: Path
+    killable_redis: RedisProcess, start: Launch, provider: FakeOpenAI
 ) -> None:
     ids = [f"r{i}" for i in range(6)]
-    await queue_directly(redis.url, provider, [*ids[:3], "corrupt", "future", *ids[3:]])
-    keys, raw = QueueKeys("lps"), Redis.from_url(redis.url)
+    await queue_directly(killable_redis.url, provider, [*ids[:3], "corrupt", "future", *ids[3:]])
+    keys, raw = QueueKeys("lps"), Redis.from_url(killable_redis.url)
     try:
         await raw.hset(keys.request("corrupt"), "payload", b'{"request": {"request_id": "cor')
         newer = json.loads(await raw.hget(keys.request("future"), "payload"))  # type: ignore[arg-type]
@@ -86,11 +84,8 @@ async def test_poisoned_payloads_end_failed_and_dispatch_goes_on(
     finally:
         await raw.aclose()
 
-    async with replicas(
+    async with start(
         ["a"],
-        redis_url=redis.url,
-        provider=provider,
-        log_dir=tmp_path,
         LPS_QUEUE_PROCESSING_MODE="serial_bundle",  # the poisoned ones share bundles with others
     ) as (a,):
         async with LpsClient(target=a.target, timeout=20) as client:
@@ -132,18 +127,15 @@ async def test_poisoned_payloads_end_failed_and_dispatch_goes_on(
 
 
 async def test_a_slow_provider_does_not_hold_up_an_idle_one(
-    redis: RedisProcess, provider: FakeOpenAI, tmp_path: Path
+    start: Launch, provider: FakeOpenAI
 ) -> None:
     provider.latency_s = 3.0  # openai: slow
     slow_ids = [f"slow-{i}" for i in range(6)]
     idle_ids = [f"idle-{i}" for i in range(4)]
     async with (
         FakeOpenAI(api_key="key-idle") as idle,
-        replicas(
+        start(
             ["a"],
-            redis_url=redis.url,
-            provider=provider,
-            log_dir=tmp_path,
             LPS_MAX_CONCURRENT_CALLS="2",
             LPS_OPENAI_COMPATIBLE_BASE_URL=idle.base_url,
             LPS_OPENAI_COMPATIBLE_API_KEY="key-idle",
@@ -172,16 +164,13 @@ async def test_a_slow_provider_does_not_hold_up_an_idle_one(
 
 
 async def test_sigterm_takes_no_new_lease_and_gives_back_what_the_grace_period_cut(
-    redis: RedisProcess, provider: FakeOpenAI, tmp_path: Path
+    killable_redis: RedisProcess, start: Launch, provider: FakeOpenAI
 ) -> None:
     provider.latency_s = 3.0  # longer than the grace period: the calls are cut short
     ids = [f"r{i}" for i in range(8)]
-    await queue_directly(redis.url, provider, ids)
-    async with replicas(
+    await queue_directly(killable_redis.url, provider, ids)
+    async with start(
         ["a"],
-        redis_url=redis.url,
-        provider=provider,
-        log_dir=tmp_path,
         LPS_MAX_CONCURRENT_CALLS="2",
         LPS_SHUTDOWN_GRACE_SECONDS="1",
     ) as (a,):
@@ -191,7 +180,7 @@ async def test_sigterm_takes_no_new_lease_and_gives_back_what_the_grace_period_c
         assert await a.exit_code(timeout=20) == 0
         log = a.log()
     queue = RedisQueue.from_settings(
-        Settings.from_env({}, queue_backend="redis", redis_url=redis.url)
+        Settings.from_env({}, queue_backend="redis", redis_url=killable_redis.url)
     )
     try:
         stats = await queue.stats(now=time.time())

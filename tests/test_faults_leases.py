@@ -13,14 +13,14 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from cj_client import LpsClient
 from tests.fake_llm_servers import FakeOpenAI
-from tests.fault_rig import marked, replicas, results_of
+from tests.fault_rig import Launch, launcher, marked, results_of
 from tests.redis_server import RedisProcess
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
@@ -28,12 +28,9 @@ SERIAL = {"LPS_QUEUE_PROCESSING_MODE": "serial_bundle"}
 
 
 @pytest.fixture
-def redis() -> Iterator[RedisProcess]:
-    """A private redis-server with an fsync-always AOF, which tests freeze and restart."""
-    proc = RedisProcess(appendonly=True)
-    proc.start()
-    yield proc
-    proc.close()
+def start(killable_redis: RedisProcess, provider: FakeOpenAI, tmp_path: Path) -> Launch:
+    """Starts replicas on this test's Redis, calling `provider`."""
+    return launcher(redis_url=killable_redis.url, provider=provider, log_dir=tmp_path)
 
 
 @pytest.fixture
@@ -48,17 +45,14 @@ def once_each(ids: list[str]) -> Counter[str]:
 
 
 async def test_redis_frozen_for_less_than_a_lease_reclaims_nothing_and_asks_nothing_twice(
-    redis: RedisProcess, provider: FakeOpenAI, tmp_path: Path
+    killable_redis: RedisProcess, start: Launch, provider: FakeOpenAI
 ) -> None:
     # Lease 6 s, extended every 2 s; Redis frozen 3.2 s, longer than the 2 s command timeout:
     # an extension sent into the freeze fails, and the one after it must land in time.
     provider.latency_s = 7.0  # calls outlast the lease: only extensions keep them
     waves = [[f"w{w}-{i}" for i in range(8)] for w in range(2)]
-    async with replicas(
+    async with start(
         ["a"],
-        redis_url=redis.url,
-        provider=provider,
-        log_dir=tmp_path,
         LPS_QUEUE_LEASE_SECONDS="6",
         LPS_QUEUE_SWEEP_INTERVAL_SECONDS="0.25",
         LPS_MAX_CONCURRENT_CALLS="4",
@@ -75,9 +69,9 @@ async def test_redis_frozen_for_less_than_a_lease_reclaims_nothing_and_asks_noth
                 results_of(client, [marked(r) for r in waves[1]], timeout=40)
             )
             await provider.wait_until(lambda: len(provider.calls) == 2, timeout=15, what="call 2")
-            redis.pause()
+            killable_redis.pause()
             await asyncio.sleep(3.2)  # the length of the fault, not a wait for an event
-            redis.resume()
+            killable_redis.resume()
             (seen_1, _), (seen_2, _) = await asyncio.gather(first, second)
         log = a.log()
     ids = waves[0] + waves[1]
@@ -90,14 +84,11 @@ async def test_redis_frozen_for_less_than_a_lease_reclaims_nothing_and_asks_noth
 
 
 async def test_a_bundle_filling_for_longer_than_its_lease_asks_nothing_twice(
-    redis: RedisProcess, provider: FakeOpenAI, tmp_path: Path
+    start: Launch, provider: FakeOpenAI
 ) -> None:
     ids = [f"r{i}" for i in range(5)]
-    async with replicas(
+    async with start(
         ["a"],
-        redis_url=redis.url,
-        provider=provider,
-        log_dir=tmp_path,
         LPS_QUEUE_LEASE_SECONDS="1.5",
         LPS_QUEUE_SWEEP_INTERVAL_SECONDS="0.2",
         LPS_SERIAL_BUNDLE_MAX_WAIT_MS="3000",  # two lease periods waiting for 3 more requests
@@ -115,15 +106,12 @@ async def test_a_bundle_filling_for_longer_than_its_lease_asks_nothing_twice(
 
 
 async def test_a_replica_frozen_past_its_lease_has_its_late_answer_dropped(
-    redis: RedisProcess, provider: FakeOpenAI, tmp_path: Path
+    start: Launch, provider: FakeOpenAI
 ) -> None:
     provider.latency_s = 1.5
     ids = [f"r{i}" for i in range(8)]
-    async with replicas(
+    async with start(
         ["a", "b"],
-        redis_url=redis.url,
-        provider=provider,
-        log_dir=tmp_path,
         LPS_QUEUE_LEASE_SECONDS="2",
         LPS_QUEUE_SWEEP_INTERVAL_SECONDS="0.2",
         LPS_SERIAL_BUNDLE_MAX_REQUESTS_PER_CALL="4",
@@ -160,15 +148,12 @@ async def test_a_replica_frozen_past_its_lease_has_its_late_answer_dropped(
 
 
 async def test_redis_restarted_while_calls_run_stores_what_they_finished(
-    redis: RedisProcess, provider: FakeOpenAI, tmp_path: Path
+    killable_redis: RedisProcess, start: Launch, provider: FakeOpenAI
 ) -> None:
     provider.latency_s = 1.2
     ids = [f"r{i}" for i in range(8)]
-    async with replicas(
+    async with start(
         ["a"],
-        redis_url=redis.url,
-        provider=provider,
-        log_dir=tmp_path,
         LPS_QUEUE_LEASE_SECONDS="5",
         LPS_QUEUE_SWEEP_INTERVAL_SECONDS="0.25",
         LPS_SERIAL_BUNDLE_MAX_REQUESTS_PER_CALL="4",
@@ -178,8 +163,8 @@ async def test_redis_restarted_while_calls_run_stores_what_they_finished(
         async with LpsClient(target=a.target, timeout=30) as client:
             run = asyncio.create_task(results_of(client, [marked(r) for r in ids], timeout=40))
             await provider.wait_until(lambda: len(provider.calls) == 2, timeout=15, what="calls")
-            redis.stop()  # a crash...
-            redis.start()  # ...and a restart from the AOF, while both calls still run
+            killable_redis.stop()  # a crash...
+            killable_redis.start()  # ...and a restart from the AOF, while both calls still run
             assert not any(c.answered.is_set() for c in provider.calls), "restarted mid-call"
             seen, outcomes = await run
         assert a.proc.poll() is None, "the replica stayed up"

@@ -11,7 +11,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -166,15 +166,6 @@ async def test_a_failing_dispatch_loop_is_restarted_and_health_follows(
     assert sorted(ended) == sorted(k for call in provider.calls for k in call) == ["r0", "r1"]
 
 
-@pytest.fixture
-def own_redis() -> Iterator[RedisProcess]:
-    """A private redis-server this test may kill."""
-    proc = RedisProcess()
-    proc.start()
-    yield proc
-    proc.close()
-
-
 async def watch_until(
     statuses: AsyncIterator[health_pb2.HealthCheckResponse], wanted: int, timeout: float
 ) -> None:
@@ -185,14 +176,14 @@ async def watch_until(
 
 
 async def test_health_is_not_serving_while_redis_is_down_and_serving_once_back(
-    own_redis: RedisProcess,
+    killable_redis: RedisProcess,
 ) -> None:
     settings = Settings.from_env(
         {},
         grpc_host="127.0.0.1",
         grpc_port=0,
         queue_backend="redis",
-        redis_url=own_redis.url,
+        redis_url=killable_redis.url,
         queue_sweep_interval_seconds=0.2,
     )
     app = LpsApp(settings, providers=ProviderRegistry([RecordingProvider()]))
@@ -204,9 +195,9 @@ async def test_health_is_not_serving_while_redis_is_down_and_serving_once_back(
             )
             statuses = aiter(watch)
             await watch_until(statuses, health_pb2.HealthCheckResponse.SERVING, 10)
-            own_redis.stop()
+            killable_redis.stop()
             await watch_until(statuses, health_pb2.HealthCheckResponse.NOT_SERVING, 10)
-            own_redis.start()
+            killable_redis.start()
             await watch_until(statuses, health_pb2.HealthCheckResponse.SERVING, 10)
             watch.cancel()
     finally:

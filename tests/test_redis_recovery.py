@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator, Iterator
 
 import pytest
 from redis.asyncio import Redis
@@ -25,31 +24,14 @@ from tests.redis_server import RedisProcess
 KEYS = QueueKeys("t")
 
 
-@pytest.fixture
-async def observer(redis_url: str) -> AsyncIterator[Redis]:
-    client = Redis.from_url(redis_url)
-    yield client
-    await client.aclose()
-
-
-@pytest.fixture
-def aof_redis() -> Iterator[RedisProcess]:
-    """A private redis-server with an fsync-always AOF: a restart keeps what it acknowledged."""
-    proc = RedisProcess(appendonly=True)
-    proc.start()
-    yield proc
-    proc.close()
-
-
 def complete_sha() -> bytes:
     """The SHA the complete script runs by (the proxy recognises its command by it)."""
     return QueueScripts.register(Redis()).complete.sha.encode()
 
 
-async def test_unreadable_payloads_come_back_apart_with_what_can_be_read(
-    redis_url: str, observer: Redis
-) -> None:
+async def test_unreadable_payloads_come_back_apart_with_what_can_be_read(redis_url: str) -> None:
     queue = RedisQueue.from_settings(redis_settings(redis_url))
+    observer = Redis.from_url(redis_url)
     good = make_queued("good", group="8:g", at=T0)
     corrupt = make_queued("corrupt", group="8:g", at=T0 + 1, channel="ch-corrupt")
     future = make_queued("future", group="8:g", at=T0 + 2, channel="ch-future")
@@ -85,18 +67,19 @@ async def test_unreadable_payloads_come_back_apart_with_what_can_be_read(
         assert [e.result.request_id for e in entries] == ["future"]
     finally:
         await queue.close()
+        await observer.aclose()
 
 
 async def test_a_connection_from_before_a_restart_is_replaced_and_the_call_retried_once(
-    aof_redis: RedisProcess, caplog: pytest.LogCaptureFixture
+    killable_redis: RedisProcess, caplog: pytest.LogCaptureFixture
 ) -> None:
-    queue = RedisQueue.from_settings(redis_settings(aof_redis.url))
+    queue = RedisQueue.from_settings(redis_settings(killable_redis.url))
     q = make_queued("r1", channel="ch")
     try:
         await queue.submit([q])
         lease = await queue.lease(now=T0 + 1)  # the pool now holds an open connection
-        aof_redis.stop()
-        aof_redis.start()  # same port, same data (AOF)
+        killable_redis.stop()
+        killable_redis.start()  # same port, same data (AOF)
         with caplog.at_level(logging.INFO, logger="lps_server.queue.redis_queue"):
             assert await queue.complete([(q, judged(q))], token=lease.token) == [True]
         assert "retrying once on a new one" in caplog.text

@@ -216,8 +216,6 @@ class BundleRunner:
                 lambda: self._queue.release(ids, token=keeper.token, retry_at=retry_at),
                 keeper,
                 what,
-                clock=self._clock,
-                lease_s=self._settings.queue_lease_seconds,
             )
         except GaveUp:
             return
@@ -276,11 +274,7 @@ class BundleRunner:
         what = f"store {len(done)} result(s)"
         try:
             firsts = await settle(
-                lambda: self._queue.complete(done, token=keeper.token),
-                keeper,
-                what,
-                clock=self._clock,
-                lease_s=self._settings.queue_lease_seconds,
+                lambda: self._queue.complete(done, token=keeper.token), keeper, what
             )
         except GaveUp:
             return

@@ -50,9 +50,9 @@ class LeaseKeeper:
         taken_at: float,
     ) -> None:
         self.token = token
+        self.lease_s = lease_s
+        self.clock = clock
         self._queue = queue
-        self._lease_s = lease_s
-        self._clock = clock
         # A dict keeps the order of the ids, so extensions and logs list them as leased.
         self._held = dict.fromkeys(request_ids)
         self._lost: set[str] = set()
@@ -93,14 +93,14 @@ class LeaseKeeper:
     def lapsed(self) -> bool:
         """True once the last confirmed lease deadline has passed: from then on another replica
         may take the requests over at any moment."""
-        return self._clock() >= self._valid_until
+        return self.clock() >= self._valid_until
 
     async def confirm(self) -> bool:
         """Before money is spent: True when the leases are known to be held for at least
         another beat. When they may lapse sooner (the process was frozen, Redis was slow), they
         are extended now, which also tells which were lost; False when that fails and they may
         have lapsed already, so the caller should not call the provider for them."""
-        if self._valid_until - self._clock() > self._lease_s / 3.0:
+        if self._valid_until - self.clock() > self.lease_s / 3.0:
             return True
         await self._extend()
         return not self.lapsed()
@@ -121,7 +121,7 @@ class LeaseKeeper:
         )
 
     async def _beat(self) -> None:
-        period = self._lease_s / 3.0
+        period = self.lease_s / 3.0
         next_beat = time.monotonic() + period
         while True:
             await asyncio.sleep(max(0.0, next_beat - time.monotonic()))
@@ -133,7 +133,7 @@ class LeaseKeeper:
 
     async def _extend(self) -> None:
         ids = self.held
-        sent_at = self._clock()
+        sent_at = self.clock()
         try:
             lost = await self._queue.extend(ids, token=self.token, now=sent_at)
         except QueueUnavailableError as exc:
@@ -142,11 +142,11 @@ class LeaseKeeper:
         except Exception:  # a bug must not end the heartbeat: leases would lapse silently
             log.exception("extending %d leases failed unexpectedly; trying again", len(ids))
             return
-        self._valid_until = sent_at + self._lease_s
+        self._valid_until = sent_at + self.lease_s
         self.lose(lost)
 
     def _report_failure(self, count: int, exc: Exception) -> None:
-        left = self._valid_until - self._clock()
+        left = self._valid_until - self.clock()
         if left > 0:
             log.warning(
                 "could not extend the leases of %d request(s), trying again at the next beat; "

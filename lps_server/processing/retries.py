@@ -42,14 +42,7 @@ def retry_delay(
     return max([delay, *(min(h, hint_cap_s) for h in hints)])
 
 
-async def settle(
-    operation: Callable[[], Awaitable[T]],
-    keeper: LeaseKeeper,
-    what: str,
-    *,
-    clock: Callable[[], float],
-    lease_s: float,
-) -> T:
+async def settle(operation: Callable[[], Awaitable[T]], keeper: LeaseKeeper, what: str) -> T:
     """Run a fenced queue operation until it answers.
 
     When Redis does not answer (a timeout, a connection lost mid-call), the operation may or may
@@ -62,7 +55,8 @@ async def settle(
         GaveUp: the leases lapsed (or two lease periods passed) without an answer; logged.
     """
     delay, cap = SETTLE_RETRY_S
-    give_up_at = clock() + 2 * lease_s
+    clock = keeper.clock
+    give_up_at = clock() + 2 * keeper.lease_s
     while True:
         try:
             return await operation()
