@@ -1,8 +1,9 @@
 """The Redis queue backend: durable, prioritised, expiring, shared by many replicas.
 
 The data model is in `redis_keys`, every state change is one Lua script in `redis_scripts`; this
-module encodes arguments, decodes replies, and turns every Redis failure into
-`QueueUnavailableError` in one place (`_unavailable`). See docs/queue.md.
+module encodes arguments, decodes replies, turns every Redis failure into `QueueUnavailableError` in
+one place (`_unavailable`), and tries a call once more after a dead connection (`_call`). See
+docs/queue.md.
 """
 
 from __future__ import annotations
