@@ -17,7 +17,6 @@ from lps_server.core.domain import (
     Failure,
     ProcessingMode,
     QueuedRequest,
-    RequestStatus,
 )
 from lps_server.core.errors import QueueUnavailableError
 from lps_server.observability.metrics import LpsMetrics
@@ -183,10 +182,6 @@ class Processor:
                 if found.reclaimed:
                     log.warning("reclaimed %d requests whose lease lapsed", found.reclaimed)
                 await self.expire(found.expired, reason="cleanup")
-                stats = await self._queue.stats(now=self._clock())
-                self._metrics.set_depth(
-                    {RequestStatus.QUEUED: stats.queued, RequestStatus.PROCESSING: stats.processing}
-                )
             except QueueUnavailableError as exc:
                 log.warning("sweep skipped: %s", exc)
             await asyncio.sleep(self._settings.queue_sweep_interval_seconds)
