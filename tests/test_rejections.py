@@ -100,6 +100,9 @@ async def test_a_unary_submission_without_a_valid_token_counts_as_unauthenticate
         async with LpsClient(target=f"127.0.0.1:{app.grpc_port}", timeout=10) as client:
             with pytest.raises(UnauthenticatedError):
                 await client.submit(submission(1))
+            # A stream refused as a whole is one refused call, not refused requests.
+            with pytest.raises(UnauthenticatedError):
+                await acks_of(client, [submission(3), submission(4)])
         async with LpsClient(
             target=f"127.0.0.1:{app.grpc_port}", timeout=10, token="secret-token"
         ) as client:
@@ -108,3 +111,5 @@ async def test_a_unary_submission_without_a_valid_token_counts_as_unauthenticate
     assert metric(app.registry, REJECTED, reason="unauthenticated") == 1
     assert metric(app.registry, REJECTED, reason="invalid_request") == 1
     assert metric(app.registry, REJECTED) == 2
+    calls = "llm_provider_grpc_requests_total"
+    assert metric(app.registry, calls, method="SubmitComparisons", code="UNAUTHENTICATED") == 1

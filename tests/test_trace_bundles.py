@@ -15,7 +15,7 @@ from cj_client import LpsClient
 from lps_server.core.domain import ErrorCode, Overrides, ProcessingMode
 from lps_server.providers import ComparisonItem, ItemFailure, ItemOutcome
 from lps_server.providers.base import ProviderCallError
-from tests.helpers import GatedMock, results_on, running_app, submission
+from tests.helpers import GatedMock, results_on, running_app, submission, submit_all
 from tests.tracing_support import (
     CALL_SPAN,
     RPC_PREFIX,
@@ -161,3 +161,37 @@ async def test_members_of_other_traces_and_their_bundle_lead_to_each_other() -> 
     for key, field in (("input", "prompt_tokens"), ("output", "completion_tokens")):
         total = sum(int(attrs(c)[f"gen_ai.usage.{key}_tokens"]) for c in calls)
         assert total == sum(getattr(r, field) for r in completed) > 0
+
+
+class ShortAnswerMock(GatedMock):
+    """Answers its first call with one judgement too few, then correctly."""
+
+    async def compare(
+        self, items: Sequence[ComparisonItem], *, model: str, overrides: Overrides
+    ) -> list[ItemOutcome]:
+        outcomes = await super().compare(items, model=model, overrides=overrides)
+        return outcomes[:-1] if self.calls == 1 else outcomes
+
+
+async def test_an_answer_with_the_wrong_number_of_items_is_an_error_of_the_call() -> None:
+    tracing, exporter = memory_tracing()
+    provider = ShortAnswerMock()
+    provider.gate.set()
+    async with (
+        running_app(
+            tracer_provider=tracing,
+            provider=provider,
+            queue_processing_mode=ProcessingMode.SERIAL_BUNDLE,
+            retry_backoff_ms=1,
+        ) as app,
+        LpsClient(target=f"127.0.0.1:{app.grpc_port}", timeout=10) as client,
+    ):
+        results = await submit_all(client, [submission(i) for i in range(3)])
+    assert {r.status for r in results} == {"completed"}
+    calls = sorted(
+        (s for s in exporter.get_finished_spans() if s.name == CALL_SPAN),
+        key=lambda s: s.start_time or 0,
+    )
+    assert calls[0].status.status_code == trace.StatusCode.ERROR
+    assert attrs(calls[0])["error.type"] == "invalid_response"
+    assert all(c.status.status_code == trace.StatusCode.UNSET for c in calls[1:])

@@ -61,7 +61,13 @@ OTEL_VARS = (
 async def test_a_streamed_call_is_one_tree_from_its_server_span_to_every_provider_call() -> None:
     tracing, exporter = memory_tracing()
     subs = [
-        submission(i, correlation_id=f"corr-{i}", metadata={"cj_batch_id": "batch-7"})
+        submission(
+            i,
+            correlation_id=f"corr-{i}",
+            metadata={"cj_batch_id": "batch-7"},
+            temperature=0.25,
+            max_tokens=300,
+        )
         for i in range(10)
     ]
     async with (
@@ -111,7 +117,10 @@ async def test_a_streamed_call_is_one_tree_from_its_server_span_to_every_provide
         }
         assert (bundle.attributes or {})["lps.bundle_size"] == len(group)
         (provider_call,) = [c for c in calls if parent_id(c) == span_id(bundle)]
-        assert (provider_call.attributes or {})["lps.items"] == len(group)
+        call_attrs = provider_call.attributes or {}
+        assert call_attrs["lps.items"] == len(group)
+        assert call_attrs["gen_ai.request.temperature"] == 0.25
+        assert call_attrs["gen_ai.request.max_tokens"] == 300
         assert chain(spans, provider_call) == [*FULL_CHAIN, STREAM]
     assert len(calls) == len(members)
 
