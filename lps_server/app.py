@@ -13,10 +13,12 @@ from prometheus_client import CollectorRegistry, start_http_server
 
 from lps_server.core.config import Settings
 from lps_server.edge.grpc_edge import GrpcEdge
-from lps_server.observability.metrics import LpsMetrics
+from lps_server.observability.metrics import LabelSpace, LpsMetrics
+from lps_server.observability.queue_gauges import QueueGauges, QueueReading
 from lps_server.processing.intake import Intake
 from lps_server.processing.processor import Processor
 from lps_server.providers import ProviderRegistry
+from lps_server.providers.base import RETRYABLE_CODES
 from lps_server.queue import LocalQueue, QueueBackend, make_queue
 
 log = logging.getLogger(__name__)
@@ -52,6 +54,17 @@ class LpsApp:
         self.providers = providers or ProviderRegistry.from_settings(
             settings, on_circuit_state=self.metrics.set_circuit_state
         )
+        self.metrics.initialise(
+            LabelSpace(
+                models=self.providers.model_labels(),
+                mode=settings.queue_processing_mode,
+                retry_codes=RETRYABLE_CODES,
+                circuits=self.providers.circuit_states(),
+            )
+        )
+        self.queue_gauges = QueueGauges(self._read_queue)
+        self.queue_gauges.register(self.registry)
+        self._clock = clock
         self.intake = Intake(
             queue=self.queue, providers=self.providers, settings=settings, clock=clock
         )
@@ -62,6 +75,9 @@ class LpsApp:
             metrics=self.metrics,
             tracer_provider=tracer_provider,
             clock=clock,
+            # Health follows processing: NOT_SERVING while it cannot run or reach the queue. A
+            # draining edge ignores it (NOT_SERVING for good).
+            on_serving=self._set_serving,
         )
         self.edge = GrpcEdge(
             settings=settings,
@@ -77,6 +93,10 @@ class LpsApp:
         self._metrics_http: WSGIServer | None = None
         self._processor_task: asyncio.Task[None] | None = None
 
+    async def _read_queue(self) -> QueueReading:
+        stats = await self.queue.stats(now=self._clock())
+        return QueueReading(stats.queued, stats.processing, stats.oldest_queued_age_s)
+
     async def start(self, *, serve_metrics: bool = True) -> None:
         """Start serving gRPC (and /metrics unless disabled) and processing the queue."""
         await self.edge.start()
@@ -85,8 +105,10 @@ class LpsApp:
                 self.settings.metrics_port, addr=self.settings.metrics_host, registry=self.registry
             )
             self.metrics_port = self._metrics_http.server_port
-        self._processor_task = asyncio.create_task(self.processor.run())
+        await self.queue_gauges.attach()
+        # SERVING first: from then on the processor reports every change.
         await self.edge.set_serving(True)
+        self._processor_task = asyncio.create_task(self.processor.run())
         log.info(
             "lps listening grpc=%s:%d metrics=%s backend=%s mode=%s",
             self.settings.grpc_host,
@@ -96,6 +118,9 @@ class LpsApp:
             self.settings.queue_processing_mode.value,
             extra={"grpc_port": self.grpc_port, "metrics_port": self.metrics_port},
         )
+
+    async def _set_serving(self, serving: bool) -> None:
+        await self.edge.set_serving(serving)
 
     async def stop(self, grace: float | None = None) -> None:
         """Drain and shut down: health NOT_SERVING, refuse new work, finish accepted work.
@@ -121,6 +146,7 @@ class LpsApp:
             )
         # Let streaming calls deliver the last results before connections close.
         await self.edge.stop(STREAM_FLUSH_GRACE_S)
+        self.queue_gauges.detach()
         await self.queue.close()
         await self.providers.aclose()
         if self._metrics_http is not None:

@@ -64,14 +64,18 @@ async def test_several_judges_share_the_comparisons_and_are_reported(
     out = tmp_path / "run"
     code = await _cli(["assess", str(essays), "--out", str(out), "--quiet",
                        "--target", f"127.0.0.1:{app.grpc_port}", "--plot",
-                       "--judge", "mock:judge-a", "--judge", "mock:judge-b"])  # fmt: skip
+                       "--judge", "mock:judge-a", "--judge", "mock:judge-b",
+                       "--batch-id", "judges-run"])  # fmt: skip
     assert code == 0
     summary = json.loads((out / "summary.json").read_text())
     judges = {j["judge"]: j for j in summary["judges"]}
     assert set(judges) == {"mock:judge-a", "mock:judge-b"}
     assert [j["comparisons"] for j in judges.values()] == [100, 100]
+    # Two copies of the mock, 100 judgements each, mostly of close pairs: each agrees with the
+    # other's scale about 60% of the time (0.49-0.69 over six batch ids; the simulation tests
+    # tell judges apart), so this only checks that agreement is measured and plausible.
     for judge in judges.values():
-        assert 0.5 < judge["agreement_with_consensus"] <= 1.0
+        assert 0.4 < judge["agreement_with_consensus"] <= 1.0
         assert judge["infit"] > 0
         assert judge["position_bias_se"] > 0
     assert (out / "scores.png").read_bytes()[:4] == b"\x89PNG"
