@@ -125,7 +125,8 @@ async def test_anchored_essays_keep_their_scores(
     assert code == 0
     rows = {r["id"]: r for r in json.loads((out / "ranking.json").read_text())}
     assert (rows["essay-0001"]["score"], rows["essay-0002"]["score"]) == (2.5, -1.25)
-    assert rows["essay-0001"]["flags"] == "anchor"
+    # An anchor put at an arbitrary score may misfit too: flags can read "misfit;anchor".
+    assert "anchor" in rows["essay-0001"]["flags"].split(";")
     assert rows["essay-0001"]["se"] == 0
     free = [r for r in rows.values() if "anchor" not in r["flags"]]
     assert all(r["se"] > 0 for r in free)
