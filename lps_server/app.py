@@ -85,6 +85,7 @@ class LpsApp:
                 self.settings.metrics_port, addr=self.settings.metrics_host, registry=self.registry
             )
             self.metrics_port = self._metrics_http.server_port
+            self.edge.announce_metrics_port(self.metrics_port)
         self._processor_task = asyncio.create_task(self.processor.run())
         await self.edge.set_serving(True)
         log.info(

@@ -22,6 +22,7 @@ from lps_server.core.errors import (
     FieldViolation,
     InvalidRequestError,
     QueueFullError,
+    RequestConflictError,
     ShuttingDownError,
     UnknownRequestError,
 )
@@ -66,6 +67,9 @@ class LlmProviderServicer(svc_grpc.LlmProviderServiceServicer):
         self._clock = clock
         self._limits = limits or ClientLimits.from_settings(settings)
         self._draining = False
+        # The port /metrics is served on (0: none), told once it is bound; GetQueueStats reports it
+        # so that tools find this replica's metrics instead of guessing a port.
+        self.metrics_port = 0
 
     def refuse_new_calls(self) -> None:
         """Answer every later call UNAVAILABLE (drain); calls already running go on."""
@@ -165,6 +169,8 @@ class LlmProviderServicer(svc_grpc.LlmProviderServiceServicer):
             queued = self.prepare(request.request, path="request", reply_to="", parent=parent)
             self._limits.rate.admit(client)
             (outcome,) = await self._intake.submit([queued])
+            if outcome.conflict:
+                raise RequestConflictError(outcome.rejected, request_id=outcome.request_id)
             if outcome.status is None:
                 raise QueueFullError(outcome.rejected, retry_after=outcome.retry_after)
             return svc.SubmitComparisonResponse(
@@ -238,6 +244,7 @@ class LlmProviderServicer(svc_grpc.LlmProviderServiceServicer):
                 mode=self._settings.queue_processing_mode,
                 backend=self._queue.name,
                 max_size=self._queue.max_size,
+                metrics_port=self.metrics_port,
             )
         raise AssertionError("unreachable")  # pragma: no cover
 

@@ -12,7 +12,8 @@ Layout under `{p}` (the prefix):
 * `{p}:pending`          zset, every queued request by queue score (the global order)
 * `{p}:group:<key>`      zset per compatibility key, the same members and scores
 * `{p}:req:<request id>` hash: payload, status, score, member, group, deadline, bytes,
-                         enqueued_at, then result; expires after retention once ended
+                         enqueued_at, digest (`payload_digest`), then result; expires after
+                         retention once ended
 * `{p}:leases`           zset, leased request ids by lease deadline
 * `{p}:deadlines`        zset, queued request ids by TTL deadline
 * `{p}:enqueued`         zset, queued request ids by enqueue time (oldest queued age)
