@@ -6,7 +6,9 @@ reports are the server's own, scoped to this run (assuming no other traffic mean
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,9 +18,11 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from cj_client.assessment import Assessment, AssessmentOptions
+from cj_client.backoff import Backoff, is_retryable
 from cj_client.batching import BatchTags, CjSettings, request_metadata, resolve_batching_mode
 from cj_client.client import LpsClient
-from cj_client.models import ComparisonSubmission, EssayInput
+from cj_client.errors import LpsClientError
+from cj_client.models import ComparisonSubmission, EssayInput, QueueStatsView
 from cj_client.pairing import Pair, PairPlanner
 from cj_client.request_ids import comparison_request_id
 
@@ -95,13 +99,33 @@ class MetricsUnavailableError(Exception):
     """The server's /metrics cannot be found or read; the message names the URL."""
 
 
-async def metrics_url_of(client: LpsClient) -> str:
-    """The /metrics URL of the server `client` talks to, from the port it reports.
+async def await_server(client: LpsClient, *, timeout: float) -> QueueStatsView:
+    """The server's queue statistics, once it answers: a server still starting (UNAVAILABLE) is
+    asked again with backoff for up to `timeout` seconds.
+
+    Raises:
+        LpsClientError: the server refused, or did not answer in time (the last error).
+    """
+    backoff = Backoff()
+    deadline = time.monotonic() + timeout
+    attempt = 0
+    while True:
+        try:
+            return await client.queue_stats()
+        except LpsClientError as exc:
+            wait = backoff.delay(attempt)
+            if not is_retryable(exc.code) or time.monotonic() + wait > deadline:
+                raise
+        await asyncio.sleep(wait)
+        attempt += 1
+
+
+def metrics_url_of(client: LpsClient, stats: QueueStatsView) -> str:
+    """The /metrics URL of the server `client` talks to, from the port it reports (`stats`).
 
     Raises:
         MetricsUnavailableError: the server reports no metrics port.
     """
-    stats = await client.queue_stats()
     if not stats.metrics_port:
         raise MetricsUnavailableError(
             f"the server at {client.target} reports no /metrics port (metrics off, or a release "
