@@ -17,21 +17,21 @@ from cj_client.batching import (
     BatchTags,
     CjSettings,
     LLMBatchingMode,
-    request_metadata,
     resolve_batching_mode,
 )
 from cj_client.client import LpsClient
 from cj_client.collector import CollectorLimits, WaveCollector
 from cj_client.errors import JournalError, TooManyFailuresError
-from cj_client.journal import JournalContents, PlannedComparison, PlannedWave, RunJournal
+from cj_client.journal import JournalContents, PlannedWave, RunJournal
 from cj_client.metrics import CjMetrics
-from cj_client.models import ComparisonOutcome, ComparisonSubmission, EssayInput
-from cj_client.pairing import Pair, PairPlanner
+from cj_client.models import ComparisonOutcome, EssayInput
+from cj_client.pairing import PairPlanner
 from cj_client.progress import ProgressSink, ProgressTracker
-from cj_client.request_ids import comparison_request_id, essays_digest
-from cj_client.scoring import Scores, fit_bradley_terry, max_score_change
+from cj_client.request_ids import essays_digest
+from cj_client.run_requests import RunRequests
+from cj_client.scoring import Outcome, Scores, fit_bradley_terry, max_score_change
 from cj_client.stopping import StoppingRule
-from cj_client.tally import RunTally
+from cj_client.tally import RunTally, judgement
 
 DEFAULT_INSTRUCTIONS = (
     "You are an experienced teacher. Judge which essay is the better piece of writing: "
@@ -155,14 +155,24 @@ class Assessment:
         self._source = source
         self._journal: RunJournal | None = None
         self._progress = ProgressTracker(self.budget, progress or (lambda snapshot: None))
+        # LPS ends every request by its TTL: results it still holds after that (and a margin)
+        # are not coming.
+        limits = limits or CollectorLimits(result_deadline_s=opts.request_ttl_s + 120.0)
         self._collector = WaveCollector(
             client,
             limits=limits,
             on_result=self._arrived,
             on_notice=self._progress.notice,
         )
-        self._tags = BatchTags(
-            self.cj_batch_id, opts.bos_batch_id or self.cj_batch_id, opts.cj_source, self.mode
+        self._requests = RunRequests(
+            essays=self._essays,
+            tags=BatchTags(
+                self.cj_batch_id, opts.bos_batch_id or self.cj_batch_id, opts.cj_source, self.mode
+            ),
+            instructions=opts.instructions,
+            provider=opts.provider,
+            model=opts.model,
+            ttl_s=opts.request_ttl_s,
         )
         self._planner = PairPlanner(list(self._essays), seed=opts.seed)
         self._rule = StoppingRule(
@@ -172,6 +182,8 @@ class Assessment:
             min_waves=opts.min_waves,
         )
         self._tally = RunTally()
+        # The wave being collected and its results so far (absorbed when it is complete).
+        self._collecting: tuple[PlannedWave, dict[str, ComparisonOutcome]] | None = None
         self._scores = fit_bradley_terry(list(self._essays), [])
         self._waves = self._productive_waves = 0
         self._started = time.monotonic()
@@ -203,13 +215,19 @@ class Assessment:
 
     def report(self, stop_reason: str) -> AssessmentReport:
         """The run so far; `stop_reason` other than budget, stable and ssr_target marks it
-        incomplete (interrupted, server_lost, refused, too_many_failures)."""
-        results = self._tally.results
+        incomplete (interrupted, server_lost, refused, too_many_failures). Results of a wave
+        still being collected count too, and an incomplete run's scores include them."""
+        wave, arrived = self._collecting or (PlannedWave(0, ()), {})
+        results = [*self._tally.results, *arrived.values()]
+        scores = self._scores
+        extra = [j for c in wave.comparisons if (j := judgement(c, arrived.get(c.request_id)))]
+        if extra:
+            scores = self._fit([*self._tally.outcomes, *extra])
         completed = [r for r in results if r.status == "completed"]
         bundles = {r.bundle_id for r in completed if r.bundle_id}
         unbundled = sum(1 for r in completed if not r.bundle_id)
         return AssessmentReport(
-            scores=self._scores,
+            scores=scores,
             effective_mode=self.mode,
             batching_mode_override=self._options.batch.llm_batching_mode_override,
             cj_batch_id=self.cj_batch_id,
@@ -262,7 +280,7 @@ class Assessment:
         assert self._resume is not None
         stop: str | None = None
         for wave in self._resume.waves:
-            subs = self._submissions(wave)
+            subs = self._requests.submissions(wave)
             for sub, planned in zip(subs, wave.comparisons, strict=True):
                 if sub.request_id != planned.request_id:
                     raise JournalError(
@@ -280,6 +298,7 @@ class Assessment:
             self._tally.requested += len(subs)
             if missing:
                 self._metrics.requests_submitted(self.mode, len(missing))
+                self._collecting = (wave, dict(done))
                 done |= await self._collector.collect(missing)
             stop = self._absorb(wave, done)
         return stop
@@ -299,16 +318,19 @@ class Assessment:
         wave = PlannedWave(
             self._waves,
             tuple(
-                self._plan(pair, number=tally.requested + i, retry=tally.attempts.get(pair, 0) > 0)
+                self._requests.planned(
+                    pair, number=tally.requested + i, retry=tally.attempts.get(pair, 0) > 0
+                )
                 for i, pair in enumerate(pairs)
             ),
         )
         if self._journal is not None:
             self._journal.wave(wave)
-        subs = self._submissions(wave)
+        subs = self._requests.submissions(wave)
         tally.requested += len(subs)
         self._metrics.requests_submitted(self.mode, len(subs))
         self._progress.wave(wave.number)
+        self._collecting = (wave, {})
         done = await self._collector.collect(subs)
         return self._absorb(wave, done)
 
@@ -316,11 +338,12 @@ class Assessment:
         """Take in a collected wave: refit if it judged anything, then ask the stopping rule.
         Only waves with judgements count towards stability and SSR."""
         judged = self._tally.absorb(wave, done, self._planner)
+        self._collecting = None
         change: float | None = None
         if judged:
             self._productive_waves += 1
             previous = self._scores
-            self._scores = fit_bradley_terry(list(self._essays), self._tally.outcomes)
+            self._scores = self._fit(self._tally.outcomes)
             if self._productive_waves > 1:
                 change = max_score_change(previous.as_mapping(), self._scores.as_mapping())
         self._check_failed_share(final=False)
@@ -334,6 +357,10 @@ class Assessment:
             ssr=self._scores.ssr,
         )
 
+    def _fit(self, outcomes: list[Outcome]) -> Scores:
+        """The one place scores are fitted (after each wave with judgements)."""
+        return fit_bradley_terry(list(self._essays), outcomes)
+
     def _check_failed_share(self, *, final: bool) -> None:
         limit = self._options.max_failed_share
         verdict = self._tally.failure_verdict(limit, budget=None if final else self.budget)
@@ -341,53 +368,11 @@ class Assessment:
             raise TooManyFailuresError(f"{verdict} (--max-failed-share {limit:g})")
 
     def _arrived(self, outcome: ComparisonOutcome) -> None:
+        if self._collecting is not None:
+            self._collecting[1][outcome.request_id] = outcome
         if self._journal is not None:
             self._journal.result(outcome)
         self._progress.result(outcome)
-
-    def _plan(self, pair: Pair, *, number: int, retry: bool) -> PlannedComparison:
-        sub = self._submission(pair, number=number, wave=0, wave_size=1, retry=retry)
-        return PlannedComparison(sub.request_id, number, pair.essay_a, pair.essay_b, retry)
-
-    def _submissions(self, wave: PlannedWave) -> list[ComparisonSubmission]:
-        size = len(wave.comparisons)
-        return [
-            self._submission(
-                Pair(c.essay_a, c.essay_b),
-                number=c.number,
-                wave=wave.number,
-                wave_size=size,
-                retry=c.retry,
-            )
-            for c in wave.comparisons
-        ]
-
-    def _submission(
-        self, pair: Pair, *, number: int, wave: int, wave_size: int, retry: bool
-    ) -> ComparisonSubmission:
-        opts = self._options
-        if pair.essay_a not in self._essays or pair.essay_b not in self._essays:
-            raise JournalError(f"{self._journal_dir}: the journal names an essay that is gone")
-        sub = ComparisonSubmission(
-            essay_a=self._essays[pair.essay_a],
-            essay_b=self._essays[pair.essay_b],
-            correlation_id=f"{self.cj_batch_id}:{pair.essay_a}:{pair.essay_b}",
-            instructions=opts.instructions,
-            provider=opts.provider,
-            model=opts.model,
-            ttl_seconds=opts.request_ttl_s,
-            metadata=request_metadata(
-                self._tags,
-                essay_a_id=pair.essay_a,
-                essay_b_id=pair.essay_b,
-                iteration=wave,
-                wave_size=wave_size,
-                retry=retry,
-            ),
-        )
-        return dataclasses.replace(
-            sub, request_id=comparison_request_id(self.cj_batch_id, number, sub)
-        )
 
 
 def journaled_options(contents: JournalContents) -> AssessmentOptions:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-from cj_client.journal import PlannedWave
+from cj_client.journal import PlannedComparison, PlannedWave
 from cj_client.models import ComparisonOutcome
 from cj_client.pairing import Pair, PairPlanner
 from cj_client.scoring import Outcome
@@ -35,13 +35,12 @@ class RunTally:
             outcome = done.get(planned.request_id)
             if outcome is not None:
                 self.results.append(outcome)
-            if outcome is not None and outcome.status == "completed" and outcome.winner:
+            verdict = judgement(planned, outcome)
+            if verdict is not None:
                 # A later comparison of the same pair is a new comparison, not a retry.
                 self.attempts.pop(pair, None)
                 planner.record(pair)
-                a_won = outcome.winner == "essay_a"
-                first, second = (pair.essay_a, pair.essay_b)
-                self.outcomes.append(Outcome(first, second) if a_won else Outcome(second, first))
+                self.outcomes.append(verdict)
                 judged += 1
                 continue
             self.attempts[pair] = self.attempts.get(pair, 0) + 1
@@ -67,3 +66,11 @@ class RunTally:
         return (
             f"{failed} of {ended} comparisons failed ({failed / ended:.0%}); most common: {common}"
         )
+
+
+def judgement(planned: PlannedComparison, outcome: ComparisonOutcome | None) -> Outcome | None:
+    """Winner and loser of a planned comparison, or None when it has no judgement."""
+    if outcome is None or outcome.status != "completed" or not outcome.winner:
+        return None
+    a, b = planned.essay_a, planned.essay_b
+    return Outcome(a, b) if outcome.winner == "essay_a" else Outcome(b, a)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import socket
 from collections.abc import Callable
 from pathlib import Path
 
@@ -131,7 +132,20 @@ def test_each_assess_input_mistake_is_one_line_naming_it(
         assert part in line, (case, line)
 
 
-def test_a_resume_flag_is_refused_before_anything_is_read(
+def test_a_metrics_port_in_use_is_one_line_naming_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code = cj_main(["assess", str(ESSAYS), "--out", str(tmp_path), "--metrics-port", str(port)])
+    line = _one_line_error(capsys, code)
+    assert code == 2
+    assert line == f"cj assess: --metrics-port {port}: Address already in use"
+
+
+def test_an_unfinished_run_is_not_replaced_without_resume(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # An unfinished run in --out is not silently replaced by a new one.

@@ -193,7 +193,11 @@ async def _assess(args: argparse.Namespace) -> int:
         except OSError as exc:
             raise InputError(f"--metrics-port {args.metrics_port}: {exc.strerror}") from None
     display = make_display(quiet=args.quiet)
-    limits = CollectorLimits(server_timeout_s=args.server_timeout, stall_s=args.stall_timeout)
+    limits = CollectorLimits(
+        server_timeout_s=args.server_timeout,
+        stall_s=args.stall_timeout,
+        result_deadline_s=options.request_ttl_s + 120.0,
+    )
     async with AsyncExitStack() as stack:
         override = options.batch.llm_batching_mode_override
         outcome: list[AssessmentReport] = []
