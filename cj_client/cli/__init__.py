@@ -16,8 +16,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Handler]]:
     parser = OneLineParser(
         prog="cj",
         description="Comparative judgement through LPS",
-        epilog="exit codes: 0 done, 1 no verdict (cj submit), 2 input mistake, 3 refused by the "
-        "server, 4 server lost, 5 too many failed comparisons, 130 interrupted (resumable)",
+        epilog=exit_codes.SUMMARY,
     )
     parser.add_argument("--version", action="version", version=f"cj {version('lps')}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

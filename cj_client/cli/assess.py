@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import os
 import signal
@@ -45,6 +46,7 @@ from cj_client.outputs import load_essays, ranking_rows, summary, write_outputs
 
 # Flags that define a run: a resumed run keeps the ones it began with.
 RUN_FLAGS = ("mode", "budget", "provider", "model", "seed", "batch_id")
+DEFAULT_MAX_FAILED_SHARE = AssessmentOptions().max_failed_share
 
 
 def register(commands: Any) -> Handler:
@@ -54,6 +56,7 @@ def register(commands: Any) -> Handler:
         help="rank essays by comparative judgement",
         description="Rank essays by comparative judgement through LPS. Results are journaled in "
         "--out as they arrive; an interrupted or failed run continues with --resume.",
+        epilog=exit_codes.SUMMARY,
     )
     parser.add_argument(
         "path",
@@ -92,9 +95,9 @@ def register(commands: Any) -> Handler:
     parser.add_argument(
         "--max-failed-share",
         type=share,
-        default=0.05,
         metavar="SHARE",
-        help="end with exit code 5 when more than this share of comparisons failed (default 0.05)",
+        help="end with exit code 5 when more than this share of comparisons failed (default "
+        f"{DEFAULT_MAX_FAILED_SHARE:g}; a resumed run keeps its own unless given)",
     )
     parser.add_argument(
         "--server-timeout",
@@ -131,9 +134,9 @@ def _plan(args: argparse.Namespace) -> tuple[Path, AssessmentOptions, JournalCon
     """
     out = args.out
     if not args.resume:
-        out_directory(out)
         if args.path is None:
             raise InputError("give the essays' PATH (or --resume to continue a run in --out)")
+        out_directory(out)
         _refuse_unfinished(out)
         try:
             options = AssessmentOptions(
@@ -143,7 +146,7 @@ def _plan(args: argparse.Namespace) -> tuple[Path, AssessmentOptions, JournalCon
                 model=args.model or "",
                 seed=args.seed or 0,
                 cj_batch_id=args.batch_id or "",
-                max_failed_share=args.max_failed_share,
+                max_failed_share=_given(args.max_failed_share, DEFAULT_MAX_FAILED_SHARE),
             )
         except ValueError as exc:
             raise InputError(str(exc)) from None
@@ -159,7 +162,8 @@ def _plan(args: argparse.Namespace) -> tuple[Path, AssessmentOptions, JournalCon
     if contents.finished:
         reason = contents.end.get("stop_reason") if contents.end else ""
         raise InputError(f"--out {out}: its run has finished ({reason}); nothing to resume")
-    options = AssessmentOptions(**{**_fields(options), "max_failed_share": args.max_failed_share})
+    if args.max_failed_share is not None:
+        options = dataclasses.replace(options, max_failed_share=args.max_failed_share)
     path = args.path or Path(str(contents.header.get("source", "")))
     return path, options, contents
 
@@ -306,8 +310,8 @@ def _print_report(report: AssessmentReport, args: argparse.Namespace, *, essays:
     sys.stdout.flush()  # before any line on stderr, so that the cause of a failure comes last
 
 
-def _fields(options: AssessmentOptions) -> dict[str, Any]:
-    return {name: getattr(options, name) for name in AssessmentOptions.__dataclass_fields__}
+def _given(value: float | None, default: float) -> float:
+    return default if value is None else value
 
 
 async def _embedded_lps(

@@ -38,3 +38,10 @@ def for_error(exc: AssessmentError | LpsClientError) -> int:
     if isinstance(exc, LpsClientError) and is_retryable(exc.code):
         return SERVER_LOST
     return REFUSED
+
+
+#: The exit codes in words, for `--help`.
+SUMMARY = (
+    "exit codes: 0 done, 1 no verdict (cj submit), 2 input mistake, 3 refused by the server, "
+    "4 server lost, 5 too many failed comparisons, 130 interrupted (resumable)"
+)

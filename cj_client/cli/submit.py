@@ -24,6 +24,7 @@ def register(commands: Any) -> Handler:
         "submit",
         help="compare two essays and print the verdict",
         description="Compare two essays through LPS and print the verdict, tokens and timing.",
+        epilog=exit_codes.SUMMARY,
     )
     parser.add_argument(
         "essay_a", metavar="A", help="essay A: a UTF-8 text file (or, with --text, the text)"
