@@ -36,6 +36,9 @@ from cj_client.errors import (
 from cj_client.models import Ack, ComparisonOutcome, ComparisonSubmission
 
 LOOKUP_CONCURRENCY = 16
+# Rounds in a row that find requests lost, without a result between them, before the server is
+# taken for one that loses what it accepts.
+MAX_LOST_ROUNDS = 10
 FINAL_STATUSES = frozenset({"completed", "failed", "expired"})
 _END = object()
 
@@ -89,6 +92,7 @@ class WaveCollector:
         self._clock = clock
         self._last_answer: float | None = None
         self._failures = 0
+        self._lost_rounds = 0
 
     async def collect(
         self, submissions: Sequence[ComparisonSubmission]
@@ -123,9 +127,19 @@ class WaveCollector:
         try:
             while True:
                 try:
-                    item = await asyncio.wait_for(events.get(), self._limits.stall_s)
+                    # asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow a
+                    # cancellation (Ctrl-C) that races with the item it returns.
+                    async with asyncio.timeout(self._limits.stall_s):
+                        item = await events.get()
                 except TimeoutError:
                     if await self._look_up(pending, done):
+                        self._lost_rounds += 1
+                        if self._lost_rounds > MAX_LOST_ROUNDS:
+                            raise ServerLostError(
+                                f"{self._target} lost the same requests {self._lost_rounds} "
+                                "times in a row (they are unknown to it after it accepted them)",
+                                code="NOT_FOUND",
+                            ) from None
                         return 0.0  # lost requests: send everything missing again
                     if pending and self._clock() - started > self._limits.result_deadline_s:
                         raise ServerLostError(
@@ -142,6 +156,8 @@ class WaveCollector:
                 if isinstance(item, LpsClientError):
                     self._failed(item)
                     return _retry_after(item)
+                if isinstance(item, Exception):
+                    raise item  # not the server's doing (a submission that cannot be encoded)
                 if isinstance(item, Ack):
                     if item.accepted:
                         self._answered()
@@ -168,9 +184,8 @@ class WaveCollector:
         """Put the stored result of `request_id` among the events (the stream still delivers it
         when this fails)."""
         try:
-            outcome = await asyncio.wait_for(
-                self._client.get(request_id), self._limits.lookup_timeout_s
-            )
+            async with asyncio.timeout(self._limits.lookup_timeout_s):
+                outcome = await self._client.get(request_id)
         except (TimeoutError, LpsClientError):
             return
         events.put_nowait(outcome)
@@ -180,7 +195,7 @@ class WaveCollector:
             async with aclosing(self._client.submit_many(subs)) as stream:
                 async for event in stream:
                     events.put_nowait(event)
-        except LpsClientError as exc:
+        except Exception as exc:  # handed to the round, which decides what it means
             events.put_nowait(exc)
         else:
             events.put_nowait(_END)
@@ -192,6 +207,7 @@ class WaveCollector:
         done: dict[str, ComparisonOutcome],
     ) -> None:
         if outcome.is_final and pending.pop(outcome.request_id, None) is not None:
+            self._lost_rounds = 0
             done[outcome.request_id] = outcome
             self._on_result(outcome)
 
@@ -204,9 +220,8 @@ class WaveCollector:
         async def look(rid: str) -> ComparisonOutcome | LpsClientError:
             async with gate:
                 try:
-                    return await asyncio.wait_for(
-                        self._client.get(rid), self._limits.lookup_timeout_s
-                    )
+                    async with asyncio.timeout(self._limits.lookup_timeout_s):
+                        return await self._client.get(rid)
                 except TimeoutError:
                     return LpsClientError(
                         f"no answer to GetComparison within {self._limits.lookup_timeout_s:g} s",

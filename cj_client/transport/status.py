@@ -69,4 +69,4 @@ def translate(exc: grpc.aio.AioRpcError) -> LpsClientError:
     factory = _ERRORS.get(code)
     if factory is not None:
         return factory(message, code.name)
-    return LpsClientError(f"{code.name}: {message}", code=code.name)
+    return LpsClientError(message, code=code.name)
