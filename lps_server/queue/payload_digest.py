@@ -12,7 +12,6 @@ channel. A known id whose digest differs is a conflict, refused with ALREADY_EXI
 from __future__ import annotations
 
 import hashlib
-import json
 
 from lps_server.core.domain import ComparisonRequest
 
@@ -20,19 +19,26 @@ from lps_server.core.domain import ComparisonRequest
 def payload_digest(request: ComparisonRequest) -> str:
     """SHA-256 (hex) of the fields of `request` that decide its verdict."""
     over = request.overrides
-    fields = [
+    fields = (
         request.essay_a.id,
         request.essay_a.text,
         request.essay_b.id,
         request.essay_b.text,
         request.instructions,
-        over.provider.value if over.provider is not None else None,
+        over.provider,
         over.model,
         over.temperature,
         over.max_tokens,
         over.system_prompt,
-    ]
-    # A JSON list is unambiguous however the texts are built (no separator can be forged);
-    # surrogatepass keeps any Python string hashable, as the codec does.
-    encoded = json.dumps(fields, ensure_ascii=False, separators=(",", ":"))
-    return hashlib.sha256(encoded.encode("utf-8", "surrogatepass")).hexdigest()
+    )
+    digest = hashlib.sha256()
+    for value in fields:
+        # Each field is marked unset, or length-prefixed: no two payloads hash the same bytes,
+        # however their texts are built. (JSON would do as well at twice the cost, on the path
+        # of every submission.) surrogatepass keeps any Python string hashable, as the codec does.
+        if value is None:
+            digest.update(b"\x00")
+            continue
+        data = (value if isinstance(value, str) else repr(value)).encode("utf-8", "surrogatepass")
+        digest.update(b"\x01" + len(data).to_bytes(8, "big") + data)
+    return digest.hexdigest()
