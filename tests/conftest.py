@@ -31,6 +31,16 @@ def redis_proc() -> Iterator[RedisProcess]:
 
 
 @pytest.fixture
+def killable_redis() -> Iterator[RedisProcess]:
+    """A private redis-server of one test, which it may freeze, kill and restart; with an
+    fsync-always AOF, so a restart keeps what Redis acknowledged."""
+    proc = RedisProcess(appendonly=True)
+    proc.start()
+    yield proc
+    proc.close()
+
+
+@pytest.fixture
 async def redis_url(redis_proc: RedisProcess) -> AsyncIterator[str]:
     """The private server's URL, flushed before each test."""
     client = aioredis.from_url(redis_proc.url)

@@ -68,7 +68,7 @@ async def test_a_known_id_with_another_payload_is_a_conflict_before_and_after_it
     lease = await queue.lease(now=first.enqueued_at + 1)
     assert [q.request for q in lease.items] == [first.request]
     # Once ended (Redis drops the payload then), a retry is still told from a different request.
-    await queue.complete([(first, judged(first))])
+    assert await queue.complete([(first, judged(first))], token=lease.token) == [True]
     (late,) = await queue.submit([_retry_of("r1", **change)])
     assert late.conflict
     (retry,) = await queue.submit([make_queued("r1")])

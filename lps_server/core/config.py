@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -40,6 +41,7 @@ class Settings:
     queue_sweep_interval_seconds: float = 5.0
     result_retention_seconds: float = 86_400.0
     retry_backoff_ms: int = 500
+    retry_after_max_seconds: float = 300.0
     max_concurrent_calls: int = 4
     max_essay_bytes: int = 100_000
     shutdown_grace_seconds: float = 30.0
@@ -87,6 +89,10 @@ class Settings:
             (self.queue_max_size >= 1, "LPS_QUEUE_MAX_SIZE must be >= 1"),
             (self.queue_lease_seconds > 0, "LPS_QUEUE_LEASE_SECONDS must be > 0"),
             (self.queue_max_retries >= 0, "LPS_QUEUE_MAX_RETRIES must be >= 0"),
+            (
+                0 <= self.retry_after_max_seconds < math.inf,
+                "LPS_RETRY_AFTER_MAX_SECONDS must be a finite number >= 0",
+            ),
             (self.max_concurrent_calls >= 1, "LPS_MAX_CONCURRENT_CALLS must be >= 1"),
             (0.0 <= self.mock_error_rate <= 1.0, "LPS_MOCK_ERROR_RATE must be in 0..1"),
             (self.mock_judge_temperature > 0, "LPS_MOCK_JUDGE_TEMPERATURE must be > 0"),
