@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import csv
 import math
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from pathlib import Path
 
 
@@ -49,7 +49,7 @@ def load_anchors(path: Path) -> dict[str, float]:
     return anchors
 
 
-def check_anchors(anchors: dict[str, float], essay_ids: Collection[str], path: Path) -> None:
+def check_anchors(anchors: Mapping[str, float], essay_ids: Collection[str], path: Path) -> None:
     """Every anchor must be one of the run's essays.
 
     Raises:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 from opentelemetry import trace
 from prometheus_client import CollectorRegistry
@@ -15,32 +18,44 @@ from cj_client.batching import (
     BatchTags,
     CjSettings,
     LLMBatchingMode,
-    request_metadata,
     resolve_batching_mode,
 )
 from cj_client.client import LpsClient
-from cj_client.errors import LpsClientError
-from cj_client.judges import Judge, JudgeRota, judge_label
+from cj_client.collector import CollectorLimits, WaveCollector
+from cj_client.errors import JournalError, TooManyFailuresError
+from cj_client.journal import JournalContents, PlannedWave, RunJournal
+from cj_client.judges import Judge
 from cj_client.metrics import CjMetrics
-from cj_client.models import Ack, ComparisonOutcome, ComparisonSubmission, EssayInput
-from cj_client.pairing import Pair, PairPlanner
+from cj_client.models import ComparisonOutcome, ComparisonSubmission, EssayInput
+from cj_client.pairing import PairPlanner
+from cj_client.progress import ProgressSink, ProgressTracker
+from cj_client.request_ids import essays_digest
+from cj_client.run_requests import RunRequests
 from cj_client.scoring import Outcome, ScaleFitter, Scores, max_score_change
 from cj_client.stats.run_statistics import RunStatistics
 from cj_client.stopping import StoppingRule
+from cj_client.tally import RunTally, judgement
 
 DEFAULT_INSTRUCTIONS = (
     "You are an experienced teacher. Judge which essay is the better piece of writing: "
     "argument, evidence, organisation and language."
 )
-MAX_ATTEMPTS_PER_PAIR = 3
-MAX_FAILED_WAVES = 3
 SCORE_FEEDBACK_AFTER_WAVES = 2
+# Up to this many essays the progress display shows SSR after every wave (the reported scale
+# costs O(n^3), about 0.05 s at 500 essays); beyond it only an SSR target computes it per wave.
+PROGRESS_SSR_MAX_ESSAYS = 500
+
+
+def new_cj_batch_id() -> str:
+    """A fresh `cj_batch_id`, for runs that are not given one."""
+    return f"cj-{uuid.uuid4().hex[:12]}"
 
 
 @dataclass(frozen=True, slots=True)
 class AssessmentOptions:
     """Options of one CJ run; `budget` defaults to five comparisons per essay (ten per essay
-    counting both sides)."""
+    counting both sides). A run whose failed share of comparisons exceeds `max_failed_share`
+    ends with TooManyFailuresError; requests carry `request_ttl_s` as their TTL."""
 
     budget: int | None = None
     batch: BatchConfig = field(default_factory=BatchConfig)
@@ -54,19 +69,33 @@ class AssessmentOptions:
     cj_batch_id: str = ""
     bos_batch_id: str = ""
     cj_source: str = "cj_assess"
+    max_failed_share: float = 0.05
+    request_ttl_s: float = 3600.0
     # Several judges take the comparisons in turn (empty: `provider` and `model` judge all).
     judges: tuple[Judge, ...] = ()
     # Essays whose scores are fixed, putting the run on an earlier run's scale.
     anchors: Mapping[str, float] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        if self.budget is not None and self.budget < 1:
+            raise ValueError(f"budget must be at least 1 comparison, got {self.budget}")
+        if not 0.0 <= self.max_failed_share <= 1.0:
+            raise ValueError(f"max_failed_share must be in [0, 1], got {self.max_failed_share}")
+        if self.request_ttl_s <= 0:
+            raise ValueError(f"request_ttl_s must be positive, got {self.request_ttl_s}")
+
     def budget_for(self, essays: int) -> int:
         """The comparison budget for a run over `essays` essays."""
-        return self.budget or 5 * essays
+        return 5 * essays if self.budget is None else self.budget
 
 
 @dataclass(frozen=True, slots=True)
 class AssessmentReport:
-    """What a run produced: scores best first, and the run's accounting."""
+    """What a run produced: scores best first, and the run's accounting.
+
+    `failed` counts ended comparisons without a judgement; `unfinished` those sent but without a
+    result when the run stopped (only an interrupted or failed run has any).
+    """
 
     scores: Scores
     effective_mode: LLMBatchingMode
@@ -82,16 +111,10 @@ class AssessmentReport:
     waves: int
     stop_reason: str
     outcomes: tuple[ComparisonOutcome, ...]
+    unfinished: int = 0
+    complete: bool = True
     statistics: RunStatistics | None = None
     scoring_seconds: float = 0.0
-
-
-Progress = Callable[[int, int], None]
-
-
-def new_cj_batch_id() -> str:
-    """A fresh `cj_batch_id`, for runs that are not given one."""
-    return f"cj-{uuid.uuid4().hex[:12]}"
 
 
 class Assessment:
@@ -100,13 +123,20 @@ class Assessment:
     Args:
         essays: the essays (ids must be unique).
         client: a connected LpsClient.
-        options: the run's options.
+        options: the run's options (for a resumed run: `journaled_options(resume)`).
         settings: CJ_* settings (batching mode, batch-API providers).
         registry: where CJ metrics go (a private registry by default).
-        progress: called with (comparisons finished, budget) as results arrive.
+        progress: called with a RunProgress after every result and wave.
+        limits: how long to wait for the server and for results.
+        journal_dir: journal the run there as it goes (resumable after a crash or Ctrl-C).
+        resume: the journal of an unfinished run in `journal_dir`, to continue it.
+        source: where the essays came from (recorded in the journal for `cj assess --resume`).
         tracer_provider: where the run's spans go (the global provider by default): one trace
             per run, `cj.assess` with a `cj.wave` child per wave, which LPS's spans join.
         on_wave: called after every wave (e.g. to push metrics).
+
+    Raises:
+        ValueError: fewer than two essays, or a duplicated essay id.
     """
 
     def __init__(
@@ -118,33 +148,80 @@ class Assessment:
         settings: CjSettings | None = None,
         registry: CollectorRegistry | None = None,
         metrics: CjMetrics | None = None,
-        progress: Progress | None = None,
+        progress: ProgressSink | None = None,
+        limits: CollectorLimits | None = None,
+        journal_dir: Path | None = None,
+        resume: JournalContents | None = None,
+        source: str = "",
         tracer_provider: trace.TracerProvider | None = None,
         on_wave: Callable[[], None] = lambda: None,
     ) -> None:
-        ids = [e.id for e in essays]
-        if len(set(ids)) != len(ids):
-            raise ValueError("essay ids must be unique")
+        seen: set[str] = set()
+        for essay in essays:
+            if essay.id in seen:
+                raise ValueError(f"essay id {essay.id!r} appears more than once")
+            seen.add(essay.id)
         if len(essays) < 2:
-            raise ValueError("an assessment needs at least two essays")
+            raise ValueError(f"an assessment needs at least two essays, got {len(essays)}")
         self._essays = {e.id: e for e in essays}
+        self._essays_digest = essays_digest(list(essays))
         self._client = client
-        self._options = options or AssessmentOptions()
+        self._options = opts = options or AssessmentOptions()
         self._settings = settings or CjSettings()
         self._metrics = metrics or CjMetrics(registry or CollectorRegistry())
-        self._progress = progress or (lambda done, total: None)
+        self.mode = resolve_batching_mode(self._settings, opts.batch, provider=opts.provider)
+        self.cj_batch_id = opts.cj_batch_id or new_cj_batch_id()
         self._tracer = (tracer_provider or trace.get_tracer_provider()).get_tracer("cj_client")
         self._on_wave = on_wave
-        self.mode = resolve_batching_mode(
-            self._settings, self._options.batch, provider=self._options.provider
+        self.budget = opts.budget_for(len(essays))
+        self._journal_dir = journal_dir
+        self._resume = resume
+        self._source = source
+        self._journal: RunJournal | None = None
+        self._progress = ProgressTracker(self.budget, progress or (lambda snapshot: None))
+        # LPS ends every request by its TTL: results it still holds after that (and a margin)
+        # are not coming.
+        limits = limits or CollectorLimits(result_deadline_s=opts.request_ttl_s + 120.0)
+        self._collector = WaveCollector(
+            client,
+            limits=limits,
+            on_result=self._arrived,
+            on_notice=self._progress.notice,
         )
-        self.cj_batch_id = self._options.cj_batch_id or new_cj_batch_id()
-        self.budget = self._options.budget_for(len(essays))
-        opts = self._options
-        self._judges = JudgeRota(opts.judges or (Judge(opts.provider, opts.model),))
+        self._requests = RunRequests(
+            essays=self._essays,
+            tags=BatchTags(
+                self.cj_batch_id, opts.bos_batch_id or self.cj_batch_id, opts.cj_source, self.mode
+            ),
+            instructions=opts.instructions,
+            provider=opts.provider,
+            model=opts.model,
+            ttl_s=opts.request_ttl_s,
+            judges=opts.judges,
+        )
+        self._planner = PairPlanner(list(self._essays), seed=opts.seed)
+        self._rule = StoppingRule(
+            max_comparisons=self.budget,
+            stability_threshold=opts.stability_threshold,
+            ssr_target=opts.ssr_target,
+            min_waves=opts.min_waves,
+        )
+        self._tally = RunTally()
+        # The wave being collected and its results so far (absorbed when it is complete).
+        self._collecting: tuple[PlannedWave, dict[str, ComparisonOutcome]] | None = None
+        self._fitter = ScaleFitter(list(self._essays), anchors=opts.anchors)
+        self._scores = self._fitter.current()
+        self._waves = self._productive_waves = 0
+        self._started = time.monotonic()
 
     async def run(self) -> AssessmentReport:
-        """Run waves until the stopping rule says stop; failed comparisons are retried later."""
+        """Run waves until the stopping rule says stop; failed comparisons are retried later.
+
+        Raises:
+            ServerLostError, RunRefusedError: the server was lost, or refused the run.
+            TooManyFailuresError: more than `max_failed_share` of the comparisons failed.
+            JournalError: `resume` does not belong to these essays and options.
+        """
         attributes = {"cj.batch_id": self.cj_batch_id, "cj.batching_mode": self.mode.value}
         with self._tracer.start_as_current_span("cj.assess", attributes=attributes) as span:
             report = await self._run_waves()
@@ -152,103 +229,34 @@ class Assessment:
             return report
 
     async def _run_waves(self) -> AssessmentReport:
-        started = time.monotonic()
-        opts = self._options
-        ids = list(self._essays)
-        planner = PairPlanner(ids, seed=opts.seed)
-        rule = StoppingRule(
-            max_comparisons=self.budget,
-            stability_threshold=opts.stability_threshold,
-            ssr_target=opts.ssr_target,
-            min_waves=opts.min_waves,
-        )
-        bos_batch_id = opts.bos_batch_id or self.cj_batch_id
-        tags = BatchTags(self.cj_batch_id, bos_batch_id, opts.cj_source, self.mode)
-        self._metrics.batch_started(self.cj_batch_id, self.mode)
-        tally = _Tally()
-        fitter = ScaleFitter(ids, anchors=opts.anchors)
-        scores = fitter.current()
-        failed_waves = waves = 0
-        stop_reason = "budget"
-        while True:
-            feedback = scores if waves >= SCORE_FEEDBACK_AFTER_WAVES else None
-            remaining = self.budget - tally.requested
-            wave = planner.next_wave(scores=feedback, max_pairs=remaining, retry=tally.retry)
-            if not wave:
-                break
-            waves += 1
-            subs = [(self._submission(p, tags, waves, len(wave), tally), p) for p in wave]
-            tally.requested += len(subs)
-            self._metrics.requests_submitted(self.mode, len(subs))
-            with self._tracer.start_as_current_span(
-                "cj.wave", attributes={"cj.wave": waves, "cj.wave.size": len(subs)}
-            ) as wave_span:
-                done = await self._run_wave([sub for sub, _ in subs])
-                wave_span.set_attribute("cj.wave.results", len(done))
-            failed_waves = 0 if done else failed_waves + 1
-            if failed_waves >= MAX_FAILED_WAVES:
-                message = f"{MAX_FAILED_WAVES} waves in a row got no result; giving up"
-                raise LpsClientError(message, code="UNAVAILABLE")
-            tally.absorb(subs, done, planner)
-            self._progress(tally.requested, self.budget)
-            self._on_wave()
-            previous, scores = scores, fitter.update(tally.outcomes)
-            change = max_score_change(previous, scores)
-            reason = rule.should_stop(
-                comparisons_done=tally.requested,
-                waves_done=waves,
-                score_change=change if waves > 1 else None,
-                ssr=fitter.ssr() if rule.ssr_target is not None else None,
-            )
-            if reason is not None:
-                stop_reason = reason
-                break
-        report = self._report(fitter.scores(), tally, waves, stop_reason, started)
-        statistics = fitter.statistics(seed=opts.seed)
-        return replace(report, statistics=statistics, scoring_seconds=fitter.seconds)
-
-    def _submission(
-        self, pair: Pair, tags: BatchTags, wave: int, wave_size: int, tally: _Tally
-    ) -> ComparisonSubmission:
-        opts = self._options
-        attempt = tally.attempts.get(pair, 0)
-        judge = self._judges.take()
-        return ComparisonSubmission(
-            essay_a=self._essays[pair.essay_a],
-            essay_b=self._essays[pair.essay_b],
-            request_id=f"{self.cj_batch_id}:{wave}:{pair.essay_a}:{pair.essay_b}:{attempt}",
-            correlation_id=f"{self.cj_batch_id}:{pair.essay_a}:{pair.essay_b}",
-            instructions=opts.instructions,
-            provider=judge.provider,
-            model=judge.model,
-            metadata=request_metadata(
-                tags,
-                essay_a_id=pair.essay_a,
-                essay_b_id=pair.essay_b,
-                iteration=wave,
-                wave_size=wave_size,
-                retry=attempt > 0,
-            ),
-        )
-
-    async def _run_wave(self, subs: list[ComparisonSubmission]) -> dict[str, ComparisonOutcome]:
-        """Submit one wave on one stream; a rejected or lost request simply has no result."""
-        done: dict[str, ComparisonOutcome] = {}
+        self._open_journal()
         try:
-            async for event in self._client.submit_many(subs):
-                if isinstance(event, ComparisonOutcome):
-                    done[event.request_id] = event
-                elif isinstance(event, Ack) and not event.accepted:
-                    continue
-        except LpsClientError:
-            # The stream broke: what arrived counts, the rest is retried in a later wave.
-            return done
-        return done
+            try:
+                stop = await self._replay() if self._resume is not None else None
+                while stop is None:
+                    stop = await self._next_wave()
+                self._check_failed_share(final=True)
+            except TooManyFailuresError as exc:
+                # A verdict, not an accident: resuming would only reach it again.
+                self._end(exc.reason)
+                raise
+            self._end(stop)
+            return self.report(stop)
+        finally:
+            if self._journal is not None:
+                self._journal.close()
 
-    def _report(
-        self, scores: Scores, tally: _Tally, waves: int, stop_reason: str, started: float
-    ) -> AssessmentReport:
-        results = tally.results
+    def report(self, stop_reason: str) -> AssessmentReport:
+        """The run so far; `stop_reason` other than budget, stable and ssr_target marks it
+        incomplete (interrupted, server_lost, refused, too_many_failures). Results of a wave
+        still being collected count too, and an incomplete run's scores include them."""
+        wave, arrived = self._collecting or (PlannedWave(0, ()), {})
+        results = [*self._tally.results, *arrived.values()]
+        extra = [j for c in wave.comparisons if (j := judgement(c, arrived.get(c.request_id)))]
+        if extra:
+            self._fit([*self._tally.outcomes, *extra])
+        scores = self._fitter.scores()
+        statistics = self._fitter.statistics(seed=self._options.seed)
         completed = [r for r in results if r.status == "completed"]
         bundles = {r.bundle_id for r in completed if r.bundle_id}
         unbundled = sum(1 for r in completed if not r.bundle_id)
@@ -257,51 +265,190 @@ class Assessment:
             effective_mode=self.mode,
             batching_mode_override=self._options.batch.llm_batching_mode_override,
             cj_batch_id=self.cj_batch_id,
-            requested=tally.requested,
+            requested=self._tally.requested,
             completed=len(completed),
-            failed=tally.requested - len(completed),
+            failed=len(results) - len(completed),
             provider_calls=len(bundles) + unbundled,
             tokens=sum(r.prompt_tokens + r.completion_tokens for r in results),
             cost_usd=sum(r.cost_usd for r in results),
-            elapsed_s=time.monotonic() - started,
-            waves=waves,
+            elapsed_s=time.monotonic() - self._started,
+            waves=self._waves,
             stop_reason=stop_reason,
             outcomes=tuple(results),
+            unfinished=self._tally.requested - len(results),
+            complete=stop_reason in ("budget", "stable", "ssr_target"),
+            statistics=statistics,
+            scoring_seconds=self._fitter.seconds,
         )
 
+    def _end(self, stop_reason: str) -> None:
+        if self._journal is not None:
+            self._journal.end(stop_reason=stop_reason, comparisons=self._tally.requested)
 
-@dataclass(slots=True)
-class _Tally:
-    """A run's running state: what was asked, what came back, what to retry."""
+    def _open_journal(self) -> None:
+        if self._resume is None:
+            # A continuation (resume) is the same logical batch: it is not counted again.
+            self._metrics.batch_started(self.cj_batch_id, self.mode)
+        if self._journal_dir is None:
+            return
+        if self._resume is None:
+            header = {
+                "cj_batch_id": self.cj_batch_id,
+                "essays_digest": self._essays_digest,
+                "essays": len(self._essays),
+                "source": self._source,
+                "options": _options_record(self._options),
+            }
+            self._journal = RunJournal.create(self._journal_dir, header)
+            return
+        header = self._resume.header
+        if header.get("essays_digest") != self._essays_digest:
+            raise JournalError(
+                f"{self._journal_dir}: the essays differ from those the journaled run began with "
+                "(changed, added or removed); start a new run instead"
+            )
+        if header.get("cj_batch_id") != self.cj_batch_id:
+            raise JournalError(f"{self._journal_dir}: the journal is of another batch id")
+        self._journal = RunJournal.append(self._journal_dir)
 
-    requested: int = 0
-    outcomes: list[Outcome] = field(default_factory=list)
-    results: list[ComparisonOutcome] = field(default_factory=list)
-    attempts: dict[Pair, int] = field(default_factory=dict)  # failed attempts of open pairs
-    retry: list[Pair] = field(default_factory=list)
+    async def _replay(self) -> str | None:
+        """Rebuild the journaled run; the wave it was collecting is collected to the end."""
+        assert self._resume is not None
+        stop: str | None = None
+        for wave in self._resume.waves:
+            subs = self._requests.submissions(wave)
+            for sub, planned in zip(subs, wave.comparisons, strict=True):
+                if sub.request_id != planned.request_id:
+                    raise JournalError(
+                        f"{self._journal_dir}: comparison {planned.request_id} no longer matches "
+                        "its essays, instructions, provider or model; start a new run instead"
+                    )
+            journaled = self._resume.results
+            done = {
+                s.request_id: journaled[s.request_id] for s in subs if s.request_id in journaled
+            }
+            for outcome in done.values():
+                self._progress.restored(outcome)
+            missing = [s for s in subs if s.request_id not in done]
+            self._waves = wave.number
+            self._tally.requested += len(subs)
+            if missing:
+                self._metrics.requests_submitted(self.mode, len(missing))
+                self._collecting = (wave, dict(done))
+                done |= await self._collect(wave.number, missing)
+            stop = self._absorb(wave, done)
+            self._on_wave()
+        return stop
 
-    def absorb(
-        self,
-        wave: list[tuple[ComparisonSubmission, Pair]],
-        done: dict[str, ComparisonOutcome],
-        planner: PairPlanner,
-    ) -> None:
-        """Record a wave's results; pairs without a judgement are retried, up to a limit."""
-        self.retry = []
-        for sub, pair in wave:
-            outcome = done.get(sub.request_id)
-            if outcome is not None:
-                self.results.append(outcome)
-            if outcome is not None and outcome.status == "completed" and outcome.winner:
-                # A later comparison of the same pair is a new comparison, not a retry.
-                self.attempts.pop(pair, None)
-                planner.record(pair)
-                a_won = outcome.winner == "essay_a"
-                first, second = (pair.essay_a, pair.essay_b)
-                winner, loser = (first, second) if a_won else (second, first)
-                judge = judge_label(outcome.provider, outcome.model)
-                self.outcomes.append(Outcome(winner, loser, winner_was_a=a_won, judge=judge))
-                continue
-            self.attempts[pair] = self.attempts.get(pair, 0) + 1
-            if self.attempts[pair] < MAX_ATTEMPTS_PER_PAIR:
-                self.retry.append(pair)
+    async def _next_wave(self) -> str | None:
+        """Plan, journal, send and absorb one wave; the stop reason, or None to go on."""
+        tally = self._tally
+        ready = self._productive_waves >= SCORE_FEEDBACK_AFTER_WAVES
+        pairs = self._planner.next_wave(
+            scores=self._scores if ready else None,
+            max_pairs=self.budget - tally.requested,
+            retry=tally.retry,
+        )
+        if not pairs:
+            return "budget"
+        self._waves += 1
+        wave = PlannedWave(
+            self._waves,
+            tuple(
+                self._requests.planned(
+                    pair, number=tally.requested + i, retry=tally.attempts.get(pair, 0) > 0
+                )
+                for i, pair in enumerate(pairs)
+            ),
+        )
+        if self._journal is not None:
+            self._journal.wave(wave)
+        subs = self._requests.submissions(wave)
+        tally.requested += len(subs)
+        self._metrics.requests_submitted(self.mode, len(subs))
+        self._progress.wave(wave.number)
+        self._collecting = (wave, {})
+        done = await self._collect(wave.number, subs)
+        stop = self._absorb(wave, done)
+        self._on_wave()
+        return stop
+
+    async def _collect(
+        self, number: int, subs: list[ComparisonSubmission]
+    ) -> dict[str, ComparisonOutcome]:
+        """Send one wave's submissions and collect their results, in a `cj.wave` span."""
+        attributes = {"cj.wave": number, "cj.wave.size": len(subs)}
+        with self._tracer.start_as_current_span("cj.wave", attributes=attributes) as span:
+            done = await self._collector.collect(subs)
+            span.set_attribute("cj.wave.results", len(done))
+        return done
+
+    def _absorb(self, wave: PlannedWave, done: dict[str, ComparisonOutcome]) -> str | None:
+        """Take in a collected wave: refit if it judged anything, then ask the stopping rule.
+        Only waves with judgements count towards stability and SSR."""
+        judged = self._tally.absorb(wave, done, self._planner)
+        self._collecting = None
+        change: float | None = None
+        if judged:
+            self._productive_waves += 1
+            previous = self._scores
+            self._scores = self._fit(self._tally.outcomes)
+            if self._productive_waves > 1:
+                change = max_score_change(previous, self._scores)
+        self._check_failed_share(final=False)
+        if self._journal is not None:
+            self._journal.sync()
+        # SSR needs the reported scale (O(n^3)): for an SSR target, or cheaply for the display.
+        wanted = self._rule.ssr_target is not None or len(self._essays) <= PROGRESS_SSR_MAX_ESSAYS
+        ssr = self._fitter.ssr() if wanted and self._productive_waves else None
+        self._progress.wave(wave.number, ssr=ssr)
+        return self._rule.should_stop(
+            comparisons_done=self._tally.requested,
+            waves_done=self._productive_waves,
+            score_change=change,
+            ssr=ssr if self._rule.ssr_target is not None else None,
+        )
+
+    def _fit(self, outcomes: list[Outcome]) -> dict[str, float]:
+        """The one place scores are fitted (after each wave with judgements): a warm-started
+        refit; the reported scale with its standard errors is computed only when asked for."""
+        return self._fitter.update(outcomes)
+
+    def _check_failed_share(self, *, final: bool) -> None:
+        limit = self._options.max_failed_share
+        verdict = self._tally.failure_verdict(limit, budget=None if final else self.budget)
+        if verdict:
+            raise TooManyFailuresError(f"{verdict} (--max-failed-share {limit:g})")
+
+    def _arrived(self, outcome: ComparisonOutcome) -> None:
+        if self._collecting is not None:
+            self._collecting[1][outcome.request_id] = outcome
+        if self._journal is not None:
+            self._journal.result(outcome)
+        self._progress.result(outcome)
+
+
+def journaled_options(contents: JournalContents) -> AssessmentOptions:
+    """The options a journaled run began with.
+
+    Raises:
+        JournalError: the header does not hold them.
+    """
+    try:
+        record = dict(contents.header["options"])
+        override = record.pop("batch", {}).get("llm_batching_mode_override")
+        batch = BatchConfig(LLMBatchingMode(override) if override else None)
+        names = {f.name for f in dataclasses.fields(AssessmentOptions)}
+        values = {k: v for k, v in record.items() if k in names}
+        values["cj_batch_id"] = contents.header["cj_batch_id"]  # the id the run was given
+        values["judges"] = tuple(Judge(**judge) for judge in values.get("judges", ()))
+        return AssessmentOptions(**values, batch=batch)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise JournalError(f"the journal's run options are unreadable: {exc}") from None
+
+
+def _options_record(options: AssessmentOptions) -> dict[str, Any]:
+    record = dataclasses.asdict(options)
+    override = options.batch.llm_batching_mode_override
+    record["batch"] = {"llm_batching_mode_override": override.value if override else None}
+    return record

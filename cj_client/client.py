@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable
+import asyncio
+import uuid
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable
+from contextlib import aclosing
+from dataclasses import replace
 from types import TracebackType
 
 from opentelemetry.propagate import inject
 
+from cj_client.backoff import Backoff, is_retryable
+from cj_client.errors import (
+    DeadlineExceededError,
+    LpsClientError,
+    ResourceExhaustedError,
+    UnavailableError,
+    error_from_ack,
+)
 from cj_client.models import Ack, ComparisonOutcome, ComparisonSubmission, QueueStatsView
 from cj_client.transport import LpsCalls, Metadata
 
@@ -77,15 +89,73 @@ class LpsClient:
 
     async def submit_many(
         self, submissions: Iterable[ComparisonSubmission], *, chunk: int = STREAM_CHUNK
-    ) -> AsyncIterator[Ack | ComparisonOutcome]:
+    ) -> AsyncGenerator[Ack | ComparisonOutcome, None]:
         """Stream submissions; yields an Ack per submission, then each accepted one's result.
 
         The call ends when every accepted submission has its result.
         """
         subs = list(submissions)
         chunks = [subs[start : start + chunk] for start in range(0, len(subs), chunk)]
-        async for event in self._calls.submit_many(chunks, metadata=self._call_metadata()):
-            yield event
+        # Closed explicitly, so that a caller who stops reading ends the call at once.
+        async with aclosing(
+            self._calls.submit_many(chunks, metadata=self._call_metadata())
+        ) as calls:
+            async for event in calls:
+                yield event
+
+    async def submit_and_wait(
+        self,
+        submission: ComparisonSubmission,
+        *,
+        timeout: float,
+        on_retry: Callable[[LpsClientError], None] | None = None,
+    ) -> ComparisonOutcome:
+        """Submit one comparison and wait at most `timeout` seconds for its final result.
+
+        A submission without a request id gets a new UUID first, so that every retry is the same
+        request: an unreachable or busy server (UNAVAILABLE, RESOURCE_EXHAUSTED, a broken
+        stream) is tried again with backoff until the deadline, and never pays twice;
+        `on_retry` hears of the first failure of each run of them.
+
+        Raises:
+            DeadlineExceededError: no result within `timeout` (naming the last failure).
+            InvalidRequestError, UnauthenticatedError, AlreadyExistsError, LpsClientError: the
+                server refused the request in a way retrying cannot cure.
+        """
+        sub = (
+            submission
+            if submission.request_id
+            else replace(submission, request_id=str(uuid.uuid4()))
+        )
+        backoff = Backoff()
+        last: LpsClientError | None = None
+        attempt = 0
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    try:
+                        async with aclosing(self.submit_many([sub])) as events:
+                            async for event in events:
+                                if isinstance(event, Ack) and not event.accepted:
+                                    raise error_from_ack(event)
+                                if isinstance(event, ComparisonOutcome):
+                                    return event
+                        last = UnavailableError(
+                            "the stream ended without a result", code="UNAVAILABLE"
+                        )
+                    except LpsClientError as exc:
+                        if not is_retryable(exc.code):
+                            raise
+                        if on_retry is not None and attempt == 0:
+                            on_retry(exc)
+                        last = exc
+                    wait = last.retry_after if isinstance(last, ResourceExhaustedError) else 0.0
+                    await asyncio.sleep(backoff.delay(attempt, wait))
+                    attempt += 1
+        except TimeoutError:
+            cause = f"; last error {last.code}: {last}" if last is not None else ""
+            message = f"no result for {sub.request_id!r} within {timeout:g} s{cause}"
+            raise DeadlineExceededError(message, code="DEADLINE_EXCEEDED") from None
 
     async def stream_results(
         self, result_channel: str, *, cursor: str = ""

@@ -6,7 +6,9 @@ reports are the server's own, scoped to this run (assuming no other traffic mean
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,10 +18,13 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from cj_client.assessment import Assessment, AssessmentOptions
+from cj_client.backoff import Backoff, is_retryable
 from cj_client.batching import BatchTags, CjSettings, request_metadata, resolve_batching_mode
 from cj_client.client import LpsClient
-from cj_client.models import EssayInput
-from cj_client.pairing import PairPlanner
+from cj_client.errors import LpsClientError
+from cj_client.models import ComparisonSubmission, EssayInput, QueueStatsView
+from cj_client.pairing import Pair, PairPlanner
+from cj_client.request_ids import comparison_request_id
 
 BUNDLE_CALLS = "llm_provider_serial_bundle_calls_total"
 BUNDLE_ITEMS = "llm_provider_serial_bundle_items_per_call"
@@ -77,7 +82,7 @@ def dry_run(
             )
             lines.append(
                 {
-                    "request_id": f"{batch_id}:{wave_number}:{pair.essay_a}:{pair.essay_b}:0",
+                    "request_id": dry_run_request_id(batch_id, len(lines), pair, options, essays),
                     "essay_a": pair.essay_a,
                     "essay_b": pair.essay_b,
                     "provider": options.provider,
@@ -90,14 +95,80 @@ def dry_run(
     return {"requests_written": len(lines), "waves": wave_number, "file": str(out)}
 
 
+class MetricsUnavailableError(Exception):
+    """The server's /metrics cannot be found or read; the message names the URL."""
+
+
+async def await_server(client: LpsClient, *, timeout: float) -> QueueStatsView:
+    """The server's queue statistics, once it answers: a server still starting (UNAVAILABLE) is
+    asked again with backoff for up to `timeout` seconds.
+
+    Raises:
+        LpsClientError: the server refused, or did not answer in time (the last error).
+    """
+    backoff = Backoff()
+    deadline = time.monotonic() + timeout
+    attempt = 0
+    while True:
+        try:
+            return await client.queue_stats()
+        except LpsClientError as exc:
+            wait = backoff.delay(attempt)
+            if not is_retryable(exc.code) or time.monotonic() + wait > deadline:
+                raise
+        await asyncio.sleep(wait)
+        attempt += 1
+
+
+def metrics_url_of(client: LpsClient, stats: QueueStatsView) -> str:
+    """The /metrics URL of the server `client` talks to, from the port it reports (`stats`).
+
+    Raises:
+        MetricsUnavailableError: the server reports no metrics port.
+    """
+    if not stats.metrics_port:
+        raise MetricsUnavailableError(
+            f"the server at {client.target} reports no /metrics port (metrics off, or a release "
+            "before GetQueueStats.metrics_port); pass --metrics-url"
+        )
+    host = client.target.rsplit(":", 1)[0] or "127.0.0.1"
+    return f"http://{host}:{stats.metrics_port}/metrics"
+
+
+def dry_run_request_id(
+    batch_id: str, number: int, pair: Pair, options: AssessmentOptions, essays: Sequence[EssayInput]
+) -> str:
+    """The request id a run would give comparison `number` (`pair`) of the batch."""
+    by_id = {e.id: e for e in essays}
+    sub = ComparisonSubmission(
+        essay_a=by_id[pair.essay_a],
+        essay_b=by_id[pair.essay_b],
+        instructions=options.instructions,
+        provider=options.provider,
+        model=options.model,
+    )
+    return comparison_request_id(batch_id, number, sub)
+
+
 def scrape(metrics_url: str) -> Samples:
-    """Every sample the server exposes, keyed by (name, sorted labels)."""
-    with urllib.request.urlopen(metrics_url, timeout=10) as response:
-        text = response.read().decode()
+    """Every sample the server exposes, keyed by (name, sorted labels).
+
+    Raises:
+        MetricsUnavailableError: the URL cannot be read or does not hold Prometheus metrics.
+    """
+    try:
+        with urllib.request.urlopen(metrics_url, timeout=10) as response:
+            text = response.read().decode()
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", None) or exc
+        raise MetricsUnavailableError(f"cannot read metrics at {metrics_url}: {reason}") from None
     samples: Samples = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    try:
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    except ValueError as exc:
+        raise MetricsUnavailableError(f"{metrics_url} holds no Prometheus metrics: {exc}") from None
     return samples
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from cj_client.models import FieldViolation
+from cj_client.models import Ack, FieldViolation
 
 
 class LpsClientError(Exception):
@@ -48,3 +48,80 @@ class UnauthenticatedError(LpsClientError):
 
 class NotFoundError(LpsClientError):
     """No request with that id is known."""
+
+
+class PermissionDeniedError(LpsClientError):
+    """The token is valid but may not make this call."""
+
+
+class AlreadyExistsError(LpsClientError):
+    """The request id is known to the server with a different payload; `request_id` names it."""
+
+    def __init__(self, message: str, *, request_id: str) -> None:
+        self.request_id = request_id
+        super().__init__(message, code="ALREADY_EXISTS")
+
+
+class DeadlineExceededError(LpsClientError):
+    """No answer came before the deadline."""
+
+
+class AssessmentError(Exception):
+    """A CJ run ended without a trustworthy ranking.
+
+    Attributes:
+        reason: the run's stop reason (`server_lost`, `refused`, `too_many_failures`).
+        code: the gRPC status code name behind it, or "" when no call failed.
+    """
+
+    def __init__(self, message: str, *, reason: str, code: str = "") -> None:
+        self.reason = reason
+        self.code = code
+        super().__init__(message)
+
+
+class ServerLostError(AssessmentError):
+    """The server stayed unreachable (or kept refusing for now) past `--server-timeout`."""
+
+    def __init__(self, message: str, *, code: str) -> None:
+        super().__init__(message, reason="server_lost", code=code)
+
+
+class RunRefusedError(AssessmentError):
+    """The server refused the run in a way retrying cannot cure (bad token, bad request, a
+    reused request id with another payload)."""
+
+    def __init__(self, message: str, *, code: str) -> None:
+        super().__init__(message, reason="refused", code=code)
+
+
+class TooManyFailuresError(AssessmentError):
+    """More comparisons failed than the run allows (`max_failed_share`)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, reason="too_many_failures")
+
+
+class JournalError(Exception):
+    """A run journal cannot be read or does not fit the run it should continue."""
+
+
+def error_from_ack(ack: Ack) -> LpsClientError:
+    """The typed error for a streamed submission the server rejected (`ack.accepted` False)."""
+    message = ack.error_message or ack.error_code
+    code = ack.error_code or "UNKNOWN"
+    if code == "INVALID_ARGUMENT":
+        return InvalidRequestError(message, violations=list(ack.violations))
+    if code == "RESOURCE_EXHAUSTED":
+        return ResourceExhaustedError(message, retry_after=ack.retry_after)
+    if code == "ALREADY_EXISTS":
+        return AlreadyExistsError(message, request_id=ack.request_id)
+    if code == "UNAVAILABLE":
+        return UnavailableError(message, code=code)
+    if code == "UNAUTHENTICATED":
+        return UnauthenticatedError(message, code=code)
+    return LpsClientError(message, code=code)
+
+
+class InputError(ValueError):
+    """A user's input cannot be used; the message names the file, line, essay id or flag."""

@@ -1,8 +1,8 @@
-"""Who judges a run's comparisons: one judge or several (`--judge PROVIDER[:MODEL]`), in turn."""
+"""Who judges a run's comparisons: one judge or several (`--judge PROVIDER[:MODEL]`), in turn
+(`RunRequests` gives comparison `k` to judge `k mod J`)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 from cj_client.models import PROVIDER_NAMES
@@ -27,22 +27,6 @@ class Judge:
             choices = ", ".join(PROVIDER_NAMES)
             raise ValueError(f"judge {spec!r}: provider must be one of {choices}")
         return cls(provider, model.strip())
-
-
-class JudgeRota:
-    """Hands out judges in turn, so each takes an equal share of the comparisons (within one)."""
-
-    def __init__(self, judges: Sequence[Judge]) -> None:
-        if not judges:
-            raise ValueError("a run needs at least one judge")
-        self._judges = tuple(judges)
-        self._next = 0
-
-    def take(self) -> Judge:
-        """The judge of the next comparison."""
-        judge = self._judges[self._next % len(self._judges)]
-        self._next += 1
-        return judge
 
 
 def judge_label(provider: str, model: str) -> str:

@@ -102,3 +102,4 @@ class QueueStatsView:
     processing_mode: str
     backend: str
     max_size: int
+    metrics_port: int = 0

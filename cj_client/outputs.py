@@ -8,37 +8,11 @@ from pathlib import Path
 from typing import Any
 
 from cj_client.assessment import AssessmentReport
-from cj_client.models import EssayInput
+from cj_client.essay_files import load_essays as load_essays  # where callers found it
 from cj_client.report_fields import essay_fit_fields, statistics_fields
 from cj_client.scale_plot import plot_scale
 
 RANKING_FIELDS = ("id", "rank", "score", "se", "comparisons", "infit", "outfit", "flags")
-
-
-def load_essays(path: Path) -> list[EssayInput]:
-    """Essays from a directory of `.txt` files (id = file stem) or a JSONL file of {id, text}.
-
-    Raises:
-        ValueError: the path holds no essays, or a JSONL line is not {id, text}.
-    """
-    if path.is_dir():
-        essays = [
-            EssayInput(id=p.stem, text=p.read_text(encoding="utf-8"))
-            for p in sorted(path.glob("*.txt"))
-        ]
-    else:
-        essays = []
-        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                essays.append(EssayInput(id=str(row["id"]), text=str(row["text"])))
-            except (json.JSONDecodeError, KeyError, TypeError) as exc:
-                raise ValueError(f"{path}:{number}: expected {{id, text}}: {exc}") from None
-    if len(essays) < 2:
-        raise ValueError(f"{path}: need at least two essays, found {len(essays)}")
-    return essays
 
 
 def ranking_rows(report: AssessmentReport) -> list[dict[str, Any]]:
@@ -74,6 +48,8 @@ def summary(report: AssessmentReport) -> dict[str, Any]:
         "scoring_seconds": round(report.scoring_seconds, 3),
         "waves": report.waves,
         "stop_reason": report.stop_reason,
+        "complete": report.complete,
+        "comparisons_unfinished": report.unfinished,
         "elapsed_seconds": round(report.elapsed_s, 3),
     }
 

@@ -105,6 +105,7 @@ class LpsApp:
                 self.settings.metrics_port, addr=self.settings.metrics_host, registry=self.registry
             )
             self.metrics_port = self._metrics_http.server_port
+            self.edge.announce_metrics_port(self.metrics_port)
         await self.queue_gauges.attach()
         # SERVING first: from then on the processor reports every change.
         await self.edge.set_serving(True)

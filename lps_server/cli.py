@@ -8,6 +8,7 @@ import gc
 import os
 import signal
 import sys
+from importlib.metadata import version
 
 from lps_server.app import LpsApp
 from lps_server.core.config import Settings
@@ -36,6 +37,7 @@ FLAGS: list[tuple[str, str, type, str]] = [
 def build_parser() -> argparse.ArgumentParser:
     """The `lps` command line."""
     parser = argparse.ArgumentParser(prog="lps", description="LLM Provider Service")
+    parser.add_argument("--version", action="version", version=f"lps {version('lps')}")
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="run the gRPC server")
     for flag, field, kind, text in FLAGS:

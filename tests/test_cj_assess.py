@@ -138,7 +138,7 @@ async def test_failed_comparisons_are_retried_and_a_retry_is_not_a_new_batch(
         report = await Assessment(
             load_essays(ESSAYS),
             client=client,
-            options=AssessmentOptions(budget=60, cj_batch_id="batch-r"),
+            options=AssessmentOptions(budget=60, cj_batch_id="batch-r", max_failed_share=1.0),
             registry=registry,
         ).run()
     retries = [o for o in report.outcomes if o.metadata["cj_request_type"] == "cj_retry"]

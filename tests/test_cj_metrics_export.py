@@ -31,7 +31,7 @@ async def test_an_unreachable_pushgateway_stops_the_run_before_lps_hears_of_it(
     assert await asyncio.to_thread(cj_main, argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1
-    assert err[0].startswith(f"cj: cannot push metrics to the Pushgateway at {gateway}: ")
+    assert err[0].startswith(f"cj assess: --pushgateway {gateway}: cannot push metrics: ")
     assert metric(lps.registry, "llm_provider_grpc_requests_total") == 0
     assert not (tmp_path / "summary.json").exists()
 
@@ -53,7 +53,7 @@ async def test_a_metrics_port_in_use_stops_the_run_naming_the_address(
         )
         assert await asyncio.to_thread(cj_main, argv) == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
-    assert line.startswith(f"cj: cannot serve metrics on 127.0.0.1:{port}: ")
+    assert line == f"cj assess: --metrics-port {port} (on 127.0.0.1): Address already in use"
     assert metric(lps.registry, "llm_provider_grpc_requests_total") == 0
 
 
@@ -61,9 +61,7 @@ async def test_a_metrics_port_in_use_stops_the_run_naming_the_address(
 def test_a_pushgateway_flag_that_is_not_an_http_url_is_refused(
     url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    with pytest.raises(SystemExit) as exited:
-        cj_main(assess("127.0.0.1:1", tmp_path, "--pushgateway", url))
-    assert exited.value.code == 2
+    assert cj_main(assess("127.0.0.1:1", tmp_path, "--pushgateway", url)) == 2
     assert "--pushgateway" in capsys.readouterr().err
 
 

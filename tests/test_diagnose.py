@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.machinery
+import importlib.util
 import json
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from types import ModuleType
 
+import pytest
 from opentelemetry.sdk.trace import TracerProvider
 
 from lps_server.app import LpsApp
@@ -18,7 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 ESSAYS = ROOT / "examples" / "essays"
 
 
-async def diagnose(*args: str) -> tuple[int, str]:
+async def diagnose(*args: str, expect: int = 0) -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         str(ROOT / "scripts" / "diagnose"),
@@ -27,13 +31,14 @@ async def diagnose(*args: str) -> tuple[int, str]:
         stderr=asyncio.subprocess.PIPE,
         cwd=ROOT,
     )
-    out, err = await proc.communicate()
-    assert proc.returncode == 0, err.decode()
-    return proc.returncode, out.decode()
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == expect, err.decode()
+    assert "Traceback" not in err.decode()
+    return proc.returncode, out.decode(), err.decode()
 
 
 async def test_plan_has_no_side_effects(tmp_path: Path) -> None:
-    _, out = await diagnose(
+    _, out, _ = await diagnose(
         "plan", str(ESSAYS), "--mode", "serial_bundle", "--json", str(tmp_path / "p.json")
     )
     summary = json.loads((tmp_path / "p.json").read_text())
@@ -65,7 +70,8 @@ async def test_execute_reports_the_servers_bundle_figures_for_the_run(
         tracer_provider=TracerProvider(),
     )
     out = tmp_path / "execute.json"
-    _, text = await diagnose(
+    # No --metrics-url: the server reports its own metrics port (GetQueueStats.metrics_port).
+    _, text, err = await diagnose(
         "execute",
         str(ESSAYS),
         "--mode",
@@ -74,11 +80,10 @@ async def test_execute_reports_the_servers_bundle_figures_for_the_run(
         "40",
         "--target",
         f"127.0.0.1:{app.grpc_port}",
-        "--metrics-url",
-        f"http://127.0.0.1:{app.metrics_port}/metrics",
         "--json",
         str(out),
     )
+    assert err == ""
     summary = json.loads(out.read_text())
     assert summary["queue_processing_mode"] == "serial_bundle"
     assert summary["effective_batching_mode"] == "serial_bundle"
@@ -92,3 +97,74 @@ async def test_execute_reports_the_servers_bundle_figures_for_the_run(
     assert summary["trace_ids_present"] is True
     assert summary["cj_counters"]["cj_llm_requests_total{batching_mode=serial_bundle}"] == 40
     assert "bundle_calls" in text
+
+
+def _load_diagnose() -> ModuleType:
+    """scripts/diagnose as a module, to run its main() in this process (a subprocess costs
+    seconds of imports)."""
+    loader = importlib.machinery.SourceFileLoader(
+        "diagnose_script", str(ROOT / "scripts" / "diagnose")
+    )
+    spec = importlib.util.spec_from_loader(loader.name, loader)
+    assert spec is not None
+    module = importlib.util.module_from_spec(spec)
+    loader.exec_module(module)
+    return module
+
+
+DIAGNOSE = _load_diagnose()
+
+
+async def _diagnose_here(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    code = await asyncio.to_thread(DIAGNOSE.main, list(args))
+    out, err = capsys.readouterr()
+    assert "Traceback" not in out + err
+    return code, out, err
+
+
+async def test_a_server_without_metrics_is_one_line_before_anything_runs(
+    start_lps: Callable[..., Awaitable[LpsApp]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    app = await start_lps(serve_metrics=False)
+    target = f"127.0.0.1:{app.grpc_port}"
+    code, _, err = await _diagnose_here(capsys, "execute", str(ESSAYS), "--target", target)
+    assert code == 2
+    assert err.strip() == (
+        f"diagnose: the server at {target} reports no /metrics port (metrics off, or a release "
+        "before GetQueueStats.metrics_port); pass --metrics-url"
+    )
+    unreachable = "http://127.0.0.1:1/metrics"
+    code, _, err = await _diagnose_here(
+        capsys, "execute", str(ESSAYS), "--target", target, "--metrics-url", unreachable
+    )
+    assert code == 2
+    assert err.strip().splitlines() == [
+        f"diagnose: cannot read metrics at {unreachable}: [Errno 111] Connection refused"
+    ]
+    assert metric(app.registry, "llm_provider_requests_total") == 0  # the batch never ran
+
+
+async def test_a_bundling_diagnosis_against_a_per_request_server_says_so(
+    start_lps: Callable[..., Awaitable[LpsApp]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    app = await start_lps(serve_metrics=True)
+    code, text, err = await _diagnose_here(
+        capsys, "execute", str(ESSAYS), "--mode", "serial_bundle", "--budget", "8",
+        "--target", f"127.0.0.1:{app.grpc_port}",
+    )  # fmt: skip
+    assert code == 0
+    assert "bundle_calls" in text
+    assert "processes per_request, so nothing was bundled" in err
+
+
+def test_help_is_complete_and_input_mistakes_are_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit):
+        DIAGNOSE.main(["--help"])
+    text = capsys.readouterr().out
+    assert "Exit codes: 0 done" in text
+    assert text.rstrip().endswith("--json JSON           also write the summary as JSON here")
+    assert DIAGNOSE.main(["plan", str(tmp_path / "nope")]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == f"diagnose: {tmp_path / 'nope'}: no such file or directory"

@@ -2,7 +2,8 @@
 that are not valid protobuf or UTF-8, oversized messages, and clients that vanish mid-stream.
 
 Every answer must be a success or INVALID_ARGUMENT / RESOURCE_EXHAUSTED with google.rpc details
-(NOT_FOUND for lookups of unknown ids), never INTERNAL or UNKNOWN, never a traceback; the server
+(NOT_FOUND for lookups of unknown ids, ALREADY_EXISTS for a drawn id reused with another payload),
+never INTERNAL or UNKNOWN, never a traceback; the server
 keeps serving, logs no error, and every request it accepted reaches an end state.
 
 The server runs on the test's event loop; hypothesis drives a synchronous gRPC client in a worker
@@ -183,7 +184,12 @@ class Driver:
 
     def run(self, action: Unary | Stream | Raw | Lookup) -> None:
         self.runs += 1
-        allowed = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED}
+        # Drawn ids repeat with other payloads: ALREADY_EXISTS is the contract's answer.
+        allowed = {
+            grpc.StatusCode.INVALID_ARGUMENT,
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            grpc.StatusCode.ALREADY_EXISTS,
+        }
         try:
             if isinstance(action, Unary):
                 reply = self.stub.SubmitComparison(
@@ -226,10 +232,14 @@ class Driver:
             if ack.accepted:
                 self.accepted.add(ack.request_id)
                 return
-            assert ack.error.code in ("INVALID_ARGUMENT", "RESOURCE_EXHAUSTED"), ack
+            assert ack.error.code in ("INVALID_ARGUMENT", "RESOURCE_EXHAUSTED", "ALREADY_EXISTS"), (
+                ack
+            )
             assert_clean(ack.error.message)
             if ack.error.code == "INVALID_ARGUMENT":
                 assert ack.error.field_violations, ack
+            elif ack.error.code == "ALREADY_EXISTS":
+                assert repr(ack.request_id) in ack.error.message, ack
             else:
                 assert ack.error.retry_after.ToNanoseconds() > 0, ack
         else:
@@ -265,6 +275,8 @@ def check_error(exc: grpc.Call, allowed: set[grpc.StatusCode]) -> None:
         # gRPC itself refuses oversized messages (no details); every other refusal says when
         # to retry.
         assert error_details_pb2.RetryInfo.DESCRIPTOR.full_name in kinds, text
+    elif code == grpc.StatusCode.ALREADY_EXISTS:
+        assert error_details_pb2.ErrorInfo.DESCRIPTOR.full_name in kinds, text
 
 
 def adversarial_corpus() -> Iterator[Unary | Stream | Raw | Lookup]:

@@ -226,13 +226,20 @@ async def test_mutual_tls_and_tokens_together_through_the_cli(
         tls_client_ca=certs.ca,
         auth_tokens=TOKENS,
     )
-    args = ["submit", "one essay", "another longer essay", "--target", f"localhost:{app.grpc_port}"]
+    args = [
+        "submit",
+        "--text",
+        "one essay",
+        "another longer essay",
+        "--target",
+        f"localhost:{app.grpc_port}",
+    ]
     tls = ["--tls-ca", certs.ca, "--tls-cert", certs.client_cert, "--tls-key", certs.client_key]
     code, out, err = await _cj(*args, *tls, "--token", TOKENS[0])
     assert (code, err) == (0, "")
     assert "completed" in out
     code, _, err = await _cj(*args, *tls)
-    assert code == 1
+    assert code == 3  # refused: retrying cannot cure a missing token
     assert "UNAUTHENTICATED" in err
 
 

@@ -4,16 +4,22 @@ from __future__ import annotations
 
 import argparse
 import sys
+from importlib.metadata import version
 
-from cj_client.cli import assess, submit
-from cj_client.cli.common import Handler
-from cj_client.errors import LpsClientError
+from cj_client.cli import assess, exit_codes, submit
+from cj_client.cli.common import Handler, OneLineParser
+from cj_client.errors import InputError, LpsClientError
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Handler]]:
     """The `cj` command line and a handler per subcommand."""
-    parser = argparse.ArgumentParser(prog="cj", description="Comparative judgement through LPS")
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser = OneLineParser(
+        prog="cj",
+        description="Comparative judgement through LPS",
+        epilog=exit_codes.SUMMARY,
+    )
+    parser.add_argument("--version", action="version", version=f"cj {version('lps')}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     handlers = {
         "submit": submit.register(commands),
         "assess": assess.register(commands),
@@ -24,11 +30,17 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Handler]]:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `cj` command."""
     parser, handlers = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as stop:  # --help, --version, or a flag mistake (already printed)
+        return stop.code if isinstance(stop.code, int) else exit_codes.USAGE
     try:
         return handlers[args.command](args)
+    except InputError as exc:
+        print(f"cj {args.command}: {exc}", file=sys.stderr)
+        return exit_codes.USAGE
     except LpsClientError as exc:
-        print(f"cj: {exc.code}: {exc}", file=sys.stderr)
-        return 1
+        print(f"cj {args.command}: {exc.code}: {exc}", file=sys.stderr)
+        return exit_codes.for_error(exc)
     except KeyboardInterrupt:
-        return 130
+        return exit_codes.INTERRUPTED

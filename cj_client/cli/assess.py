@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
+import logging
 import os
+import signal
 import sys
+import threading
+from collections.abc import Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
@@ -13,39 +18,108 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from cj_client.anchors import AnchorFileError, check_anchors, load_anchors
-from cj_client.assessment import Assessment, AssessmentOptions, new_cj_batch_id
+from cj_client.assessment import (
+    Assessment,
+    AssessmentOptions,
+    AssessmentReport,
+    journaled_options,
+    new_cj_batch_id,
+)
 from cj_client.batching import BatchConfig, CjSettings, LLMBatchingMode
-from cj_client.cli.common import Handler, add_connection_flags, run
+from cj_client.cli import exit_codes
+from cj_client.cli.common import (
+    Handler,
+    add_connection_flags,
+    connect,
+    out_directory,
+    positive_int,
+    run,
+    say,
+    seconds,
+    share,
+)
 from cj_client.cli.metrics_export import MetricsExport, MetricsExportError, add_metrics_flags
+from cj_client.cli.progress_display import make_display
 from cj_client.cli.tracing import TracingConfigError, tracing_from_env
-from cj_client.client import LpsClient
+from cj_client.collector import CollectorLimits
+from cj_client.errors import AssessmentError, InputError, JournalError
+from cj_client.journal import JournalContents, journal_path, read_journal
 from cj_client.judges import Judge
 from cj_client.metrics import CjMetrics
 from cj_client.models import PROVIDER_NAMES
 from cj_client.outputs import load_essays, ranking_rows, summary, write_outputs
 
+# Flags that define a run: a resumed run keeps the ones it began with.
+RUN_FLAGS = ("mode", "budget", "provider", "model", "seed", "batch_id", "judge", "anchors")
+DEFAULT_MAX_FAILED_SHARE = AssessmentOptions().max_failed_share
+
 
 def register(commands: Any) -> Handler:
     """Add the `assess` subcommand."""
     parser: argparse.ArgumentParser = commands.add_parser(
-        "assess", help="rank essays by comparative judgement"
+        "assess",
+        help="rank essays by comparative judgement",
+        description="Rank essays by comparative judgement through LPS. Results are journaled in "
+        "--out as they arrive; an interrupted or failed run continues with --resume.",
+        epilog=exit_codes.SUMMARY,
     )
-    parser.add_argument("path", type=Path, help="directory of .txt essays or a JSONL file")
-    parser.add_argument("--out", type=Path, required=True, help="output directory")
+    parser.add_argument(
+        "path",
+        type=Path,
+        nargs="?",
+        help="directory of .txt essays (id = file name without .txt) or a JSONL file of "
+        '{"id", "text"} lines; with --resume, the journaled run\'s path by default',
+    )
+    parser.add_argument(
+        "--out", type=Path, required=True, metavar="DIR", help="output directory (created)"
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the unfinished run journaled in --out, with its options; finished "
+        "comparisons are not paid for again",
+    )
     parser.add_argument(
         "--mode",
         choices=[m.value for m in LLMBatchingMode],
         help="batching mode override for this batch (default: CJ_LLM_BATCHING_MODE)",
     )
-    parser.add_argument("--budget", type=int, help="most comparisons (default 5 per essay)")
-    parser.add_argument("--provider", default="mock", choices=PROVIDER_NAMES)
-    parser.add_argument("--model", default="")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--batch-id", default="", help="cj_batch_id (default: a new one)")
+    parser.add_argument(
+        "--budget", type=positive_int, help="most comparisons (default 5 per essay)"
+    )
+    parser.add_argument(
+        "--provider", choices=PROVIDER_NAMES, help="LLM provider the server calls (default mock)"
+    )
+    parser.add_argument("--model", help="model (default: the provider's default)")
+    parser.add_argument("--seed", type=int, help="seed of the pair planner (default 0)")
+    parser.add_argument(
+        "--batch-id",
+        help="cj_batch_id (default: a new one); the same id with the same essays reuses the "
+        "server's stored verdicts",
+    )
+    parser.add_argument(
+        "--max-failed-share",
+        type=share,
+        metavar="SHARE",
+        help="end with exit code 5 when more than this share of comparisons failed (default "
+        f"{DEFAULT_MAX_FAILED_SHARE:g}; a resumed run keeps its own unless given)",
+    )
+    parser.add_argument(
+        "--server-timeout",
+        type=seconds,
+        default=60.0,
+        metavar="SECONDS",
+        help="end with exit code 4 when the server answers nothing for this long; until then "
+        "it is retried with backoff (default 60)",
+    )
+    parser.add_argument(
+        "--stall-timeout",
+        type=seconds,
+        default=20.0,
+        metavar="SECONDS",
+        help="look up (and resend lost) comparisons after this long without a result (default 20)",
+    )
     parser.add_argument("--plot", action="store_true", help="also write scores.png")
-    add_metrics_flags(parser)
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    parser.add_argument("--show-results", action="store_true", help="print every comparison")
     # Statistics: several judges, anchors (docs/cj.md).
     parser.add_argument(
         "--judge",
@@ -57,72 +131,180 @@ def register(commands: Any) -> Handler:
     parser.add_argument(
         "--anchors", type=Path, metavar="FILE", help="CSV id,score: essays whose scores are fixed"
     )
+    add_metrics_flags(parser)
+    parser.add_argument("--quiet", action="store_true", help="no progress display")
+    parser.add_argument(
+        "--show-results", action="store_true", help="print every comparison at the end"
+    )
     add_connection_flags(parser, default_target=None)
     return lambda args: run(_assess(args))
 
 
-async def _assess(args: argparse.Namespace) -> int:
-    settings = CjSettings.from_env()
-    override = LLMBatchingMode(args.mode) if args.mode else None
-    essays = load_essays(args.path)
+def _plan(args: argparse.Namespace) -> tuple[Path, AssessmentOptions, JournalContents | None]:
+    """The essays' path, the run's options and (on --resume) the journal to continue.
+
+    Raises:
+        InputError: the flags, the output directory or its journal do not allow the run.
+    """
+    out = args.out
+    if not args.resume:
+        if args.path is None:
+            raise InputError("give the essays' PATH (or --resume to continue a run in --out)")
+        out_directory(out)
+        _refuse_unfinished(out)
+        try:
+            options = AssessmentOptions(
+                budget=args.budget,
+                batch=BatchConfig(LLMBatchingMode(args.mode) if args.mode else None),
+                provider=args.provider or "mock",
+                model=args.model or "",
+                seed=args.seed or 0,
+                cj_batch_id=args.batch_id or "",
+                max_failed_share=_given(args.max_failed_share, DEFAULT_MAX_FAILED_SHARE),
+                judges=tuple(args.judge or ()),
+                anchors=load_anchors(args.anchors) if args.anchors else {},
+            )
+        except ValueError as exc:  # AnchorFileError included: one line naming the file
+            raise InputError(str(exc)) from None
+        return args.path, options, None
+    given = [f"--{name.replace('_', '-')}" for name in RUN_FLAGS if getattr(args, name) is not None]
+    if given:
+        raise InputError(f"{', '.join(given)}: a resumed run keeps the options it began with")
     try:
-        anchors = load_anchors(args.anchors) if args.anchors else {}
-        check_anchors(anchors, {e.id for e in essays}, args.anchors)
-    except AnchorFileError as exc:
-        print(f"cj: {exc}", file=sys.stderr)
-        return 2
-    # Metrics and tracing first: a flag that cannot be honoured stops the run before any work.
+        contents = read_journal(out)
+        options = journaled_options(contents)
+    except JournalError as exc:
+        raise InputError(str(exc)) from None
+    if contents.finished:
+        reason = contents.end.get("stop_reason") if contents.end else ""
+        raise InputError(f"--out {out}: its run has finished ({reason}); nothing to resume")
+    if args.max_failed_share is not None:
+        options = dataclasses.replace(options, max_failed_share=args.max_failed_share)
+    path = args.path or Path(str(contents.header.get("source", "")))
+    return path, options, contents
+
+
+def _refuse_unfinished(out: Path) -> None:
+    if not journal_path(out).exists():
+        return
+    try:
+        contents = read_journal(out)
+    except JournalError:
+        return  # not a journal we can continue: a new run replaces it
+    if not contents.finished:
+        batch = contents.header.get("cj_batch_id", "")
+        raise InputError(
+            f"--out {out}: holds an unfinished run (batch {batch}); continue it with --resume, "
+            "or choose another --out"
+        )
+
+
+async def _assess(args: argparse.Namespace) -> int:
+    try:
+        settings = CjSettings.from_env()
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+    path, options, resume = _plan(args)
+    essays = load_essays(path)
+    if args.anchors:
+        try:
+            check_anchors(options.anchors, {e.id for e in essays}, args.anchors)
+        except AnchorFileError as exc:
+            raise InputError(str(exc)) from None
+    if not options.cj_batch_id:
+        # Known before the run starts: the Pushgateway groups the run's metrics by it.
+        options = dataclasses.replace(options, cj_batch_id=new_cj_batch_id())
     registry = CollectorRegistry()
     metrics = CjMetrics(registry)  # before the start push, which carries its zeros
-    cj_batch_id = args.batch_id or new_cj_batch_id()
+    # Metrics and tracing first: a flag that cannot be honoured stops the run before any work.
     try:
         tracing = tracing_from_env()
-        export = await MetricsExport.start(args, registry=registry, cj_batch_id=cj_batch_id)
+        export = await MetricsExport.start(args, registry=registry, cj_batch_id=options.cj_batch_id)
     except (TracingConfigError, MetricsExportError) as exc:
-        print(f"cj: {exc}", file=sys.stderr)
-        return 2
-    options = AssessmentOptions(
-        budget=args.budget,
-        batch=BatchConfig(llm_batching_mode_override=override),
-        provider=args.provider,
-        model=args.model,
-        seed=args.seed,
-        cj_batch_id=cj_batch_id,
-        judges=tuple(args.judge or ()),
-        anchors=anchors,
+        raise InputError(str(exc)) from None
+    display = make_display(quiet=args.quiet)
+    limits = CollectorLimits(
+        server_timeout_s=args.server_timeout,
+        stall_s=args.stall_timeout,
+        result_deadline_s=options.request_ttl_s + 120.0,
     )
     async with AsyncExitStack() as stack:
         stack.push_async_callback(export.close)
         if tracing is not None:
             stack.push_async_callback(asyncio.to_thread, tracing.shutdown)
-        target = args.target
-        if not target:
-            mode = override or settings.llm_batching_mode
-            target = await _embedded_lps(stack, mode, traced=tracing is not None)
-        client = await stack.enter_async_context(
-            LpsClient(
-                target=target,
-                token=args.token,
-                tls=args.tls,
-                tls_ca=args.tls_ca,
-                tls_cert=args.tls_cert,
-                tls_key=args.tls_key,
+        override = options.batch.llm_batching_mode_override
+        outcome: list[AssessmentReport] = []
+        target = args.target or await _embedded_lps(
+            stack,
+            override or settings.llm_batching_mode,
+            finished=lambda: bool(outcome) and outcome[0].complete,
+            traced=tracing is not None,
+        )
+        client = await stack.enter_async_context(connect(args, target))
+        try:
+            assessment = Assessment(
+                essays,
+                client=client,
+                options=options,
+                settings=settings,
+                metrics=metrics,
+                progress=display,
+                limits=limits,
+                journal_dir=args.out,
+                resume=resume,
+                source=str(path.resolve()),
+                tracer_provider=tracing,
+                on_wave=export.wave_done,
             )
-        )
-        progress = None if args.quiet else _ProgressBar()
-        assessment = Assessment(
-            essays,
-            client=client,
-            options=options,
-            settings=settings,
-            metrics=metrics,
-            progress=progress,
-            tracer_provider=tracing,
-            on_wave=export.wave_done,
-        )
-        report = await assessment.run()
-    if progress is not None:
-        progress.finish()
+        except ValueError as exc:
+            raise InputError(f"{path}: {exc}") from None
+        try:
+            report, code, cause = await _run(assessment)
+        except JournalError as exc:  # found before anything was sent: the outputs stay as they are
+            raise InputError(str(exc)) from None
+        outcome.append(report)
+    display.close()
+    _print_report(report, args, essays=len(essays))
+    if cause:
+        say(f"cj assess: {cause}")
+        if code != exit_codes.TOO_MANY_FAILURES:
+            say(f"cj assess: continue the run with: cj assess --resume --out {args.out}")
+    return code
+
+
+async def _run(assessment: Assessment) -> tuple[AssessmentReport, int, str]:
+    """Run to the end, to an error, or until SIGINT or SIGTERM: (report, exit code, cause)."""
+    task = asyncio.ensure_future(assessment.run())
+    stopped_by: list[signal.Signals] = []
+    loop = asyncio.get_running_loop()
+    handled = (signal.SIGINT, signal.SIGTERM)
+    in_main = threading.current_thread() is threading.main_thread()
+
+    def interrupt(sig: signal.Signals) -> None:
+        stopped_by.append(sig)
+        task.cancel()
+        for each in handled:  # a second signal ends the process the usual way
+            loop.remove_signal_handler(each)
+
+    if in_main:
+        for sig in handled:
+            loop.add_signal_handler(sig, interrupt, sig)
+    try:
+        return await task, exit_codes.OK, ""
+    except asyncio.CancelledError:
+        if not stopped_by:
+            raise
+        name = stopped_by[0].name
+        return assessment.report("interrupted"), 128 + stopped_by[0].value, f"interrupted ({name})"
+    except AssessmentError as exc:
+        return assessment.report(exc.reason), exit_codes.for_error(exc), f"{exc.reason}: {exc}"
+    finally:
+        if in_main and not stopped_by:
+            for sig in handled:
+                loop.remove_signal_handler(sig)
+
+
+def _print_report(report: AssessmentReport, args: argparse.Namespace, *, essays: int) -> None:
     if args.show_results:
         for outcome in report.outcomes:
             meta = outcome.metadata
@@ -134,14 +316,20 @@ async def _assess(args: argparse.Namespace) -> int:
             )
     written = write_outputs(report, args.out, plot=args.plot)
     facts = summary(report)
-    print(f"ranked {len(essays)} essays -> {args.out}/ranking.csv (best first):")
-    for row in ranking_rows(report)[:5]:
-        print(f"  {row['rank']:>2}. {row['id']:<12} score {row['score']:+.2f} ± {row['se']:.2f}")
+    if report.complete:
+        print(f"ranked {essays} essays (best first):")
+        for row in ranking_rows(report)[:5]:
+            print(
+                f"  {row['rank']:>2}. {row['id']:<12} score {row['score']:+.2f} ± {row['se']:.2f}"
+            )
+    else:
+        print(f"partial ranking of {essays} essays: the run stopped ({report.stop_reason})")
     print("summary:")
     for key in (
         "effective_batching_mode",
         "comparisons_requested",
         "comparisons_completed",
+        "comparisons_failed",
         "provider_calls",
         "tokens",
         "ssr",
@@ -150,22 +338,29 @@ async def _assess(args: argparse.Namespace) -> int:
         "stop_reason",
         "elapsed_seconds",
     ):
-        print(f"  {key:<24} {facts[key]}")
-    print(f"  {'misfit_essays':<24} {len(facts['misfit_essays'])} (flagged misfit in ranking.csv)")
-    if len(facts["judges"]) > 1:
+        print(f"  {key:<24} {facts.get(key)}")
+    print(f"  {'misfit_essays':<24} {len(facts.get('misfit_essays', []))} (flags in ranking.csv)")
+    if len(facts.get("judges", [])) > 1:
         for judge in facts["judges"]:
             print(
                 f"  judge {judge['judge']:<18} infit {judge['infit']}  agreement "
                 f"{judge['agreement_with_consensus']}  position bias {judge['position_bias_logit']}"
             )
-    if args.plot:
-        print(f"plot -> {written[-1]}")
-    return 0
+    for path in [*written, journal_path(args.out)]:
+        print(f"wrote {path}")
+    sys.stdout.flush()  # before any line on stderr, so that the cause of a failure comes last
 
 
-async def _embedded_lps(stack: AsyncExitStack, mode: LLMBatchingMode, traced: bool) -> str:
-    """Start an in-process LPS for this run; serial_bundle runs get a bundling server. A traced
-    run's LPS exports its spans as service `lps`, joining the run's trace."""
+def _given(value: float | None, default: float) -> float:
+    return default if value is None else value
+
+
+async def _embedded_lps(
+    stack: AsyncExitStack, mode: LLMBatchingMode, *, finished: Callable[[], bool], traced: bool
+) -> str:
+    """Start an in-process LPS for this run; serial_bundle runs get a bundling server. It stops
+    with the run; unless the run `finished`, whatever it still holds never reaches a provider.
+    A traced run's LPS exports its spans as service `lps`, joining the run's trace."""
     from lps_server.app import LpsApp
     from lps_server.core.config import Settings
     from lps_server.core.domain import ProcessingMode
@@ -179,28 +374,29 @@ async def _embedded_lps(stack: AsyncExitStack, mode: LLMBatchingMode, traced: bo
     settings = Settings.from_env(
         env, grpc_host="127.0.0.1", grpc_port=0, queue_processing_mode=processing
     )
+    _show_embedded_warnings()
     tracing = tracing_from_env(service_name="lps") if traced else None
     if tracing is not None:
         stack.push_async_callback(asyncio.to_thread, tracing.shutdown)
     app = LpsApp(settings, tracer_provider=tracing)
     await app.start(serve_metrics=False)
-    stack.push_async_callback(app.stop)
+
+    async def stop() -> None:
+        await app.stop(None if finished() else 0.0)
+
+    stack.push_async_callback(stop)
     return f"127.0.0.1:{app.grpc_port}"
 
 
-class _ProgressBar:
-    """A one-line progress bar on stderr."""
-
-    WIDTH = 30
-
-    def __call__(self, done: int, total: int) -> None:
-        filled = self.WIDTH * min(done, total) // max(total, 1)
-        bar = "#" * filled + "." * (self.WIDTH - filled)
-        sys.stderr.write(f"\r[{bar}] {done}/{total} comparisons")
-        sys.stderr.flush()
-
-    def finish(self) -> None:
-        sys.stderr.write("\n")
+def _show_embedded_warnings() -> None:
+    # The embedded server's warnings (a provider failing, a shutdown cutting work short) are
+    # worth a line each, marked as its own; its info logs are not.
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("cj assess: embedded LPS: %(message)s"))
+    logger = logging.getLogger("lps_server")
+    logger.handlers = [handler]
+    logger.setLevel(logging.WARNING)
+    logger.propagate = False
 
 
 def _judge(spec: str) -> Judge:

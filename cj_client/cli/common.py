@@ -1,30 +1,138 @@
-"""What every `cj` subcommand shares: connection flags and running a command coroutine."""
+"""What every `cj` subcommand shares: connection flags, flag types and running a command."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import os
+import sys
 from collections.abc import Callable, Coroutine
-from typing import Any
+from pathlib import Path
+from typing import Any, NoReturn
+
+from cj_client.client import LpsClient
+from cj_client.errors import InputError
 
 Handler = Callable[[argparse.Namespace], int]
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line naming the flag, not the whole usage."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def add_connection_flags(parser: argparse.ArgumentParser, *, default_target: str | None) -> None:
     """Flags shared by every command that talks to LPS."""
+    target_help = "LPS host:port (CJ_LPS_TARGET)"
+    if default_target is None:
+        target_help += "; without it an embedded LPS runs in this process"
+    else:
+        target_help += f"; default {default_target}"
     parser.add_argument(
         "--target",
         default=os.environ.get("CJ_LPS_TARGET", default_target),
-        help="LPS host:port (CJ_LPS_TARGET)",
+        metavar="HOST:PORT",
+        help=target_help,
     )
-    parser.add_argument("--token", default=os.environ.get("CJ_LPS_TOKEN"), help="bearer token")
-    parser.add_argument("--tls", action="store_true", help="use TLS with system roots")
-    parser.add_argument("--tls-ca", help="CA bundle that signed the server certificate")
-    parser.add_argument("--tls-cert", help="client certificate (mutual TLS)")
-    parser.add_argument("--tls-key", help="client certificate key (mutual TLS)")
+    parser.add_argument(
+        "--token",
+        default=os.environ.get("CJ_LPS_TOKEN"),
+        help="bearer token, when the server requires one (CJ_LPS_TOKEN)",
+    )
+    parser.add_argument("--tls", action="store_true", help="use TLS with the system's roots")
+    parser.add_argument(
+        "--tls-ca", metavar="FILE", help="CA bundle that signed the server certificate (TLS)"
+    )
+    parser.add_argument("--tls-cert", metavar="FILE", help="client certificate (mutual TLS)")
+    parser.add_argument("--tls-key", metavar="FILE", help="client certificate's key (mutual TLS)")
+
+
+def connect(args: argparse.Namespace, target: str) -> LpsClient:
+    """A client for `target` with the connection flags.
+
+    Raises:
+        InputError: a TLS file named by a flag cannot be read.
+    """
+    for flag, value in (
+        ("--tls-ca", args.tls_ca),
+        ("--tls-cert", args.tls_cert),
+        ("--tls-key", args.tls_key),
+    ):
+        if value is not None and not os.access(value, os.R_OK):
+            raise InputError(f"{flag} {value}: no readable file there")
+    return LpsClient(
+        target=target,
+        token=args.token,
+        tls=args.tls,
+        tls_ca=args.tls_ca,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+    )
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer of at least 1."""
+    value = int(_number(text, int, "an integer"))
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def seconds(text: str) -> float:
+    """An argparse type: a positive number of seconds."""
+    value = float(_number(text, float, "a number of seconds"))
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0 seconds, got {text}")
+    return value
+
+
+def share(text: str) -> float:
+    """An argparse type: a share between 0 and 1."""
+    value = float(_number(text, float, "a number"))
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
+    return value
+
+
+def port(text: str) -> int:
+    """An argparse type: a TCP port (0 picks a free one)."""
+    value = int(_number(text, int, "a port number"))
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port between 0 and 65535, got {value}")
+    return value
+
+
+def out_directory(path: Path) -> Path:
+    """`path` as an output directory, created if missing.
+
+    Raises:
+        InputError: it is a file, or cannot be created or written.
+    """
+    if path.exists() and not path.is_dir():
+        raise InputError(f"--out {path}: is a file, not a directory")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"--out {path}: cannot create the directory: {exc.strerror}") from None
+    if not os.access(path, os.W_OK):
+        raise InputError(f"--out {path}: the directory is not writable")
+    return path
 
 
 def run(coro: Coroutine[Any, Any, int]) -> int:
     """Run a command coroutine to its exit code."""
     return asyncio.run(coro)
+
+
+def say(text: str) -> None:
+    """A line for the user on stderr (progress, warnings, the cause of a failure)."""
+    print(text, file=sys.stderr, flush=True)
+
+
+def _number(text: str, kind: Callable[[str], Any], what: str) -> Any:
+    try:
+        return kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None

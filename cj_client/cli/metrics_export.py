@@ -20,6 +20,8 @@ from urllib.parse import urlsplit
 
 from prometheus_client import CollectorRegistry, push_to_gateway, start_http_server
 
+from cj_client.cli.common import port
+
 PUSH_JOB = "cj_assess"
 PUSH_TIMEOUT_S = 5.0
 
@@ -30,7 +32,9 @@ class MetricsExportError(Exception):
 
 def add_metrics_flags(parser: argparse.ArgumentParser) -> None:
     """`--metrics-host`, `--metrics-port` and `--pushgateway`."""
-    parser.add_argument("--metrics-port", type=int, help="serve CJ metrics on this port")
+    parser.add_argument(
+        "--metrics-port", type=port, help="serve the CJ metrics on this port during the run"
+    )
     parser.add_argument(
         "--metrics-host",
         default="127.0.0.1",
@@ -93,15 +97,15 @@ class MetricsExport:
             try:
                 start_http_server(args.metrics_port, addr=args.metrics_host, registry=registry)
             except OSError as exc:
-                address = f"{args.metrics_host}:{args.metrics_port}"
-                raise MetricsExportError(f"cannot serve metrics on {address}: {exc}") from None
+                where = f"--metrics-port {args.metrics_port} (on {args.metrics_host})"
+                raise MetricsExportError(f"{where}: {exc.strerror or exc}") from None
         if export.pushgateway:
             try:
                 await asyncio.get_running_loop().run_in_executor(export._pusher, export._push)
             except OSError as exc:
                 export._pusher.shutdown()
                 raise MetricsExportError(
-                    f"cannot push metrics to the Pushgateway at {export.pushgateway}: {exc}"
+                    f"--pushgateway {export.pushgateway}: cannot push metrics: {exc}"
                 ) from None
         return export
 

@@ -1,77 +1,115 @@
-"""`cj submit`: send one comparison and print its result."""
+"""`cj submit`: compare two essay files (or two texts, with --text) and print the verdict."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import uuid
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from cj_client.cli.common import Handler, add_connection_flags, run
-from cj_client.client import DEFAULT_TARGET, LpsClient
-from cj_client.models import (
-    PROVIDER_NAMES,
-    Ack,
-    ComparisonOutcome,
-    ComparisonSubmission,
-    EssayInput,
-)
+from cj_client.cli import exit_codes
+from cj_client.cli.common import Handler, add_connection_flags, connect, run, say, seconds
+from cj_client.client import DEFAULT_TARGET
+from cj_client.errors import InputError
+from cj_client.models import PROVIDER_NAMES, ComparisonOutcome, ComparisonSubmission, EssayInput
+
+DEFAULT_TIMEOUT_S = 120.0
 
 
 def register(commands: Any) -> Handler:
     """Add the `submit` subcommand."""
     parser: argparse.ArgumentParser = commands.add_parser(
-        "submit", help="compare two essays (files or literal text) and print the verdict"
+        "submit",
+        help="compare two essays and print the verdict",
+        description="Compare two essays through LPS and print the verdict, tokens and timing.",
+        epilog=exit_codes.SUMMARY,
     )
-    parser.add_argument("essay_a", help="path of essay A, or its text")
-    parser.add_argument("essay_b", help="path of essay B, or its text")
-    parser.add_argument("--provider", default="mock", choices=PROVIDER_NAMES)
+    parser.add_argument(
+        "essay_a", metavar="A", help="essay A: a UTF-8 text file (or, with --text, the text)"
+    )
+    parser.add_argument(
+        "essay_b", metavar="B", help="essay B: a UTF-8 text file (or, with --text, the text)"
+    )
+    parser.add_argument(
+        "--text", action="store_true", help="A and B are the essays' texts, not file paths"
+    )
+    parser.add_argument(
+        "--provider", default="mock", choices=PROVIDER_NAMES, help="LLM provider (default mock)"
+    )
     parser.add_argument("--model", default="", help="model (default: the provider's default)")
-    parser.add_argument("--instructions", default="Which essay is better written and argued?")
-    parser.add_argument("--request-id", default="", help="idempotency key (default: a new UUID)")
+    parser.add_argument(
+        "--instructions",
+        default="Which essay is better written and argued?",
+        help="the assessment prompt the judge is given",
+    )
+    parser.add_argument(
+        "--request-id",
+        default="",
+        help="idempotency key: the same id with the same essays returns the stored verdict "
+        "(default: a new UUID)",
+    )
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.add_argument(
+        "--timeout",
+        type=seconds,
+        default=DEFAULT_TIMEOUT_S,
+        metavar="SECONDS",
+        help="give up without a verdict after this long; an unreachable or busy server is "
+        f"retried until then (default {DEFAULT_TIMEOUT_S:g})",
+    )
     add_connection_flags(parser, default_target=DEFAULT_TARGET)
     return lambda args: run(_submit(args))
 
 
-def _essay(arg: str, fallback_id: str) -> EssayInput:
+def essay(arg: str, *, as_text: bool, fallback_id: str) -> EssayInput:
+    """The essay an argument names: a file (id = its stem), or with `as_text` the text itself.
+
+    Raises:
+        InputError: the file is missing or not UTF-8 text, or the essay is empty.
+    """
+    if as_text:
+        if not arg.strip():
+            raise InputError(f"essay {fallback_id}: the text is empty")
+        return EssayInput(id=fallback_id, text=arg)
     path = Path(arg)
-    if len(arg) < 4096 and path.is_file():
-        return EssayInput(id=path.stem, text=path.read_text(encoding="utf-8"))
-    return EssayInput(id=fallback_id, text=arg)
+    if not path.is_file():
+        what = "is a directory" if path.is_dir() else "does not exist"
+        raise InputError(
+            f"essay {fallback_id}: {arg} {what} (give a text file, or --text to compare texts)"
+        )
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        raise InputError(f"essay {fallback_id}: {arg} is not UTF-8 text") from None
+    except OSError as exc:
+        raise InputError(f"essay {fallback_id}: cannot read {arg}: {exc.strerror}") from None
+    if "\0" in text or not text.strip():
+        raise InputError(f"essay {fallback_id}: {arg} is {'binary' if text.strip() else 'empty'}")
+    return EssayInput(id=path.stem, text=text)
 
 
 async def _submit(args: argparse.Namespace) -> int:
     submission = ComparisonSubmission(
-        essay_a=_essay(args.essay_a, "A"),
-        essay_b=_essay(args.essay_b, "B"),
+        essay_a=essay(args.essay_a, as_text=args.text, fallback_id="A"),
+        essay_b=essay(args.essay_b, as_text=args.text, fallback_id="B"),
         request_id=args.request_id or str(uuid.uuid4()),
         instructions=args.instructions,
         provider=args.provider,
         model=args.model,
         metadata={"cj_source": "cj_submit"},
     )
-    async with LpsClient(
-        target=args.target,
-        token=args.token,
-        tls=args.tls,
-        tls_ca=args.tls_ca,
-        tls_cert=args.tls_cert,
-        tls_key=args.tls_key,
-    ) as client:
-        async for event in client.submit_many([submission]):
-            if isinstance(event, Ack) and not event.accepted:
-                details = "; ".join(f"{v.field}: {v.description}" for v in event.violations)
-                print(f"cj: rejected ({event.error_code}): {details or event.error_message}")
-                return 1
-            if isinstance(event, ComparisonOutcome):
-                _print(event, as_json=args.json)
-                return 0 if event.status == "completed" else 1
-    print("cj: the server closed the stream without a result", file=sys.stderr)
-    return 1
+    async with connect(args, args.target) as client:
+        outcome = await client.submit_and_wait(
+            submission,
+            timeout=args.timeout,
+            on_retry=lambda exc: say(
+                f"cj submit: {exc.code}: {exc}; retrying for up to {args.timeout:g} s (--timeout)"
+            ),
+        )
+    _print(outcome, as_json=args.json)
+    return exit_codes.OK if outcome.status == "completed" else exit_codes.NO_VERDICT
 
 
 def _print(outcome: ComparisonOutcome, *, as_json: bool) -> None:

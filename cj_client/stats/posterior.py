@@ -234,7 +234,7 @@ def _skew_correction(
     essays = np.concatenate((design.winners, design.losers))
     signs = np.concatenate((np.ones(design.size), -np.ones(design.size)))
     logits = np.concatenate((eta, eta))
-    p = 1.0 / (1.0 + np.exp(-logits))
+    p = 0.5 * (1.0 + np.tanh(0.5 * logits))  # no overflow for extreme logits
     curvature = np.bincount(essays, weights=p * (1.0 - p), minlength=n) + problem.prior.precision
     scale = 1.0 / np.sqrt(curvature)
     at_mode = np.bincount(essays, weights=-np.logaddexp(0.0, -logits), minlength=n)

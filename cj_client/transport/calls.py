@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 
 import grpc
 
@@ -64,7 +64,7 @@ class LpsCalls:
 
     async def submit_many(
         self, chunks: Sequence[Sequence[ComparisonSubmission]], *, metadata: Metadata
-    ) -> AsyncIterator[Ack | ComparisonOutcome]:
+    ) -> AsyncGenerator[Ack | ComparisonOutcome, None]:
         """SubmitComparisons, one stream message per chunk: acks, then results."""
         messages = [[submission_to_pb(s) for s in chunk] for chunk in chunks]
 

@@ -115,4 +115,5 @@ def stats_from_pb(msg: svc.GetQueueStatsResponse) -> QueueStatsView:
         ),
         backend=msg.backend,
         max_size=msg.max_size,
+        metrics_port=msg.metrics_port,
     )

@@ -9,10 +9,13 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from cj_client.errors import (
+    AlreadyExistsError,
+    DeadlineExceededError,
     InvalidRequestError,
     LimitExceededError,
     LpsClientError,
     NotFoundError,
+    PermissionDeniedError,
     QueueFullError,
     UnauthenticatedError,
     UnavailableError,
@@ -26,6 +29,8 @@ _ERRORS: Mapping[grpc.StatusCode, Callable[[str, str], LpsClientError]] = {
     grpc.StatusCode.UNAVAILABLE: lambda m, c: UnavailableError(m, code=c),
     grpc.StatusCode.UNAUTHENTICATED: lambda m, c: UnauthenticatedError(m, code=c),
     grpc.StatusCode.NOT_FOUND: lambda m, c: NotFoundError(m, code=c),
+    grpc.StatusCode.PERMISSION_DENIED: lambda m, c: PermissionDeniedError(m, code=c),
+    grpc.StatusCode.DEADLINE_EXCEEDED: lambda m, c: DeadlineExceededError(m, code=c),
 }
 
 
@@ -37,6 +42,7 @@ def translate(exc: grpc.aio.AioRpcError) -> LpsClientError:
     violations: list[FieldViolation] = []
     retry_after = 0.0
     reason = ""
+    info_metadata: dict[str, str] = {}
     for detail in status.details if status is not None else ():
         if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
             bad = error_details_pb2.BadRequest()
@@ -50,6 +56,7 @@ def translate(exc: grpc.aio.AioRpcError) -> LpsClientError:
             error_info = error_details_pb2.ErrorInfo()
             detail.Unpack(error_info)
             reason = error_info.reason
+            info_metadata = dict(error_info.metadata)
     if code == grpc.StatusCode.INVALID_ARGUMENT:
         return InvalidRequestError(message, violations=violations)
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
@@ -57,7 +64,9 @@ def translate(exc: grpc.aio.AioRpcError) -> LpsClientError:
         if reason == QUEUE_FULL_REASON:
             return QueueFullError(message, retry_after=retry_after)
         return LimitExceededError(message, retry_after=retry_after)
+    if code == grpc.StatusCode.ALREADY_EXISTS:
+        return AlreadyExistsError(message, request_id=info_metadata.get("request_id", ""))
     factory = _ERRORS.get(code)
     if factory is not None:
         return factory(message, code.name)
-    return LpsClientError(f"{code.name}: {message}", code=code.name)
+    return LpsClientError(message, code=code.name)

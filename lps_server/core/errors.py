@@ -60,3 +60,11 @@ class UnknownRequestError(LpsError):
 
 class UnauthenticatedError(LpsError):
     """The call carries no valid bearer token."""
+
+
+class RequestConflictError(LpsError):
+    """A known request id was submitted with a different payload; nothing was changed."""
+
+    def __init__(self, message: str, *, request_id: str) -> None:
+        self.request_id = request_id
+        super().__init__(message)

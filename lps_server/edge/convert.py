@@ -131,7 +131,7 @@ def result_to_pb(result: ComparisonResult) -> pb.ComparisonResult:
 
 
 def stats_to_pb(
-    stats: QueueStats, *, mode: ProcessingMode, backend: str, max_size: int
+    stats: QueueStats, *, mode: ProcessingMode, backend: str, max_size: int, metrics_port: int = 0
 ) -> svc.GetQueueStatsResponse:
     """The wire form of queue statistics."""
     return svc.GetQueueStatsResponse(
@@ -144,4 +144,5 @@ def stats_to_pb(
         processing_mode=MODE_TO_PB[mode],
         backend=backend,
         max_size=max_size,
+        metrics_port=metrics_port,
     )

@@ -86,6 +86,10 @@ class GrpcEdge:
         """Start serving calls."""
         await self._server.start()
 
+    def announce_metrics_port(self, port: int) -> None:
+        """Report `port` as this replica's /metrics port in GetQueueStats."""
+        self._servicer.metrics_port = port
+
     async def set_serving(self, serving: bool) -> None:
         """Report SERVING or NOT_SERVING on the health service (overall and for LPS)."""
         status = (

@@ -18,6 +18,7 @@ from lps_server.core.errors import (
     LpsError,
     QueueFullError,
     QueueUnavailableError,
+    RequestConflictError,
     ShuttingDownError,
     UnauthenticatedError,
     UnknownRequestError,
@@ -31,6 +32,8 @@ log = logging.getLogger(__name__)
 ERROR_DOMAIN = "lps.v1"
 REASON_QUEUE_FULL = "QUEUE_FULL"
 REASON_LIMIT_EXCEEDED = "CLIENT_LIMIT_EXCEEDED"
+# ErrorInfo on ALREADY_EXISTS: the request id is known with another payload; metadata names it.
+REASON_REQUEST_ID_CONFLICT = "REQUEST_ID_CONFLICT"
 
 _CODES: list[tuple[type[LpsError], int]] = [
     (InvalidRequestError, code_pb2.INVALID_ARGUMENT),
@@ -40,6 +43,7 @@ _CODES: list[tuple[type[LpsError], int]] = [
     (ShuttingDownError, code_pb2.UNAVAILABLE),
     (UnknownRequestError, code_pb2.NOT_FOUND),
     (UnauthenticatedError, code_pb2.UNAUTHENTICATED),
+    (RequestConflictError, code_pb2.ALREADY_EXISTS),
 ]
 
 
@@ -76,6 +80,14 @@ def to_status(exc: BaseException) -> grpc.Status:
             retry_info(exc.retry_after),
             error_details_pb2.ErrorInfo(reason=reason, domain=ERROR_DOMAIN),
         ]
+    elif isinstance(exc, RequestConflictError):
+        details.append(
+            error_details_pb2.ErrorInfo(
+                reason=REASON_REQUEST_ID_CONFLICT,
+                domain=ERROR_DOMAIN,
+                metadata={"request_id": exc.request_id},
+            )
+        )
     for detail in details:
         packed = any_pb2.Any()
         packed.Pack(detail)

@@ -25,6 +25,7 @@ from lps_server.core.errors import (
     InvalidRequestError,
     LimitExceededError,
     QueueFullError,
+    RequestConflictError,
     ShuttingDownError,
     UnknownRequestError,
 )
@@ -73,6 +74,9 @@ class LlmProviderServicer(svc_grpc.LlmProviderServiceServicer):
         self._limits = limits or ClientLimits.from_settings(settings)
         self._rpc_conventions = RpcConventions.from_env(os.environ)
         self._draining = False
+        # The port /metrics is served on (0: none), told once it is bound; GetQueueStats reports it
+        # so that tools find this replica's metrics instead of guessing a port.
+        self.metrics_port = 0
 
     def refuse_new_calls(self) -> None:
         """Answer every later call UNAVAILABLE (drain); calls already running go on."""
@@ -185,6 +189,8 @@ class LlmProviderServicer(svc_grpc.LlmProviderServiceServicer):
             queued = self.prepare(request.request, path="request", reply_to="", parent=parent)
             self._limits.rate.admit(client)
             (outcome,) = await self._intake.submit([queued])
+            if outcome.conflict:
+                raise RequestConflictError(outcome.rejected, request_id=outcome.request_id)
             if outcome.status is None:
                 raise QueueFullError(outcome.rejected, retry_after=outcome.retry_after)
             return svc.SubmitComparisonResponse(
@@ -259,6 +265,7 @@ class LlmProviderServicer(svc_grpc.LlmProviderServiceServicer):
                 mode=self._settings.queue_processing_mode,
                 backend=self._queue.name,
                 max_size=self._queue.max_size,
+                metrics_port=self.metrics_port,
             )
         raise AssertionError("unreachable")  # pragma: no cover
 

@@ -17,7 +17,12 @@ from opentelemetry.context import Context
 from generated.lps.v1 import comparison_pb2 as pb
 from generated.lps.v1 import llm_provider_service_pb2 as svc
 from lps_server.core.domain import ComparisonResult, QueuedRequest
-from lps_server.core.errors import FieldViolation, InvalidRequestError, LpsError
+from lps_server.core.errors import (
+    FieldViolation,
+    InvalidRequestError,
+    LpsError,
+    RequestConflictError,
+)
 from lps_server.edge.convert import STATUS_TO_PB, result_to_pb
 from lps_server.edge.grpc_errors import to_status
 from lps_server.edge.rejections import rejection_reason
@@ -213,6 +218,9 @@ class StreamSubmission:
                 self._out.put_nowait(ack)
 
     def _accepted(self, queued: QueuedRequest, outcome: SubmitOutcome) -> svc.SubmissionAck:
+        if outcome.conflict:
+            conflict = RequestConflictError(outcome.rejected, request_id=outcome.request_id)
+            return _rejection(outcome.request_id, conflict)
         if outcome.status is None:
             return _exhausted(outcome.request_id, outcome.rejected, outcome.retry_after)
         rid = queued.request_id

@@ -21,7 +21,9 @@ class SubmitOutcome:
     """What became of one submitted request.
 
     `created` is False when the request id was known already (then `status` is the earlier
-    submission's) or when the queue was full (then `rejected` says why).
+    submission's) or when the queue was full (then `rejected` says why). `conflict` is True when
+    the id was known with a different payload (`payload_digest`): then `status` is None and
+    `rejected` names the id; nothing was changed.
     """
 
     request_id: str
@@ -29,6 +31,7 @@ class SubmitOutcome:
     created: bool
     rejected: str = ""
     retry_after: float = 0.0
+    conflict: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +120,9 @@ class QueueBackend(Protocol):
 
     async def submit(self, requests: Sequence[QueuedRequest]) -> list[SubmitOutcome]:
         """Enqueue each request unless its id is known already or the queue is full.
+
+        A known id with the same payload digest gets its status back (a retry); with a different
+        digest it gets a `conflict` outcome (`conflicting`).
 
         Raises:
             QueueUnavailableError: the backend cannot be reached.
@@ -215,6 +221,21 @@ class QueueBackend(Protocol):
     async def close(self) -> None:
         """Release connections and wake waiters."""
         ...
+
+
+def conflicting(request_id: str) -> SubmitOutcome:
+    """The outcome for a known request id submitted with a different payload."""
+    return SubmitOutcome(
+        request_id,
+        None,
+        created=False,
+        rejected=(
+            f"request_id {request_id!r} is already known with a different payload (essays, "
+            "instructions or overrides); a retry must resend the same comparison, a new "
+            "comparison needs a new request_id"
+        ),
+        conflict=True,
+    )
 
 
 def in_progress(queued: QueuedRequest, status: RequestStatus) -> ComparisonResult:

@@ -28,9 +28,11 @@ from lps_server.queue.base import (
     QueueStats,
     SubmitOutcome,
     SweepResult,
+    conflicting,
     in_progress,
 )
 from lps_server.queue.ordering import queue_score, request_bytes
+from lps_server.queue.payload_digest import payload_digest
 from lps_server.queue.replies import Deliver, LocalReplies
 
 
@@ -102,12 +104,17 @@ class LocalQueue:
         self._closed = False
 
     async def submit(self, requests: Sequence[QueuedRequest]) -> list[SubmitOutcome]:
-        """Enqueue new requests; known ids return their status, overflow is rejected."""
+        """Enqueue new requests; known ids return their status (or a conflict when their
+        payload differs), overflow is rejected."""
         outcomes = []
         for queued in requests:
             known = self._records.get(queued.request_id)
             if known is not None:
-                outcomes.append(SubmitOutcome(queued.request_id, known.status, created=False))
+                # Digests are only computed for known ids: new requests pay nothing for the check.
+                if payload_digest(known.queued.request) != payload_digest(queued.request):
+                    outcomes.append(conflicting(queued.request_id))
+                else:
+                    outcomes.append(SubmitOutcome(queued.request_id, known.status, created=False))
                 continue
             size = request_bytes(queued)
             if self._queued >= self.max_size or self._queued_bytes + size > self._max_bytes:

@@ -14,8 +14,9 @@ Layout under `{p}` (the prefix):
                          providers with no room)
 * `{p}:group:<key>`      zset per compatibility key, the same members and scores
 * `{p}:req:<request id>` hash: payload, status, score, member, group, deadline, bytes,
-                         enqueued_at, provider, lease (the holder's token), attempts (failed
-                         ones), then result; expires after retention once ended
+                         enqueued_at, provider, digest (`payload_digest`), lease (the holder's
+                         token), attempts (failed ones), then result; expires after retention
+                         once ended
 * `{p}:leases`           zset, leased request ids by lease deadline
 * `{p}:delayed`          zset, ids of queued requests waiting for a retry, by when it is due
 * `{p}:deadlines`        zset, queued request ids by TTL deadline

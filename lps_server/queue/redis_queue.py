@@ -36,6 +36,7 @@ from lps_server.queue.base import (
     SubmitOutcome,
     SweepResult,
     UnreadableRequest,
+    conflicting,
     in_progress,
 )
 from lps_server.queue.codec import (
@@ -46,6 +47,7 @@ from lps_server.queue.codec import (
     unreadable,
 )
 from lps_server.queue.ordering import queue_score, request_bytes
+from lps_server.queue.payload_digest import payload_digest
 from lps_server.queue.redis_keys import ENDED_STATUSES, QueueKeys
 from lps_server.queue.redis_scripts import QueueScripts
 from lps_server.queue.replies import Deliver, LocalReplies
@@ -214,8 +216,9 @@ class RedisQueue:
         return await self._call(lambda: script(keys=self._keys.script_keys(), args=prefixed))
 
     async def submit(self, requests: Sequence[QueuedRequest]) -> list[SubmitOutcome]:
-        """Enqueue new requests in one script call; known ids return their status, overflow is
-        rejected (only the requests that do not fit)."""
+        """Enqueue new requests in one script call; known ids return their status (or a conflict
+        when their payload digest differs), overflow is rejected (only the requests that do not
+        fit)."""
         if not requests:
             return []
         args: list[Any] = [self.max_size, self._max_bytes]
@@ -229,6 +232,7 @@ class RedisQueue:
                 request_bytes(q),
                 repr(q.enqueued_at),
                 q.route.provider.value,
+                payload_digest(q.request),
             ]
         replies = await self._run(self._scripts.submit, args)
         return [
@@ -238,6 +242,8 @@ class RedisQueue:
     def _outcome(self, request_id: str, reply: str) -> SubmitOutcome:
         if reply == "new":
             return SubmitOutcome(request_id, RequestStatus.QUEUED, created=True)
+        if reply == "conflict":
+            return conflicting(request_id)
         if reply != "full":
             return SubmitOutcome(request_id, RequestStatus(reply), created=False)
         limit = f"{self.max_size} requests or {self._max_bytes} bytes"

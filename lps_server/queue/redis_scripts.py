@@ -145,19 +145,26 @@ local function wake_up(n)
 end
 """
 
-# ARGV[5] max_size, ARGV[6] max_bytes, then per request 8 values: id, payload, score, group,
-# deadline ('' for none), bytes, enqueued_at, provider. Returns per request 'new', 'full' or the
-# status of the earlier submission with that id.
+# ARGV[5] max_size, ARGV[6] max_bytes, then per request 9 values: id, payload, score, group,
+# deadline ('' for none), bytes, enqueued_at, provider, payload digest. Returns per request 'new',
+# 'full', 'conflict' (the id is known with another digest) or the status of the earlier submission
+# with that id. The digest outlives the payload (deleted once the request ends), so a finished id
+# still tells a retry from a different request; a record without one (written by a release
+# before digests) takes any payload as a retry.
 _SUBMIT = """
 local max_size, max_bytes = tonumber(ARGV[5]), tonumber(ARGV[6])
 local size = redis.call('ZCARD', pending)
 local used = tonumber(redis.call('HGET', meta, 'bytes') or '0')
 local out, created = {}, 0
-for i = 7, #ARGV, 8 do
+for i = 7, #ARGV, 9 do
   local rid, bytes = ARGV[i], tonumber(ARGV[i + 5])
-  local known = redis.call('HGET', req_prefix .. rid, 'status')
-  if known then
-    out[#out + 1] = known
+  local known = redis.call('HMGET', req_prefix .. rid, 'status', 'digest')
+  if known[1] then
+    if known[2] and known[2] ~= ARGV[i + 8] then
+      out[#out + 1] = 'conflict'
+    else
+      out[#out + 1] = known[1]
+    end
   elseif size >= max_size or used + bytes > max_bytes then
     out[#out + 1] = 'full'
   else
@@ -167,7 +174,7 @@ for i = 7, #ARGV, 8 do
                bytes = bytes, enqueued_at = ARGV[i + 6], provider = ARGV[i + 7], attempts = 0}
     redis.call('HSET', req_prefix .. rid, 'payload', ARGV[i + 1], 'member', r.member,
       'score', r.score, 'group', r.group, 'deadline', r.deadline, 'bytes', ARGV[i + 5],
-      'enqueued_at', r.enqueued_at, 'provider', r.provider)
+      'enqueued_at', r.enqueued_at, 'provider', r.provider, 'digest', ARGV[i + 8])
     requeue(rid, r)
     size, used, created = size + 1, used + bytes, created + 1
     out[#out + 1] = 'new'

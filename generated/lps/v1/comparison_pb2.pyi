@@ -306,7 +306,10 @@ class ComparisonRequest(_message.Message):
     TTL_FIELD_NUMBER: _builtins.int
     RESULT_CHANNEL_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
-    """request_id is the client-chosen idempotency key; the server assigns a UUID when it is empty."""
+    """request_id is the client-chosen idempotency key; the server assigns a UUID when it is empty. A known
+    request_id is answered with its earlier status when the payload is the same and refused with
+    ALREADY_EXISTS when essay_a, essay_b, instructions or overrides differ.
+    """
     correlation_id: _builtins.str
     """correlation_id ties the request to the caller's own records and traces."""
     instructions: _builtins.str

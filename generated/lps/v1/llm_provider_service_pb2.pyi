@@ -164,7 +164,9 @@ class SubmissionError(_message.Message):
     FIELD_VIOLATIONS_FIELD_NUMBER: _builtins.int
     RETRY_AFTER_FIELD_NUMBER: _builtins.int
     code: _builtins.str
-    """code is the gRPC status code name the unary call would have returned, for example "INVALID_ARGUMENT"."""
+    """code is the gRPC status code name the unary call would have returned, for example "INVALID_ARGUMENT",
+    or "ALREADY_EXISTS" for a known request_id submitted with a different payload.
+    """
     message: _builtins.str
     """message names the cause in words."""
     @_builtins.property
@@ -204,7 +206,7 @@ class SubmissionAck(_message.Message):
     request_id: _builtins.str
     """request_id is the client's id, or the UUID the server assigned."""
     accepted: _builtins.bool
-    """accepted is true when the request is queued or was already known."""
+    """accepted is true when the request is queued or was already known with the same payload."""
     status: _comparison_pb2.RequestStatus.ValueType
     """status is the request's status when accepted: REQUEST_STATUS_QUEUED, or an earlier submission's status."""
     @_builtins.property
@@ -359,6 +361,7 @@ class GetQueueStatsResponse(_message.Message):
     PROCESSING_MODE_FIELD_NUMBER: _builtins.int
     BACKEND_FIELD_NUMBER: _builtins.int
     MAX_SIZE_FIELD_NUMBER: _builtins.int
+    METRICS_PORT_FIELD_NUMBER: _builtins.int
     queued: _builtins.int
     """queued counts requests waiting for a provider."""
     processing: _builtins.int
@@ -375,6 +378,8 @@ class GetQueueStatsResponse(_message.Message):
     """backend names the queue backend, "local" or "redis"."""
     max_size: _builtins.int
     """max_size is the queue's capacity in requests."""
+    metrics_port: _builtins.int
+    """metrics_port is the port on which the answering replica serves Prometheus /metrics, or 0 when it serves none."""
     @_builtins.property
     def oldest_queued_age(self) -> _duration_pb2.Duration:
         """oldest_queued_age is how long the oldest queued request has waited."""
@@ -391,10 +396,11 @@ class GetQueueStatsResponse(_message.Message):
         processing_mode: _comparison_pb2.QueueProcessingMode.ValueType = ...,
         backend: _builtins.str = ...,
         max_size: _builtins.int = ...,
+        metrics_port: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["oldest_queued_age", b"oldest_queued_age"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend", b"backend", "completed", b"completed", "expired", b"expired", "failed", b"failed", "max_size", b"max_size", "oldest_queued_age", b"oldest_queued_age", "processing", b"processing", "processing_mode", b"processing_mode", "queued", b"queued"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend", b"backend", "completed", b"completed", "expired", b"expired", "failed", b"failed", "max_size", b"max_size", "metrics_port", b"metrics_port", "oldest_queued_age", b"oldest_queued_age", "processing", b"processing", "processing_mode", b"processing_mode", "queued", b"queued"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -68,14 +68,19 @@ class LlmProviderServiceServicer:
     """
 
     def SubmitComparison(self, request, context):
-        """SubmitComparison enqueues one request; resubmitting a request_id returns the first submission's status.
+        """SubmitComparison enqueues one request. Submission is idempotent by request_id: resubmitting a known
+        request_id with the same payload (both essays, instructions and overrides; metadata, priority, ttl,
+        correlation_id and result_channel may differ) returns the first submission's status, while a known
+        request_id with a different payload is refused with ALREADY_EXISTS, with a google.rpc.ErrorInfo
+        (reason REQUEST_ID_CONFLICT, metadata request_id) naming the id, and nothing changes.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def SubmitComparisons(self, request_iterator, context):
-        """SubmitComparisons acknowledges each streamed request, then streams each result on the same call.
+        """SubmitComparisons acknowledges each streamed request, then streams each result on the same call; a known
+        request_id with a different payload is acknowledged as rejected with error code ALREADY_EXISTS.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -35,9 +35,16 @@ class LlmProviderServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> LlmProviderServiceAsyncStub: ...
     SubmitComparison: _grpc.UnaryUnaryMultiCallable[_llm_provider_service_pb2.SubmitComparisonRequest, _llm_provider_service_pb2.SubmitComparisonResponse]
-    """SubmitComparison enqueues one request; resubmitting a request_id returns the first submission's status."""
+    """SubmitComparison enqueues one request. Submission is idempotent by request_id: resubmitting a known
+    request_id with the same payload (both essays, instructions and overrides; metadata, priority, ttl,
+    correlation_id and result_channel may differ) returns the first submission's status, while a known
+    request_id with a different payload is refused with ALREADY_EXISTS, with a google.rpc.ErrorInfo
+    (reason REQUEST_ID_CONFLICT, metadata request_id) naming the id, and nothing changes.
+    """
     SubmitComparisons: _grpc.StreamStreamMultiCallable[_llm_provider_service_pb2.SubmitComparisonsRequest, _llm_provider_service_pb2.SubmitComparisonsResponse]
-    """SubmitComparisons acknowledges each streamed request, then streams each result on the same call."""
+    """SubmitComparisons acknowledges each streamed request, then streams each result on the same call; a known
+    request_id with a different payload is acknowledged as rejected with error code ALREADY_EXISTS.
+    """
     StreamResults: _grpc.UnaryStreamMultiCallable[_llm_provider_service_pb2.StreamResultsRequest, _llm_provider_service_pb2.StreamResultsResponse]
     """StreamResults follows one result_channel from a cursor, so a client that reconnects misses nothing."""
     GetComparison: _grpc.UnaryUnaryMultiCallable[_llm_provider_service_pb2.GetComparisonRequest, _llm_provider_service_pb2.GetComparisonResponse]
@@ -51,9 +58,16 @@ class LlmProviderServiceAsyncStub(LlmProviderServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     SubmitComparison: _aio.UnaryUnaryMultiCallable[_llm_provider_service_pb2.SubmitComparisonRequest, _llm_provider_service_pb2.SubmitComparisonResponse]  # type: ignore[assignment]
-    """SubmitComparison enqueues one request; resubmitting a request_id returns the first submission's status."""
+    """SubmitComparison enqueues one request. Submission is idempotent by request_id: resubmitting a known
+    request_id with the same payload (both essays, instructions and overrides; metadata, priority, ttl,
+    correlation_id and result_channel may differ) returns the first submission's status, while a known
+    request_id with a different payload is refused with ALREADY_EXISTS, with a google.rpc.ErrorInfo
+    (reason REQUEST_ID_CONFLICT, metadata request_id) naming the id, and nothing changes.
+    """
     SubmitComparisons: _aio.StreamStreamMultiCallable[_llm_provider_service_pb2.SubmitComparisonsRequest, _llm_provider_service_pb2.SubmitComparisonsResponse]  # type: ignore[assignment]
-    """SubmitComparisons acknowledges each streamed request, then streams each result on the same call."""
+    """SubmitComparisons acknowledges each streamed request, then streams each result on the same call; a known
+    request_id with a different payload is acknowledged as rejected with error code ALREADY_EXISTS.
+    """
     StreamResults: _aio.UnaryStreamMultiCallable[_llm_provider_service_pb2.StreamResultsRequest, _llm_provider_service_pb2.StreamResultsResponse]  # type: ignore[assignment]
     """StreamResults follows one result_channel from a cursor, so a client that reconnects misses nothing."""
     GetComparison: _aio.UnaryUnaryMultiCallable[_llm_provider_service_pb2.GetComparisonRequest, _llm_provider_service_pb2.GetComparisonResponse]  # type: ignore[assignment]
@@ -70,7 +84,12 @@ class LlmProviderServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _llm_provider_service_pb2.SubmitComparisonRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_llm_provider_service_pb2.SubmitComparisonResponse, _abc.Awaitable[_llm_provider_service_pb2.SubmitComparisonResponse]]:
-        """SubmitComparison enqueues one request; resubmitting a request_id returns the first submission's status."""
+        """SubmitComparison enqueues one request. Submission is idempotent by request_id: resubmitting a known
+        request_id with the same payload (both essays, instructions and overrides; metadata, priority, ttl,
+        correlation_id and result_channel may differ) returns the first submission's status, while a known
+        request_id with a different payload is refused with ALREADY_EXISTS, with a google.rpc.ErrorInfo
+        (reason REQUEST_ID_CONFLICT, metadata request_id) naming the id, and nothing changes.
+        """
 
     @_abc_1.abstractmethod
     def SubmitComparisons(
@@ -78,7 +97,9 @@ class LlmProviderServiceServicer(metaclass=_abc_1.ABCMeta):
         request_iterator: _MaybeAsyncIterator[_llm_provider_service_pb2.SubmitComparisonsRequest],
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_llm_provider_service_pb2.SubmitComparisonsResponse], _abc.AsyncIterator[_llm_provider_service_pb2.SubmitComparisonsResponse]]:
-        """SubmitComparisons acknowledges each streamed request, then streams each result on the same call."""
+        """SubmitComparisons acknowledges each streamed request, then streams each result on the same call; a known
+        request_id with a different payload is acknowledged as rejected with error code ALREADY_EXISTS.
+        """
 
     @_abc_1.abstractmethod
     def StreamResults(

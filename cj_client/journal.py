@@ -1,0 +1,175 @@
+"""The run journal: an append-only record of a CJ run in its output directory, to resume from.
+
+`journal.jsonl` holds one JSON object per line: the run's header (options, batch id, essays'
+digest), each wave as it is planned (before it is sent), each result as it arrives, and an end
+record once the run has finished. A line is written whole and flushed at once, so a killed
+process loses nothing it was told; lines are synced to disk at the end of each wave. A crash can
+leave only the last line cut short, and reading ignores it. A finished comparison is never paid
+for again on resume: its result is in the journal, and a comparison that was in flight is sent
+again under its request id, which the server answers from its store.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from cj_client.errors import JournalError
+from cj_client.models import ComparisonOutcome
+
+JOURNAL_NAME = "journal.jsonl"
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedComparison:
+    """One comparison of a wave, as planned: enough to send exactly the same request again."""
+
+    request_id: str
+    number: int
+    essay_a: str
+    essay_b: str
+    retry: bool
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedWave:
+    """A wave as planned, before it was sent."""
+
+    number: int
+    comparisons: tuple[PlannedComparison, ...]
+
+
+@dataclass(slots=True)
+class JournalContents:
+    """What a journal holds: the header, the waves, the results by request id, the end."""
+
+    header: dict[str, Any]
+    waves: list[PlannedWave] = field(default_factory=list)
+    results: dict[str, ComparisonOutcome] = field(default_factory=dict)
+    end: dict[str, Any] | None = None
+
+    @property
+    def finished(self) -> bool:
+        """True when the run ended (any further run in its directory starts afresh)."""
+        return self.end is not None
+
+
+def journal_path(directory: Path) -> Path:
+    """Where the journal of a run writing to `directory` lives."""
+    return directory / JOURNAL_NAME
+
+
+def read_journal(directory: Path) -> JournalContents:
+    """The journal in `directory`.
+
+    Raises:
+        JournalError: there is none, or it is not a journal this version can read.
+    """
+    path = journal_path(directory)
+    try:
+        lines = path.read_bytes().split(b"\n")
+    except FileNotFoundError:
+        raise JournalError(f"{path}: no run journal here (nothing to resume)") from None
+    except OSError as exc:
+        raise JournalError(f"{path}: cannot read the run journal: {exc.strerror}") from None
+    records: list[tuple[int, dict[str, Any]]] = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            if number == len(lines):  # the last line of a killed run may be cut short
+                break
+            raise JournalError(f"{path}:{number}: not a journal line") from None
+        if not isinstance(record, dict):
+            raise JournalError(f"{path}:{number}: not a journal line")
+        records.append((number, record))
+    if not records or records[0][1].get("kind") != "run":
+        raise JournalError(f"{path}: does not start with a run header")
+    header = records[0][1]
+    if header.get("version") != FORMAT_VERSION:
+        raise JournalError(f"{path}: journal version {header.get('version')} is not supported")
+    contents = JournalContents(header=header)
+    for number, record in records[1:]:
+        try:
+            _absorb(contents, record)
+        except (KeyError, TypeError, ValueError) as exc:
+            kind = record.get("kind")
+            raise JournalError(f"{path}:{number}: malformed {kind} record: {exc}") from None
+    return contents
+
+
+def _absorb(contents: JournalContents, record: dict[str, Any]) -> None:
+    kind = record.get("kind")
+    if kind == "wave":
+        planned = tuple(PlannedComparison(**c) for c in record["comparisons"])
+        contents.waves.append(PlannedWave(int(record["number"]), planned))
+    elif kind == "result":
+        outcome = _outcome(record["outcome"])
+        contents.results[outcome.request_id] = outcome
+    elif kind == "end":
+        contents.end = record
+
+
+class RunJournal:
+    """Appends a run's records to its journal; `create` starts a new one, `append` continues."""
+
+    def __init__(self, handle: IO[str]) -> None:
+        self._handle = handle
+
+    @classmethod
+    def create(cls, directory: Path, header: dict[str, Any]) -> RunJournal:
+        """A new journal in `directory` (replacing a finished one) starting with `header`."""
+        directory.mkdir(parents=True, exist_ok=True)
+        journal = cls(journal_path(directory).open("w", encoding="utf-8"))
+        journal._write({"kind": "run", "version": FORMAT_VERSION, **header})
+        journal.sync()
+        return journal
+
+    @classmethod
+    def append(cls, directory: Path) -> RunJournal:
+        """The journal in `directory`, opened to continue it."""
+        return cls(journal_path(directory).open("a", encoding="utf-8"))
+
+    def wave(self, wave: PlannedWave) -> None:
+        """Record a wave before it is sent."""
+        comparisons = [dataclasses.asdict(c) for c in wave.comparisons]
+        self._write({"kind": "wave", "number": wave.number, "comparisons": comparisons})
+
+    def result(self, outcome: ComparisonOutcome) -> None:
+        """Record a final result as it arrives."""
+        record = dataclasses.asdict(outcome)
+        record["metadata"] = dict(outcome.metadata)
+        self._write({"kind": "result", "outcome": record})
+
+    def end(self, **facts: Any) -> None:
+        """Record that the run finished."""
+        self._write({"kind": "end", **facts})
+        self.sync()
+
+    def sync(self) -> None:
+        """Push what was written to disk."""
+        self._handle.flush()
+        os.fsync(self._handle.fileno())
+
+    def close(self) -> None:
+        """Sync and close."""
+        if not self._handle.closed:
+            self.sync()
+            self._handle.close()
+
+    def _write(self, record: dict[str, Any]) -> None:
+        # One write per line, flushed: the process may be killed at any point after it.
+        self._handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+        self._handle.flush()
+
+
+def _outcome(record: dict[str, Any]) -> ComparisonOutcome:
+    names = {f.name for f in dataclasses.fields(ComparisonOutcome)}
+    return ComparisonOutcome(**{k: v for k, v in record.items() if k in names})
