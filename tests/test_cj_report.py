@@ -136,3 +136,20 @@ async def test_anchored_essays_keep_their_scores(
     free = [r for r in rows.values() if "anchor" not in r["flags"]]
     assert all(r["se"] > 0 for r in free)
     assert json.loads((out / "summary.json").read_text())["anchored_essays"] == 2
+
+
+def test_judges_and_anchors_survive_a_resume_through_the_journal_header() -> None:
+    import json as json_module
+
+    from cj_client.assessment import _options_record, journaled_options
+    from cj_client.journal import JournalContents
+    from cj_client.judges import Judge
+
+    options = AssessmentOptions(
+        judges=(Judge("mock", "judge-a"), Judge("mock")), anchors={"essay-0001": 1.5}
+    )
+    # The header goes to disk as JSON and comes back as plain lists and dicts.
+    record = json_module.loads(json_module.dumps(_options_record(options)))
+    back = journaled_options(JournalContents(header={"options": record, "cj_batch_id": "b"}))
+    assert back.judges == options.judges
+    assert dict(back.anchors) == {"essay-0001": 1.5}
