@@ -31,6 +31,15 @@ def redis_proc() -> Iterator[RedisProcess]:
 
 
 @pytest.fixture
+def own_redis() -> Iterator[RedisProcess]:
+    """A private redis-server that this test alone uses, and may kill or restart."""
+    proc = RedisProcess()
+    proc.start()
+    yield proc
+    proc.close()
+
+
+@pytest.fixture
 async def redis_url(redis_proc: RedisProcess) -> AsyncIterator[str]:
     """The private server's URL, flushed before each test."""
     client = aioredis.from_url(redis_proc.url)

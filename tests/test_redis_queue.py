@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Iterator
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 
 import pytest
@@ -215,15 +215,6 @@ async def test_queue_structures_are_empty_once_everything_ended(
 
 
 # --- Redis down ------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def own_redis() -> Iterator[RedisProcess]:
-    """A private redis-server this test may kill."""
-    proc = RedisProcess()
-    proc.start()
-    yield proc
-    proc.close()
 
 
 async def test_redis_down_fails_fast_with_the_cause_and_recovers_by_itself(

@@ -159,13 +159,21 @@ for _, p in ipairs(expired) do out[#out + 1] = p end
 return out
 """
 
-# ARGV[5] retention in ms, ARGV[6] approximate channel length cap, then per result 6 values:
-# id, status, encoded result, completed_at, channel, second channel ('' for none). Returns 1 where
-# this call stored the result, 0 where the request had ended already or is unknown.
+# ARGV[5] retention in ms, ARGV[6] approximate channel length cap, ARGV[7] reply channel TTL in
+# ms, then per result 6 values: id, status, encoded result, completed_at, result channel, reply
+# channel ('' for none). Returns 1 where this call stored the result, 0 where the request had
+# ended already or is unknown. A reply channel serves one streaming call, so it expires soon after
+# its last result instead of after the retention.
 _COMPLETE = """
-local retention_ms, maxlen = ARGV[5], ARGV[6]
+local retention_ms, maxlen, reply_ttl_ms = ARGV[5], ARGV[6], ARGV[7]
+local function publish(channel, result, ttl_ms)
+  if channel == '' then return end
+  local ckey = chan_prefix .. channel
+  redis.call('XADD', ckey, 'MAXLEN', '~', maxlen, '*', 'r', result)
+  redis.call('PEXPIRE', ckey, ttl_ms)
+end
 local out = {}
-for i = 7, #ARGV, 6 do
+for i = 8, #ARGV, 6 do
   local rid, status, result, completed_at = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   local r = load(rid)
   if not r or is_final(r.status) then
@@ -179,13 +187,8 @@ for i = 7, #ARGV, 6 do
     redis.call('HSET', key, 'status', status, 'result', result)
     redis.call('PEXPIRE', key, retention_ms)
     redis.call('ZADD', ended_prefix .. status, completed_at, rid)
-    for _, channel in ipairs({ARGV[i + 4], ARGV[i + 5]}) do
-      if channel ~= '' then
-        local ckey = chan_prefix .. channel
-        redis.call('XADD', ckey, 'MAXLEN', '~', maxlen, '*', 'r', result)
-        redis.call('PEXPIRE', ckey, retention_ms)
-      end
-    end
+    publish(ARGV[i + 4], result, retention_ms)
+    publish(ARGV[i + 5], result, reply_ttl_ms)
     out[#out + 1] = 1
   end
 end
