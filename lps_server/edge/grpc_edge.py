@@ -104,3 +104,4 @@ class GrpcEdge:
     async def stop(self, grace: float) -> None:
         """Stop the server, letting calls in progress finish for up to `grace` seconds."""
         await self._server.stop(grace)
+        await self._servicer.close()
