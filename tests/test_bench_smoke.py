@@ -26,6 +26,8 @@ FIGURES = (
     "dispatch_p50_ms",
     "dispatch_p99_ms",
     "rss_mb_100k",
+    "streams_per_replica",
+    "streams_rss_mb",
 )
 
 
