@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -24,7 +25,8 @@ from lps_server.core.config import Settings
 from lps_server.core.errors import ConfigurationError
 from lps_server.edge.server import server_credentials
 from tests.certs import Certs, make_certs
-from tests.helpers import WAIT_S, running_app, submission
+from tests.helpers import WAIT_S, metric, running_app, submission
+from tests.test_metrics import eventually
 
 ROOT = Path(__file__).resolve().parent.parent
 LINE = "lps: configuration error: "
@@ -192,3 +194,51 @@ async def test_a_metrics_port_taken_after_the_check_is_named_too(busy_port: int)
         )
     finally:
         await app.stop(grace=0)
+
+
+FROZEN_CLIENT = """
+import asyncio, sys
+import grpc
+from generated.lps.v1 import llm_provider_service_pb2 as svc
+from generated.lps.v1 import llm_provider_service_pb2_grpc as svc_grpc
+
+async def main():
+    async with grpc.aio.insecure_channel(sys.argv[1]) as channel:
+        call = svc_grpc.LlmProviderServiceStub(channel).StreamResults(
+            svc.StreamResultsRequest(result_channel="frozen"))
+        await channel.channel_ready()
+        print("open", flush=True)
+        await call.read()
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.slow
+async def test_keepalive_ends_the_streams_of_a_client_that_stopped_answering() -> None:
+    async with running_app(grpc_keepalive_seconds=1, grpc_keepalive_timeout_seconds=1) as app:
+        client = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", FROZEN_CLIENT, f"127.0.0.1:{app.grpc_port}", cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        try:
+            assert client.stdout is not None
+            async with asyncio.timeout(30):
+                assert await client.stdout.readline() == b"open\n"
+            client.send_signal(signal.SIGSTOP)  # its kernel still acknowledges TCP; gRPC is mute
+            await eventually(
+                lambda: bool(
+                    metric(app.registry, "llm_provider_grpc_requests_total", method="StreamResults")
+                ),
+                "the server to end the frozen client's stream",
+            )
+            ended = metric(
+                app.registry,
+                "llm_provider_grpc_requests_total",
+                method="StreamResults",
+                code="CANCELLED",
+            )
+            assert ended == 1
+        finally:
+            client.kill()
+            await client.wait()

@@ -37,6 +37,9 @@ def server_options(settings: Settings) -> list[tuple[str, int]]:
         ("grpc.so_reuseport", 0),
         ("grpc.keepalive_time_ms", _ms(settings.grpc_keepalive_seconds)),
         ("grpc.keepalive_timeout_ms", _ms(settings.grpc_keepalive_timeout_seconds)),
+        # gRPC 1.85 times an unanswered keepalive ping by this one (a minute by default), not by
+        # the keepalive timeout alone: without it a frozen client kept its streams past that.
+        ("grpc.http2.ping_timeout_ms", _ms(settings.grpc_keepalive_timeout_seconds)),
     ]
     if settings.grpc_max_connection_age_seconds > 0:
         options += [
