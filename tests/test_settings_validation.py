@@ -15,6 +15,7 @@ import pytest
 from lps_server import cli
 from lps_server.core.config import Range, Settings
 from lps_server.core.errors import ConfigurationError
+from lps_server.providers.http_settings import PREFIXES, HttpProvidersSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 NUMERIC = [f for f in fields(Settings) if f.type in ("int", "float")]
@@ -128,3 +129,31 @@ def test_the_real_command_exits_2_with_one_line() -> None:
         "lps: configuration error: LPS_QUEUE_SWEEP_INTERVAL_SECONDS must be in 0.01..86400, "
         "got 0.0\n"
     )
+
+
+PROVIDER_NUMBERS = [
+    ("TIMEOUT_SECONDS", ["nan", "inf", "0", "-1"]),
+    ("CIRCUIT_BREAKER_COOLDOWN_SECONDS", ["nan", "inf", "-1"]),
+    ("CIRCUIT_BREAKER_THRESHOLD", ["nan", "0"]),
+    ("MAX_TOKENS_PER_ITEM", ["1.5", "0"]),
+]
+
+
+@pytest.mark.parametrize("prefix", sorted(PREFIXES.values()))
+@pytest.mark.parametrize(("name", "values"), PROVIDER_NUMBERS)
+def test_provider_numbers_are_checked_too(prefix: str, name: str, values: list[str]) -> None:
+    configured = {
+        f"{prefix}API_KEY": "k",
+        f"{prefix}BASE_URL": "http://127.0.0.1:1",
+        f"{prefix}MODEL": "m",
+    }
+    for value in values:
+        with pytest.raises(ConfigurationError, match=prefix + name):
+            HttpProvidersSettings.from_env({**configured, prefix + name: value})
+
+
+@pytest.mark.parametrize("price", ["NaN", "Infinity", "-1"])
+def test_a_price_must_be_a_finite_number(price: str) -> None:
+    table = f'{{"m": {{"input_per_mtok": {price}, "output_per_mtok": 1}}}}'
+    with pytest.raises(ConfigurationError, match="must be a finite number >= 0"):
+        HttpProvidersSettings.from_env({"LPS_PRICE_TABLE": table})
