@@ -63,6 +63,9 @@ class LpsApp:
             metrics=self.metrics,
             tracer_provider=tracer_provider,
             clock=clock,
+            # Health follows processing: NOT_SERVING while it cannot run or reach the queue. A
+            # draining edge ignores it (NOT_SERVING for good).
+            on_serving=self._set_serving,
         )
         self.edge = GrpcEdge(
             settings=settings,
@@ -86,8 +89,9 @@ class LpsApp:
                 self.registry, host=self.settings.metrics_host, port=self.settings.metrics_port
             )
             self.metrics_port = self._metrics_http.server_port
-        self._processor_task = asyncio.create_task(self.processor.run())
+        # SERVING first: from then on the processor reports every change.
         await self.edge.set_serving(True)
+        self._processor_task = asyncio.create_task(self.processor.run())
         log.info(
             "lps listening grpc=%s:%d metrics=%s backend=%s mode=%s",
             self.settings.grpc_host,
@@ -97,6 +101,9 @@ class LpsApp:
             self.settings.queue_processing_mode.value,
             extra={"grpc_port": self.grpc_port, "metrics_port": self.metrics_port},
         )
+
+    async def _set_serving(self, serving: bool) -> None:
+        await self.edge.set_serving(serving)
 
     async def stop(self, grace: float | None = None) -> None:
         """Drain and shut down: health NOT_SERVING, refuse new work, finish accepted work.

@@ -31,9 +31,10 @@ def redis_proc() -> Iterator[RedisProcess]:
 
 
 @pytest.fixture
-def own_redis() -> Iterator[RedisProcess]:
-    """A private redis-server that this test alone uses, and may kill or restart."""
-    proc = RedisProcess()
+def killable_redis() -> Iterator[RedisProcess]:
+    """A private redis-server of one test, which it may freeze, kill and restart; with an
+    fsync-always AOF, so a restart keeps what Redis acknowledged."""
+    proc = RedisProcess(appendonly=True)
     proc.start()
     yield proc
     proc.close()

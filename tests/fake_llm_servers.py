@@ -4,7 +4,11 @@ Each server listens on 127.0.0.1, port 0, speaks just enough HTTP/1.1 (keep-aliv
 bodies), validates every request as the real API would (path, auth headers, body shape) and records
 it. A request that fails validation is answered 400 and listed in `problems`, so a test asserts
 `problems == []`. Answers come from a script of `Reply` objects, else from a default judge that
-answers every numbered comparison in the prompt.
+answers every numbered comparison in the prompt, after `latency_s`.
+
+For the fault tests it also counts what it was asked, per item: an essay that carries the marker
+`[item:<id>]` is one comparison of item `<id>` (`asked()`), and every call records which API key
+asked (`RecordedCall.key`) and when it arrived and was answered.
 """
 
 from __future__ import annotations
@@ -13,13 +17,16 @@ import asyncio
 import contextlib
 import json
 import re
-from collections import deque
+import time
+from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 ANTHROPIC_VERSION = "2023-06-01"
 _COMPARISON = re.compile(r"^Comparison (\d+):$", re.MULTILINE)
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_ITEM = re.compile(r"\[item:([A-Za-z0-9_.:-]+)\]")
 _REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 429: "Too Many Requests"}
 
 
@@ -55,11 +62,29 @@ class RecordedCall:
     headers: dict[str, str]
     body: dict[str, Any]
     prompt: str
+    received_at: float = 0.0
+    answered: asyncio.Event = field(default_factory=asyncio.Event, compare=False)
 
     @property
     def comparisons(self) -> int:
         """How many numbered comparisons the prompt holds."""
         return len(_COMPARISON.findall(self.prompt))
+
+    @property
+    def items(self) -> list[str]:
+        """The item ids the prompt's essays are marked with (one marked essay per comparison)."""
+        return _ITEM.findall(self.prompt)
+
+    @property
+    def key(self) -> str:
+        """The API key the call presented (either header convention)."""
+        bearer = self.headers.get("authorization", "").removeprefix("Bearer ")
+        return self.headers.get("x-api-key", bearer)
+
+
+def item_marker(item: str) -> str:
+    """The text that marks an essay as belonging to item `item` (see `asked`)."""
+    return f"[item:{item}]"
 
 
 def default_answer(count: int) -> dict[str, Any]:
@@ -87,15 +112,25 @@ class FakeLlmServer:
 
     path = ""
 
-    def __init__(self, *, api_key: str | None, usage: tuple[int, int] = (1003, 250)) -> None:
+    def __init__(
+        self,
+        *,
+        api_key: str | None,
+        usage: tuple[int, int] = (1003, 250),
+        latency_s: float = 0.0,
+        also_accept: tuple[str, ...] = (),
+    ) -> None:
         self.api_key = api_key
+        self.also_accept = also_accept
         self.usage = usage
+        self.latency_s = latency_s
         self.replies: deque[Reply] = deque()
         self.calls: list[RecordedCall] = []
         self.problems: list[str] = []
         self.base_url = ""
         self._server: asyncio.Server | None = None
         self._handlers: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
+        self._changed = asyncio.Event()
 
     async def __aenter__(self) -> FakeLlmServer:
         self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
@@ -112,6 +147,23 @@ class FakeLlmServer:
             writer.transport.close()
         await asyncio.gather(*self._handlers, return_exceptions=True)
         await self._server.wait_closed()
+
+    def asked(self, key: str | None = None) -> Counter[str]:
+        """How many times each marked item was asked for (by callers presenting `key`)."""
+        return Counter(
+            item for call in self.calls if key is None or call.key == key for item in call.items
+        )
+
+    async def wait_until(self, predicate: Callable[[], bool], *, timeout: float, what: str) -> None:
+        """Wait (at most `timeout` s) until `predicate` holds; it is checked whenever a call
+        arrives or is answered."""
+        try:
+            async with asyncio.timeout(timeout):
+                while not predicate():
+                    self._changed.clear()
+                    await self._changed.wait()
+        except TimeoutError:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}") from None
 
     def script(self, *replies: Reply) -> None:
         """Answer the next requests with `replies`, in order; then with the default judge."""
@@ -150,11 +202,16 @@ class FakeLlmServer:
         except ValueError:
             body = {}
         prompt = self._prompt(body) if isinstance(body, dict) else ""
-        call = RecordedCall(method, path, headers, body if isinstance(body, dict) else {}, prompt)
+        call = RecordedCall(
+            method, path, headers, body if isinstance(body, dict) else {}, prompt, time.time()
+        )
         self.calls.append(call)
+        self._changed.set()
         if reply.hang:
             await reader.read()  # returns at EOF: the client gave up
             return False
+        if self.latency_s > 0:
+            await asyncio.sleep(self.latency_s)  # a slow provider: the answer takes this long
         auth_error = self._auth_problem(headers)
         if auth_error:
             status, payload, extra = 401, self._error_body("authentication_error", auth_error), {}
@@ -186,6 +243,8 @@ class FakeLlmServer:
         ]
         writer.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + payload)
         await writer.drain()
+        call.answered.set()
+        self._changed.set()
         return True
 
     def _error_body(self, kind: str, message: str) -> bytes:
@@ -229,7 +288,7 @@ class FakeOpenAI(FakeLlmServer):
         presented = headers.get("authorization")
         if self.api_key is None:
             return "" if presented is None else "no Authorization header expected"
-        if presented != f"Bearer {self.api_key}":
+        if presented not in {f"Bearer {k}" for k in (self.api_key, *self.also_accept)}:
             # The real API echoes (a masked form of) a wrong key; echo it whole, to prove that
             # the client masks it.
             return f"Incorrect API key provided: {(presented or '').removeprefix('Bearer ')}"
@@ -307,7 +366,7 @@ class FakeAnthropic(FakeLlmServer):
         )
 
     def _auth_problem(self, headers: dict[str, str]) -> str:
-        if headers.get("x-api-key") != self.api_key:
+        if headers.get("x-api-key") not in (self.api_key, *self.also_accept):
             return "invalid x-api-key"
         return ""
 

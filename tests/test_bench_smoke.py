@@ -25,6 +25,7 @@ FIGURES = (
     "fill_ratio_interleaved",
     "dispatch_p50_ms",
     "dispatch_p99_ms",
+    "dispatch_beside_slow_p99_ms",
     "rss_mb_100k",
     "streams_per_replica",
     "streams_rss_mb",

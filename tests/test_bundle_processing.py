@@ -54,8 +54,13 @@ async def test_items_fail_and_retry_one_by_one(make_app: AppFactory) -> None:
     assert results["r2"].error_message == "500 model crashed (after 1 attempt)"
     assert (results["r3"].status, results["r3"].error_code) == ("failed", "rate_limited")
     assert results["r3"].error_message == "429 slow down (after 3 attempts)"
-    assert {r.bundle_id for r in results.values()} == {results["r0"].bundle_id}
-    assert results["r3"].bundle_index == 3
+    # A retry goes back to the queue and rides a later call: each result carries the facts of
+    # the call that answered it.
+    first = results["r0"].bundle_id
+    assert {results[r].bundle_id for r in ("r0", "r2", "r4", "r5")} == {first}
+    assert len({first, results["r1"].bundle_id, results["r3"].bundle_id}) == 3
+    assert (results["r1"].bundle_index, results["r1"].bundle_size) == (0, 2)
+    assert (results["r3"].bundle_index, results["r3"].bundle_size) == (0, 1)
     reg = app.registry
     assert metric(reg, "llm_provider_retries_total", error_code="rate_limited") == 3
     assert metric(reg, "llm_provider_requests_total", status="completed") == 4

@@ -101,16 +101,18 @@ async def test_an_entry_that_cannot_be_read_is_skipped_and_the_stream_goes_on(
     assert [e.result.request_id for e in entries] == ["after"]
 
 
-async def test_a_follower_learns_of_an_outage_and_goes_on_after_it(own_redis: RedisProcess) -> None:
-    queue = RedisQueue.from_settings(redis_settings(own_redis.url))
+async def test_a_follower_learns_of_an_outage_and_goes_on_after_it(
+    killable_redis: RedisProcess,
+) -> None:
+    queue = RedisQueue.from_settings(redis_settings(killable_redis.url))
     try:
         with queue.follow("ch", cursor="") as follower:
             await publish(queue, "ch", ["before"])
             assert [e.result.request_id for e in await read_until(follower, 1)] == ["before"]
-            own_redis.stop()
+            killable_redis.stop()
             with pytest.raises(QueueUnavailableError, match="unreachable"):
                 await read_until_it_fails(follower)
-            own_redis.start()  # an empty Redis: the follower reads the new stream from its start
+            killable_redis.start()
             async with asyncio.timeout(10):
                 while True:
                     try:

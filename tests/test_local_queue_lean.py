@@ -66,8 +66,10 @@ async def finish(queue: LocalQueue, count: int, *, text: str = "an essay") -> No
         [make_queued(f"r{i}", at=T0, text=f"{text} {i}", channel="ch") for i in range(count)]
     )
     for _ in range(count):
-        (queued,) = (await queue.lease(now=T0 + 1)).items
-        await queue.complete([(queued, judged(queued, now=T0 + 2))])
+        lease = await queue.lease(now=T0 + 1)
+        (queued,) = lease.items
+        stored = await queue.complete([(queued, judged(queued, now=T0 + 2))], token=lease.token)
+        assert stored == [True]
 
 
 async def finish_more(queue: LocalQueue, count: int) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import logging
 import socket
@@ -240,19 +241,111 @@ async def test_rate_limits_and_rejections_do_not_open_the_circuit() -> None:
     assert r.transitions == []
 
 
-def test_half_open_circuit_admits_one_trial_call_at_a_time() -> None:
+async def _half_open(breaker: CircuitBreaker, clock: FakeClock, cooldown_s: float = 1.0) -> None:
+    with pytest.raises(ProviderCallError):
+        async with breaker.guard():
+            raise ProviderCallError(ErrorCode.TIMEOUT, "down")
+    clock.now += cooldown_s
+    assert breaker.state == CircuitState.HALF_OPEN
+
+
+async def _let_tasks_run() -> None:
+    for _ in range(10):  # yields to the event loop, no timing: each waiter reaches its wait
+        await asyncio.sleep(0)
+
+
+@pytest.mark.parametrize("trial_succeeds", [True, False])
+async def test_calls_during_a_half_open_trial_wait_for_its_outcome(trial_succeeds: bool) -> None:
     clock = FakeClock()
     breaker = CircuitBreaker(ProviderName.OPENAI, threshold=1, cooldown_s=1.0, clock=clock)
-    with pytest.raises(ProviderCallError), breaker.guard():
-        raise ProviderCallError(ErrorCode.TIMEOUT, "down")
-    clock.now += 1
-    with (
-        breaker.guard(),
-        pytest.raises(ProviderCallError, match="a trial call is in flight"),
-        breaker.guard(),
-    ):
-        pass
-    assert breaker.state == CircuitState.CLOSED
+    await _half_open(breaker, clock)
+    trial_may_end = asyncio.Event()
+    entered: list[str] = []
+
+    async def call(name: str) -> str:
+        async with breaker.guard():
+            entered.append(name)
+            if name == "trial":
+                await trial_may_end.wait()
+                if not trial_succeeds:
+                    raise ProviderCallError(ErrorCode.PROVIDER_UNAVAILABLE, "still down")
+        return name
+
+    trial = asyncio.create_task(call("trial"))
+    others = [asyncio.create_task(call(f"call-{i}")) for i in range(3)]
+    await _let_tasks_run()
+    assert entered == ["trial"], "one trial at a time; the others wait instead of failing"
+    assert not any(t.done() for t in others)
+    trial_may_end.set()
+    outcomes = await asyncio.gather(trial, *others, return_exceptions=True)
+    if trial_succeeds:
+        assert outcomes == ["trial", "call-0", "call-1", "call-2"]
+        assert breaker.state == CircuitState.CLOSED
+    else:
+        assert [str(o) for o in outcomes[:1]] == ["still down"]
+        for waited in outcomes[1:]:
+            assert isinstance(waited, ProviderCallError)
+            assert "circuit open" in str(waited)
+            assert waited.failure.retry_after == pytest.approx(1.0)
+        assert breaker.state == CircuitState.OPEN
+
+
+async def test_a_cancelled_trial_hands_the_trial_to_one_waiter() -> None:
+    clock = FakeClock()
+    breaker = CircuitBreaker(ProviderName.OPENAI, threshold=1, cooldown_s=1.0, clock=clock)
+    await _half_open(breaker, clock)
+    hold = asyncio.Event()
+    entered: list[str] = []
+
+    async def call(name: str) -> None:
+        async with breaker.guard():
+            entered.append(name)
+            await hold.wait()
+
+    trial = asyncio.create_task(call("trial"))
+    waiters = [asyncio.create_task(call(f"w{i}")) for i in range(2)]
+    await _let_tasks_run()
+    trial.cancel()
+    await _let_tasks_run()
+    assert entered == ["trial", "w0"], "the first waiter becomes the next trial, alone"
+    hold.set()
+    await asyncio.gather(*waiters)
+    assert entered == ["trial", "w0", "w1"]
+
+
+async def test_a_trial_that_outlasts_the_wait_fails_the_waiter_with_a_retry_after() -> None:
+    clock = FakeClock()
+    breaker = CircuitBreaker(
+        ProviderName.OPENAI, threshold=1, cooldown_s=2.0, clock=clock, trial_wait_s=0.05
+    )
+    await _half_open(breaker, clock, cooldown_s=2.0)
+    never = asyncio.Event()
+
+    async def stuck_trial() -> None:
+        async with breaker.guard():
+            await never.wait()
+
+    trial = asyncio.create_task(stuck_trial())
+    await _let_tasks_run()
+    with pytest.raises(ProviderCallError, match=r"outlasted 0\.05s") as info:
+        async with breaker.guard():
+            pass
+    assert info.value.failure.retry_after == 2.0
+    trial.cancel()
+
+
+async def test_four_calls_at_a_half_open_provider_all_succeed_behind_one_trial() -> None:
+    async with rig("openai", breaker_threshold=1, breaker_cooldown_s=5.0) as r:
+        r.server.script(Reply(503))
+        await call_error(r)
+        r.clock.now += 5
+        r.server.latency_s = 0.2  # the trial is in flight while the others arrive
+        outcomes = await asyncio.gather(*(compare(r, 1) for _ in range(4)))
+    assert all(isinstance(o, ItemSuccess) for batch in outcomes for o in batch)
+    trial, *rest = r.server.calls[1:]
+    assert len(rest) == 3
+    assert all(call.received_at >= trial.received_at + 0.2 for call in rest), "after the trial"
+    assert r.transitions == [CircuitState.OPEN, CircuitState.HALF_OPEN, CircuitState.CLOSED]
 
 
 @pytest.mark.parametrize("flavour", FLAVOURS)

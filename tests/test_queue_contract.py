@@ -68,10 +68,11 @@ async def test_submit_is_idempotent_by_request_id(queue: QueueBackend) -> None:
         (True, RequestStatus.QUEUED),
         (False, RequestStatus.QUEUED),
     ]
-    assert await lease_ids(queue) == ["r1"]
+    lease = await queue.lease(now=T0 + 1)
+    assert [q.request_id for q in lease.items] == ["r1"]
     (again,) = await queue.submit([make_queued("r1")])
     assert (again.created, again.status) == (False, RequestStatus.PROCESSING)
-    await queue.complete([(make_queued("r1"), judged(make_queued("r1")))])
+    await queue.complete([(make_queued("r1"), judged(make_queued("r1")))], token=lease.token)
     (late,) = await queue.submit([make_queued("r1")])
     assert (late.created, late.status) == (False, RequestStatus.COMPLETED)
     assert await lease_ids(queue) == []
@@ -143,7 +144,9 @@ async def test_sweep_takes_expired_queued_requests_and_submitter_is_told(
     found = await queue.sweep(now=T0 + 10)
     assert [q.request_id for q in found.expired] == ["doomed"]
     assert (await queue.stats(now=T0 + 10)).queued == 1
-    assert await queue.complete([(doomed, expired_result(doomed, now=T0 + 10))]) == [True]
+    ending = [(doomed, expired_result(doomed, now=T0 + 10))]
+    assert await queue.complete(ending) == [False], "held by the sweep's token"
+    assert await queue.complete(ending, token=found.token) == [True]
     entries = await queue.read_channel("ch", cursor="", timeout=0)
     assert [(e.result.request_id, e.result.status) for e in entries] == [
         ("doomed", RequestStatus.EXPIRED)
@@ -154,10 +157,14 @@ async def test_sweep_takes_expired_queued_requests_and_submitter_is_told(
 async def test_second_completion_is_refused_and_published_once(queue: QueueBackend) -> None:
     queued = make_queued("r1", channel="ch", reply_to="reply-1")
     await queue.submit([queued])
-    await queue.lease(now=T0 + 1)
+    lease = await queue.lease(now=T0 + 1)
     first = judged(queued, now=T0 + 2)
-    assert await queue.complete([(queued, first)]) == [True]
+    assert await queue.complete([(queued, first)], token=lease.token) == [True]
+    # Another holder (a replica whose lease was taken over) is refused; the holder itself,
+    # asking again after a lost reply, is told its result is the stored one. Neither publishes.
+    assert await queue.complete([(queued, judged(queued, now=T0 + 3))], token="other") == [False]
     assert await queue.complete([(queued, judged(queued, now=T0 + 3))]) == [False]
+    assert await queue.complete([(queued, first)], token=lease.token) == [True]
     for channel in ("ch", "reply-1"):
         entries = await queue.read_channel(channel, cursor="", timeout=0)
         assert [e.result for e in entries] == [first]
@@ -173,8 +180,9 @@ async def test_complete_of_unknown_request_is_refused(queue: QueueBackend) -> No
 async def test_read_channel_resumes_from_a_cursor_without_gaps(queue: QueueBackend) -> None:
     batch = [make_queued(f"r{i}", channel="ch", at=T0 + i) for i in range(4)]
     await queue.submit(batch)
-    await queue.lease(now=T0 + 10, max_items=1)
-    await queue.complete([(q, judged(q)) for q in batch[:3]])
+    lease = await queue.lease(now=T0 + 10, max_items=1)
+    await queue.complete([(batch[0], judged(batch[0]))], token=lease.token)
+    await queue.complete([(q, judged(q)) for q in batch[1:3]])  # never leased: no token
     everything = await queue.read_channel("ch", cursor="", timeout=0)
     assert [e.result.request_id for e in everything] == ["r0", "r1", "r2"]
     rest = await queue.read_channel("ch", cursor=everything[0].cursor, timeout=0)
@@ -256,9 +264,12 @@ async def test_release_puts_requests_back_at_their_original_position(
     queue: QueueBackend,
 ) -> None:
     await queue.submit([make_queued("first", at=T0), make_queued("second", at=T0 + 1)])
-    assert await lease_ids(queue) == ["first"]
+    lease = await queue.lease(now=T0 + 1)
+    assert [q.request_id for q in lease.items] == ["first"]
     await queue.submit([make_queued("third", at=T0 + 2)])
-    await queue.release(["first"])
+    await queue.release(["first"], token="someone-else")
+    assert (await queue.get("first")).status == RequestStatus.PROCESSING  # type: ignore[union-attr]
+    await queue.release(["first"], token=lease.token)
     assert (await queue.get("first")).status == RequestStatus.QUEUED  # type: ignore[union-attr]
     assert await drain_order(queue) == ["first", "second", "third"]
 
@@ -275,10 +286,10 @@ async def test_get_reports_status_then_the_result(queue: QueueBackend) -> None:
         T0,
     )
     assert dict(pending.metadata) == {"cj_batch_id": "b1"}
-    await queue.lease(now=T0 + 1)
+    lease = await queue.lease(now=T0 + 1)
     assert (await queue.get("r1")).status == RequestStatus.PROCESSING  # type: ignore[union-attr]
     result = judged(queued)
-    await queue.complete([(queued, result)])
+    await queue.complete([(queued, result)], token=lease.token)
     assert await queue.get("r1") == result
 
 
@@ -286,11 +297,13 @@ async def test_stats_count_by_status_and_oldest_age(queue: QueueBackend) -> None
     await queue.submit(
         [make_queued(f"r{i}", priority=i, at=T0 + 10 * i, group="1:g") for i in range(4)]
     )
-    leased = (await queue.lease(now=T0 + 100, max_items=1)).items  # r3, the highest priority
+    one = await queue.lease(now=T0 + 100, max_items=1)
+    leased = one.items  # r3, the highest priority
     assert [q.request_id for q in leased] == ["r3"]
-    second = (await queue.lease(now=T0 + 100, max_items=1)).items
-    await queue.complete([(leased[0], judged(leased[0]))])
-    await queue.complete([(second[0], expired_result(second[0], now=T0 + 100))])
+    two = await queue.lease(now=T0 + 100, max_items=1)
+    second = two.items
+    await queue.complete([(leased[0], judged(leased[0]))], token=one.token)
+    await queue.complete([(second[0], expired_result(second[0], now=T0 + 100))], token=two.token)
     stats = await queue.stats(now=T0 + 100)
     assert (stats.queued, stats.processing, stats.completed, stats.expired, stats.failed) == (
         2,
@@ -306,8 +319,9 @@ async def test_stats_count_by_status_and_oldest_age(queue: QueueBackend) -> None
 
 async def test_release_keeps_submission_order_among_equal_scores(queue: QueueBackend) -> None:
     await queue.submit([make_queued(rid, at=T0) for rid in ("t3", "t1", "t2")])
-    assert await lease_ids(queue) == ["t3"]
-    await queue.release(["t3"])
+    lease = await queue.lease(now=T0 + 1)
+    assert [q.request_id for q in lease.items] == ["t3"]
+    await queue.release(["t3"], token=lease.token)
     assert await drain_order(queue) == ["t3", "t1", "t2"]
 
 

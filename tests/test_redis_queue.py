@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Iterator
 from typing import Any
 
 import pytest
@@ -88,22 +88,26 @@ async def test_lapsed_lease_is_reclaimed_by_another_replica_at_its_position(
     dying, survivor = replicas  # lease_seconds is 30 (the default)
     first = make_queued("first", at=T0, channel="ch")
     await dying.submit([first])
-    assert [q.request_id for q in (await dying.lease(now=T0 + 1)).items] == ["first"]
+    held = await dying.lease(now=T0 + 1)
+    assert [q.request_id for q in held.items] == ["first"]
     await survivor.submit([make_queued("later", at=T0 + 2)])
-    await dying.extend(["first"], now=T0 + 20)  # a heartbeat moves the deadline to T0 + 50
+    # A heartbeat moves the deadline to T0 + 50.
+    assert await dying.extend(["first"], token=held.token, now=T0 + 20) == []
     assert (await survivor.sweep(now=T0 + 40)).reclaimed == 0
-    # The holder stops heart-beating (it died); its lease lapses.
+    # The holder stops heart-beating (it stalled); its lease lapses.
     assert (await survivor.sweep(now=T0 + 51)).reclaimed == 1
     assert (await survivor.get("first")).status == RequestStatus.QUEUED  # type: ignore[union-attr]
-    assert [q.request_id for q in (await survivor.lease(now=T0 + 52)).items] == ["first"]
-    # Both now complete it: only one result is stored and published.
-    stored = [
-        await survivor.complete([(first, judged(first, now=T0 + 53))]),
-        await dying.complete([(first, judged(first, now=T0 + 54))]),
-    ]
-    assert stored == [[True], [False]]
+    taken = await survivor.lease(now=T0 + 52)
+    assert [q.request_id for q in taken.items] == ["first"]
+    # The stalled holder wakes: it cannot extend, release or complete what it lost.
+    assert await dying.extend(["first"], token=held.token, now=T0 + 53) == ["first"]
+    await dying.release(["first"], token=held.token)
+    assert await dying.complete([(first, judged(first, now=T0 + 54))], token=held.token) == [False]
+    assert (await survivor.get("first")).status == RequestStatus.PROCESSING  # type: ignore[union-attr]
+    stored = await survivor.complete([(first, judged(first, now=T0 + 55))], token=taken.token)
+    assert stored == [True]
     entries = await survivor.read_channel("ch", cursor="", timeout=0)
-    assert [e.result.completed_at for e in entries] == [T0 + 53]
+    assert [e.result.completed_at for e in entries] == [T0 + 55]
 
 
 async def test_expired_requests_held_by_a_dead_replica_are_not_lost(
@@ -120,7 +124,8 @@ async def test_expired_requests_held_by_a_dead_replica_are_not_lost(
     assert (await dying.sweep(now=T0 + 50)).expired == []
     found = await dying.sweep(now=T0 + 68)
     assert (found.reclaimed, [q.request_id for q in found.expired]) == (1, ["late"])
-    await dying.complete([(q, expired_result(q, now=T0 + 68)) for q in found.expired])
+    ending = [(q, expired_result(q, now=T0 + 68)) for q in found.expired]
+    assert await dying.complete(ending, token=found.token) == [True]
     assert (await dying.sweep(now=T0 + 200)).expired == []
 
 
@@ -135,14 +140,23 @@ async def test_submit_lease_and_complete_of_many_are_one_round_trip_each(redis_u
         await queue.submit([make_queued("warm-up", group="8:w")])
         await queue.lease(now=T0, max_items=8)
         await queue.complete([(ghost, judged(ghost))])
+        await queue.extend(["ghost"], token="t", now=T0)
+        await queue.release(["ghost"], token="t")
 
         batch = [make_queued(f"r{i}", group="8:g", at=T0 + i) for i in range(50)]
         assert await commands_sent(redis_url, queue.submit(batch)) == ["EVALSHA"]
+        lease = await queue.lease(now=T0 + 100, max_items=8, token="bundle")
         leasing = queue.lease(now=T0 + 100, max_items=8)
         assert await commands_sent(redis_url, leasing) == ["EVALSHA"]
-        done = [(q, judged(q)) for q in batch[:8]]
-        assert await commands_sent(redis_url, queue.complete(done)) == ["EVALSHA"]
-        assert (await queue.stats(now=T0 + 100)).completed == 8
+        ids = [q.request_id for q in lease.items]
+        extending = queue.extend(ids, token="bundle", now=T0 + 101)
+        assert await commands_sent(redis_url, extending) == ["EVALSHA"]
+        releasing = queue.release(ids[4:], token="bundle", retry_at=T0 + 200)
+        assert await commands_sent(redis_url, releasing) == ["EVALSHA"]
+        done = [(q, judged(q)) for q in lease.items[:4]]
+        completing = queue.complete(done, token="bundle")
+        assert await commands_sent(redis_url, completing) == ["EVALSHA"]
+        assert (await queue.stats(now=T0 + 100)).completed == 4
     finally:
         await queue.close()
 
@@ -153,8 +167,10 @@ async def test_every_key_is_under_the_prefix_hash_tag(redis_url: str, observer: 
     try:
         q = make_queued("r1", group="8:g", deadline=T0 + 50, channel="ch", reply_to="reply")
         await queue.submit([q, make_queued("r2", group="8:g", deadline=T0 + 50)])
-        await queue.lease(now=T0 + 1, max_items=1)
-        await queue.complete([(q, judged(q))])
+        lease = await queue.lease(now=T0 + 1, max_items=1)
+        await queue.complete([(q, judged(q))], token=lease.token)
+        retry = await queue.lease(now=T0 + 1, max_items=1)
+        await queue.release(["r2"], token=retry.token, retry_at=T0 + 30)
         keys = sorted(k.decode() for k in await observer.keys("*"))
         assert keys
         assert all(k.startswith("{t}:") for k in keys), keys
@@ -178,8 +194,8 @@ async def test_ended_requests_are_kept_for_the_retention_time_only(
     try:
         q = make_queued("r1", channel="ch")
         await queue.submit([q])
-        await queue.lease(now=T0 + 1)
-        await queue.complete([(q, judged(q, now=T0 + 2))])
+        lease = await queue.lease(now=T0 + 1)
+        await queue.complete([(q, judged(q, now=T0 + 2))], token=lease.token)
         for key in (keys.request("r1"), keys.channel("ch")):
             assert 0 < await observer.pttl(key) <= 100_000
         assert await observer.hget(keys.request("r1"), "payload") is None  # essays dropped
@@ -202,19 +218,34 @@ async def test_queue_structures_are_empty_once_everything_ended(
     ]
     await queue.submit(batch)
     lease = await queue.lease(now=T0 + 11, max_items=8)  # r0 expired, r2 and r4 leased
-    await queue.release([lease.items[0].request_id])
-    await queue.complete([(q, judged(q)) for q in lease.items[1:]])
-    await queue.complete([(q, expired_result(q, now=T0 + 11)) for q in lease.expired])
-    while found := (await queue.sweep(now=T0 + 100)).expired:
-        await queue.complete([(q, expired_result(q, now=T0 + 100)) for q in found])
-    fixed = [keys.pending, keys.leases, keys.deadlines, keys.enqueued, keys.group("8:g0")]
+    await queue.release([lease.items[0].request_id], token=lease.token, retry_at=T0 + 12)
+    await queue.complete([(q, judged(q)) for q in lease.items[1:]], token=lease.token)
+    ending = [(q, expired_result(q, now=T0 + 11)) for q in lease.expired]
+    await queue.complete(ending, token=lease.token)
+    while (found := await queue.sweep(now=T0 + 100)).expired:
+        ending = [(q, expired_result(q, now=T0 + 100)) for q in found.expired]
+        await queue.complete(ending, token=found.token)
+    # The retried one outlives its TTL (it has cost a call): it is leased again and ends.
+    retried = await queue.lease(now=T0 + 100, max_items=8)
+    await queue.complete([(q, judged(q)) for q in retried.items], token=retried.token)
+    fixed = [keys.pending, keys.leases, keys.deadlines, keys.enqueued, keys.delayed]
+    fixed += [keys.group("8:g0"), keys.provider_pending("mock")]
     assert await observer.exists(*fixed, keys.group("8:g1")) == 0
     assert int(await observer.hget(keys.meta, "bytes") or 0) == 0
     stats = await queue.stats(now=T0 + 100)
-    assert (stats.queued, stats.processing, stats.completed, stats.expired) == (0, 0, 1, 5)
+    assert (stats.queued, stats.processing, stats.completed, stats.expired) == (0, 0, 2, 4)
 
 
 # --- Redis down ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def own_redis() -> Iterator[RedisProcess]:
+    """A private redis-server this test may kill."""
+    proc = RedisProcess()
+    proc.start()
+    yield proc
+    proc.close()
 
 
 async def test_redis_down_fails_fast_with_the_cause_and_recovers_by_itself(
@@ -232,8 +263,8 @@ async def test_redis_down_fails_fast_with_the_cause_and_recovers_by_itself(
             queue.submit([make_queued("r2")]),
             queue.lease(now=T0 + 1),
             queue.complete([(q, judged(q))]),
-            queue.release(["r1"]),
-            queue.extend(["r1"], now=T0 + 1),
+            queue.release(["r1"], token="t"),
+            queue.extend(["r1"], token="t", now=T0 + 1),
             queue.get("r1"),
             queue.read_channel("ch", cursor="", timeout=1.0),
             queue.sweep(now=T0 + 1),

@@ -82,7 +82,9 @@ class Settings:
     redis_url: str = field(default="redis://127.0.0.1:6379/0", repr=False)
     redis_prefix: str = "lps"
     queue_processing_mode: ProcessingMode = ProcessingMode.PER_REQUEST
-    serial_bundle_max_requests_per_call: int = field(default=8, metadata=between(1, 64))
+    serial_bundle_max_requests_per_call: int = field(
+        default=8, metadata=between(1, MAX_BUNDLE_SIZE)
+    )
     serial_bundle_max_wait_ms: int = field(default=0, metadata=between(0, HOUR_S * 1000))
     queue_max_size: int = field(default=100_000, metadata=at_least(1))
     queue_max_bytes: int = field(default=1_073_741_824, metadata=at_least(1))
@@ -93,6 +95,7 @@ class Settings:
     queue_sweep_interval_seconds: float = field(default=5.0, metadata=between(0.01, DAY_S))
     result_retention_seconds: float = field(default=86_400.0, metadata=above(0, YEAR_S))
     retry_backoff_ms: int = field(default=500, metadata=between(0, HOUR_S * 1000))
+    retry_after_max_seconds: float = field(default=300.0, metadata=between(0, DAY_S))
     max_concurrent_calls: int = field(default=4, metadata=between(1, 10_000))
     max_essay_bytes: int = field(default=100_000, metadata=at_least(1))
     shutdown_grace_seconds: float = field(default=30.0, metadata=between(0, DAY_S))

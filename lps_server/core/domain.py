@@ -60,6 +60,8 @@ class ErrorCode(StrEnum):
     EXPIRED = "expired"
     CONFIGURATION = "configuration"
     INTERNAL = "internal"
+    # The stored request could not be decoded or routed (corrupt, or from a newer release).
+    UNREADABLE_REQUEST = "unreadable_request"
 
 
 class CircuitState(StrEnum):

@@ -9,6 +9,11 @@ from lps_server.core.domain import CircuitState, ProcessingMode, ProviderName, R
 BUNDLE_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 EXPIRY_AGE_BUCKETS = (1, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+#: Where a bundle found that it had lost a lease: before its provider call, or after it (the
+#: provider's answer was dropped).
+LEASE_LOST_STAGES = ("before_call", "after_call")
+UNREADABLE_REASONS = ("undecodable", "unroutable")
+PROCESSOR_LOOPS = ("dispatch", "sweep")
 # Queued work can wait as long as its TTL (an hour by default), far past any call's latency.
 QUEUE_WAIT_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 
@@ -94,6 +99,34 @@ class LpsMetrics:
             ["provider"],
             registry=registry,
         )
+        self.lease_lost = Counter(
+            "llm_provider_lease_lost_total",
+            "Leased requests another holder took over before this replica stored their result; "
+            "stage after_call means the provider's answer was dropped",
+            ["provider", "stage"],
+            registry=registry,
+        )
+        self.unreadable_requests = Counter(
+            "llm_provider_unreadable_requests_total",
+            "Queued requests ended FAILED because their stored payload cannot be decoded "
+            "(undecodable) or names a provider unknown to this release (unroutable)",
+            ["reason"],
+            registry=registry,
+        )
+        self.processor_restarts = Counter(
+            "llm_provider_processor_restarts_total",
+            "Restarts of a processing loop after it failed unexpectedly",
+            ["loop"],
+            registry=registry,
+        )
+        # Series that alerts compare against exist from the start, at 0.
+        for provider in ProviderName:
+            for stage in LEASE_LOST_STAGES:
+                self.lease_lost.labels(provider=provider.value, stage=stage)
+        for reason in UNREADABLE_REASONS:
+            self.unreadable_requests.labels(reason=reason)
+        for loop in PROCESSOR_LOOPS:
+            self.processor_restarts.labels(loop=loop)
         self.grpc_requests = Counter(
             "llm_provider_grpc_requests_total",
             "gRPC calls handled, by method and status code",

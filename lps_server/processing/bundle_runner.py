@@ -1,14 +1,22 @@
-"""Runs one bundle: the provider call, per-item outcomes, retries with backoff, and results."""
+"""Runs one bundle: one provider call, per-item outcomes, results, and retries put back in the
+queue.
+
+A bundle makes one attempt. Items that failed retryably go back to the queue with a not-before
+time (backoff with jitter, at least the provider's Retry-After capped by
+LPS_RETRY_AFTER_MAX_SECONDS) and one more failed attempt counted, so an item waiting for its retry
+holds no lease, no call slot and no task; it leads or joins a later bundle when due. Results are
+stored under the bundle's lease token: answers for requests whose lease was lost meanwhile are
+dropped and counted (`llm_provider_lease_lost_total`), never stored.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import random
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from opentelemetry import trace
@@ -20,11 +28,14 @@ from lps_server.core.domain import (
     ErrorCode,
     Failure,
     ProcessingMode,
+    ProviderName,
     QueuedRequest,
 )
 from lps_server.observability.metrics import LpsMetrics
 from lps_server.observability.tracing import context_from, trace_id_of
+from lps_server.processing.leases import LeaseKeeper
 from lps_server.processing.results import completed, failed
+from lps_server.processing.retries import GaveUp, retry_delay, settle
 from lps_server.providers import (
     ComparisonItem,
     ItemFailure,
@@ -37,7 +48,6 @@ from lps_server.providers.registry import UnknownProviderError
 from lps_server.queue.base import QueueBackend
 
 log = logging.getLogger(__name__)
-BACKOFF_CAP_S = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,8 +60,8 @@ class _Call:
 
 
 class BundleRunner:
-    """Processes leased bundles; several may run at once, at most LPS_MAX_CONCURRENT_CALLS calls
-    per provider."""
+    """Processes leased bundles; several may run at once (the dispatcher bounds how many per
+    provider, `ProviderCapacity`)."""
 
     def __init__(
         self,
@@ -72,13 +82,28 @@ class BundleRunner:
         self._clock = clock
         self._rng = rng
         self._mode = settings.queue_processing_mode
-        self._provider_slots = {
-            name: asyncio.Semaphore(settings.max_concurrent_calls) for name in providers.names()
-        }
 
-    async def run(self, items: list[QueuedRequest]) -> None:
-        """Process one bundle of compatible, unexpired requests to their final results."""
+    async def run(
+        self, items: list[QueuedRequest], *, keeper: LeaseKeeper, attempts: Mapping[str, int]
+    ) -> None:
+        """Make one attempt at a bundle of compatible, unexpired requests held by `keeper`:
+        results for what ended, the queue again for what will be retried.
+
+        `attempts` counts each item's earlier failed attempts (absent: none).
+        """
         route = items[0].route
+        model_label = self._providers.model_label(route)
+        labels = {"provider": route.provider.value, "model": model_label}
+        if not await keeper.confirm():
+            log.error(
+                "the leases of %d request(s) may have lapsed and cannot be confirmed; not calling "
+                "the provider for them, they will be reclaimed",
+                len(items),
+            )
+            return
+        items = self._still_held(items, keeper, route.provider, stage="before_call")
+        if not items:
+            return
         bundle_id = uuid.uuid4().hex if self._mode == ProcessingMode.SERIAL_BUNDLE else ""
         facts = {
             q.request_id: BundleFacts(bundle_id, i, len(items), self._mode)
@@ -89,9 +114,8 @@ class BundleRunner:
         except UnknownProviderError as exc:
             failure = Failure(ErrorCode.CONFIGURATION, str(exc))
             now = self._clock()
-            await self._queue.complete(
-                [(q, failed(q, failure, now, facts[q.request_id])) for q in items]
-            )
+            done = [(q, failed(q, failure, now, facts[q.request_id])) for q in items]
+            await self._store(done, labels, keeper)
             return
         now = self._clock()
         spans = {
@@ -102,7 +126,6 @@ class BundleRunner:
             )
             for q in items
         }
-        heartbeat = asyncio.create_task(self._heartbeat([q.request_id for q in items]))
         try:
             with self._tracer.start_as_current_span(
                 "lps.bundle",
@@ -115,59 +138,88 @@ class BundleRunner:
                     "lps.model": route.model,
                 },
             ):
-                await self._attempt_until_done(items, provider, facts, spans)
+                await self._attempt(items, provider, facts, spans, keeper, attempts, labels)
         finally:
-            heartbeat.cancel()
             for span in spans.values():
                 span.end()
 
-    async def _attempt_until_done(
+    async def _attempt(
         self,
         items: list[QueuedRequest],
         provider: Provider,
         facts: dict[str, BundleFacts],
         spans: dict[str, trace.Span],
+        keeper: LeaseKeeper,
+        attempts: Mapping[str, int],
+        labels: dict[str, str],
     ) -> None:
-        route = items[0].route
-        model_label = self._providers.model_label(route)
-        labels = {"provider": route.provider.value, "model": model_label}
-        pending = items
-        attempt = 0
-        while pending:
-            attempt += 1
-            call = await self._call(provider, pending, attempt)
-            self._metrics.response_duration.labels(**labels).observe(call.duration_s)
-            if call.answered and self._mode == ProcessingMode.SERIAL_BUNDLE:
-                self._metrics.record_bundle_call(size=len(pending), **labels)
-            now = self._clock()
-            done = []
-            retry: list[tuple[QueuedRequest, ItemFailure]] = []
-            for queued, outcome in zip(pending, call.outcomes, strict=True):
-                rid = queued.request_id
-                trace_id = trace_id_of(spans[rid])
-                if isinstance(outcome, ItemSuccess):
-                    result = completed(
-                        queued,
-                        outcome,
-                        now=now,
-                        response_time_s=call.duration_s,
-                        facts=facts[rid],
-                        trace_id=trace_id,
-                    )
-                    done.append((queued, result))
-                elif outcome.retryable and attempt <= self._settings.queue_max_retries:
-                    retry.append((queued, outcome))
-                    self._metrics.provider_retries.labels(
-                        error_code=outcome.code.value, **labels
-                    ).inc()
-                else:
-                    failure = _final_failure(outcome, attempt)
-                    result = failed(queued, failure, now, facts[rid], trace_id=trace_id)
-                    done.append((queued, result))
-            await self._store(done, labels)
-            if retry:
-                await asyncio.sleep(self._backoff(attempt, [f for _, f in retry]))
-            pending = [q for q, _ in retry]
+        number = {q.request_id: attempts.get(q.request_id, 0) + 1 for q in items}
+        call = await self._call(provider, items, max(number.values()))
+        self._metrics.response_duration.labels(**labels).observe(call.duration_s)
+        if call.answered and self._mode == ProcessingMode.SERIAL_BUNDLE:
+            self._metrics.record_bundle_call(size=len(items), **labels)
+        # Answers for requests another holder took over meanwhile are dropped here.
+        answered = self._still_held(items, keeper, items[0].route.provider, stage="after_call")
+        outcomes = dict(zip([q.request_id for q in items], call.outcomes, strict=True))
+        now = self._clock()
+        done = []
+        retry: list[tuple[QueuedRequest, ItemFailure]] = []
+        for queued in answered:
+            rid = queued.request_id
+            outcome = outcomes[rid]
+            trace_id = trace_id_of(spans[rid])
+            if isinstance(outcome, ItemSuccess):
+                result = completed(
+                    queued,
+                    outcome,
+                    now=now,
+                    response_time_s=call.duration_s,
+                    facts=facts[rid],
+                    trace_id=trace_id,
+                )
+                done.append((queued, result))
+            elif outcome.retryable and number[rid] <= self._settings.queue_max_retries:
+                retry.append((queued, outcome))
+                self._metrics.provider_retries.labels(error_code=outcome.code.value, **labels).inc()
+            else:
+                failure = _final_failure(outcome, number[rid])
+                result = failed(queued, failure, now, facts[rid], trace_id=trace_id)
+                done.append((queued, result))
+        await self._store(done, labels, keeper)
+        if retry:
+            attempt = max(number[q.request_id] for q, _ in retry)
+            retry_at = now + self._backoff(attempt, [f for _, f in retry])
+            await self._retry_later([q for q, _ in retry], retry_at, keeper)
+
+    def _still_held(
+        self,
+        items: Sequence[QueuedRequest],
+        keeper: LeaseKeeper,
+        provider: ProviderName,
+        *,
+        stage: str,
+    ) -> list[QueuedRequest]:
+        """The items whose lease the keeper still holds; the others are counted as lost."""
+        held = [q for q in items if not keeper.is_lost(q.request_id)]
+        if lost := len(items) - len(held):
+            self._metrics.lease_lost.labels(provider=provider.value, stage=stage).inc(lost)
+        return held
+
+    async def _retry_later(
+        self, items: Sequence[QueuedRequest], retry_at: float, keeper: LeaseKeeper
+    ) -> None:
+        """Put items back in the queue, due at `retry_at`, holding nothing meanwhile."""
+        ids = [q.request_id for q in items]
+        what = f"put {len(ids)} request(s) back for a retry"
+        try:
+            await settle(
+                lambda: self._queue.release(ids, token=keeper.token, retry_at=retry_at),
+                keeper,
+                what,
+            )
+        except GaveUp:
+            return
+        keeper.let_go(ids)
 
     async def _call(
         self, provider: Provider, pending: Sequence[QueuedRequest], attempt: int
@@ -182,42 +234,56 @@ class BundleRunner:
             )
             for q in pending
         ]
-        async with self._provider_slots[route.provider]:
-            with self._tracer.start_as_current_span(
-                "lps.provider_call",
-                attributes={"lps.attempt": attempt, "lps.items": len(items)},
-            ) as span:
-                started = time.monotonic()
-                try:
-                    outcomes = await provider.compare(
-                        items, model=route.model, overrides=pending[0].request.overrides
-                    )
-                    answered = True
-                except ProviderCallError as exc:
-                    outcomes, answered = [exc.failure] * len(items), False
-                except Exception as exc:  # a provider bug must fail its items, not the server
-                    log.exception("provider %s raised unexpectedly", route.provider.value)
-                    message = f"provider {route.provider.value} failed: {type(exc).__name__}"
-                    outcomes = [ItemFailure(ErrorCode.INTERNAL, message)] * len(items)
-                    answered = False
-                duration = time.monotonic() - started
-                if len(outcomes) != len(items):
-                    message = (
-                        f"provider {route.provider.value} answered {len(outcomes)} of "
-                        f"{len(items)} items"
-                    )
-                    outcomes = [ItemFailure(ErrorCode.INVALID_RESPONSE, message)] * len(items)
-                if not answered:
-                    span.set_status(trace.StatusCode.ERROR, outcomes[0].message)  # type: ignore[union-attr]
+        with self._tracer.start_as_current_span(
+            "lps.provider_call",
+            attributes={"lps.attempt": attempt, "lps.items": len(items)},
+        ) as span:
+            started = time.monotonic()
+            try:
+                outcomes = await provider.compare(
+                    items, model=route.model, overrides=pending[0].request.overrides
+                )
+                answered = True
+            except ProviderCallError as exc:
+                outcomes, answered = [exc.failure] * len(items), False
+            except Exception as exc:  # a provider bug must fail its items, not the server
+                log.exception("provider %s raised unexpectedly", route.provider.value)
+                message = f"provider {route.provider.value} failed: {type(exc).__name__}"
+                outcomes = [ItemFailure(ErrorCode.INTERNAL, message)] * len(items)
+                answered = False
+            duration = time.monotonic() - started
+            if len(outcomes) != len(items):
+                message = (
+                    f"provider {route.provider.value} answered {len(outcomes)} of "
+                    f"{len(items)} items"
+                )
+                outcomes = [ItemFailure(ErrorCode.INVALID_RESPONSE, message)] * len(items)
+            if not answered:
+                span.set_status(trace.StatusCode.ERROR, outcomes[0].message)  # type: ignore[union-attr]
         return _Call(outcomes, duration, answered)
 
     async def _store(
-        self, done: list[tuple[QueuedRequest, ComparisonResult]], labels: dict[str, str]
+        self,
+        done: list[tuple[QueuedRequest, ComparisonResult]],
+        labels: dict[str, str],
+        keeper: LeaseKeeper,
     ) -> None:
-        """Store results, then count and log the ones this replica ended first."""
+        """Store results under the bundle's token, then count and log the ones stored."""
         if not done:
             return
-        firsts = await self._queue.complete(done)
+        what = f"store {len(done)} result(s)"
+        try:
+            firsts = await settle(
+                lambda: self._queue.complete(done, token=keeper.token), keeper, what
+            )
+        except GaveUp:
+            return
+        if refused := [q.request_id for (q, _), ok in zip(done, firsts, strict=True) if not ok]:
+            # Another holder took these over after the call (the keeper had not noticed yet).
+            keeper.lose(refused)
+            provider = done[0][0].route.provider.value
+            self._metrics.lease_lost.labels(provider=provider, stage="after_call").inc(len(refused))
+        keeper.let_go(q.request_id for q, _ in done)
         ended = [pair for pair, first in zip(done, firsts, strict=True) if first]
         # Metrics are summed per bundle: one labelled child per status rather than per request.
         by_status = Counter(result.status.value for _, result in ended)
@@ -243,17 +309,15 @@ class BundleRunner:
         self._metrics.cost.labels(**labels).inc(cost)
 
     def _backoff(self, attempt: int, failures: Sequence[ItemFailure]) -> float:
-        """Exponential backoff with full jitter, never shorter than a provider's Retry-After."""
-        base = self._settings.retry_backoff_ms / 1000.0
-        delay = self._rng.uniform(0, min(BACKOFF_CAP_S, base * 2 ** (attempt - 1)))
-        hints = [f.retry_after for f in failures if f.retry_after is not None]
-        return max([delay, *hints])
-
-    async def _heartbeat(self, request_ids: list[str]) -> None:
-        period = self._settings.queue_lease_seconds / 3.0
-        while True:
-            await asyncio.sleep(period)
-            await self._queue.extend(request_ids, now=self._clock())
+        """Exponential backoff with full jitter, never shorter than a provider's Retry-After,
+        which is honoured up to LPS_RETRY_AFTER_MAX_SECONDS."""
+        return retry_delay(
+            attempt,
+            [f.retry_after for f in failures if f.retry_after is not None],
+            base_s=self._settings.retry_backoff_ms / 1000.0,
+            hint_cap_s=self._settings.retry_after_max_seconds,
+            rng=self._rng,
+        )
 
 
 def _final_failure(outcome: ItemFailure, attempts: int) -> Failure:

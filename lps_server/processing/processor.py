@@ -1,4 +1,12 @@
-"""The processor: leases bundles from the queue and hands them to the bundle runner."""
+"""The processor: leases bundles from the queue and hands them to the bundle runner.
+
+Two loops run under supervision: the dispatcher (lease, fill, start a bundle) and the sweeper
+(reclaim lapsed leases, end expired requests, publish depth). Either is restarted with backoff
+after any exception, logged with its cause, and health reads NOT_SERVING while the dispatcher
+cannot run or the queue backend cannot be reached. Each bundle's leases are kept alive by a
+`LeaseKeeper` from the moment they are taken; each provider's room (`ProviderCapacity`) decides
+what may be leased, so one provider's slowness never delays another's work.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +24,7 @@ from lps_server.core.domain import (
     ErrorCode,
     Failure,
     ProcessingMode,
+    ProviderName,
     QueuedRequest,
     RequestStatus,
 )
@@ -23,26 +32,32 @@ from lps_server.core.errors import QueueUnavailableError
 from lps_server.observability.metrics import LpsMetrics
 from lps_server.observability.tracing import tracer_for
 from lps_server.processing.bundle_runner import BundleRunner
-from lps_server.processing.results import expired, failed
+from lps_server.processing.capacity import ProviderCapacity
+from lps_server.processing.leases import LeaseKeeper
+from lps_server.processing.results import expired, failed, unreadable
+from lps_server.processing.supervision import Health, ServingListener, supervise
 from lps_server.providers import ProviderRegistry
-from lps_server.queue.base import Lease, QueueBackend
+from lps_server.queue.base import Lease, QueueBackend, UnreadableRequest
 
 log = logging.getLogger(__name__)
 UNAVAILABLE_BACKOFF_S = (0.05, 2.0)
 IDLE_WAIT_S = 1.0
+# The shortest idle wait: a retry due "now" is leased at the next look, never in a busy loop.
+MIN_WAIT_S = 0.005
 
 
 class Processor:
-    """Dispatches bundles from the queue, at most LPS_MAX_CONCURRENT_CALLS in flight.
+    """Dispatches bundles from the queue, at most LPS_MAX_CONCURRENT_CALLS per provider in flight.
 
     Args:
         queue: the queue backend.
         providers: the provider registry.
-        settings: processing mode, bundle size, retries, concurrency.
+        settings: processing mode, bundle size, retries, concurrency, lease period.
         metrics: where to record metrics.
         tracer_provider: where spans go (the global provider by default).
         clock: Unix time source.
         rng: randomness for backoff jitter.
+        on_serving: told whether the processor can work, on every change (health).
     """
 
     def __init__(
@@ -55,6 +70,7 @@ class Processor:
         tracer_provider: trace.TracerProvider | None = None,
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
+        on_serving: ServingListener | None = None,
     ) -> None:
         self._queue = queue
         self._settings = settings
@@ -70,9 +86,10 @@ class Processor:
             clock=clock,
             rng=rng or random.Random(),
         )
-        # Bundles in flight: LPS_MAX_CONCURRENT_CALLS per configured provider. The runner holds
-        # each provider to its own limit, so a slow provider cannot take another's share of calls.
-        self._slots = asyncio.Semaphore(settings.max_concurrent_calls * len(providers.names()))
+        self._capacity = ProviderCapacity(
+            providers.names(), settings.max_concurrent_calls, on_room=self._queue_changed
+        )
+        self._health = Health(on_serving)
         self._in_flight: set[asyncio.Task[None]] = set()
         self._stopping = asyncio.Event()
         self._draining = False
@@ -80,91 +97,168 @@ class Processor:
 
     async def run(self) -> None:
         """Dispatch bundles until `stop()`; then wait for the bundles in flight to finish."""
-        sweeper = asyncio.create_task(self._sweep_forever())
-        failures = 0
+        sweeper = asyncio.create_task(
+            supervise(
+                "sweep", self._sweep_forever, stopping=self._stopping, on_failure=self._sweep_failed
+            )
+        )
         try:
-            while not self._stopping.is_set():
-                await self._slots.acquire()
-                try:
-                    lease = await self._queue.lease(
-                        now=self._clock(), max_items=self._settings.bundle_size
-                    )
-                    failures = 0
-                    if lease.items or lease.expired:
-                        await self._fill(lease)
-                except QueueUnavailableError as exc:
-                    self._slots.release()
-                    failures += 1
-                    await self._backoff_unavailable(exc, failures)
-                    continue
-                if not lease.items and not lease.expired:
-                    self._slots.release()
-                    if self._draining:
-                        break
-                    await self._wait_for_work_or_stop(timeout=IDLE_WAIT_S)
-                    continue
-                task = asyncio.create_task(self._run_lease(lease))
-                self._in_flight.add(task)
-                task.add_done_callback(self._in_flight.discard)
+            await supervise(
+                "dispatch",
+                self._dispatch,
+                stopping=self._stopping,
+                on_failure=self._dispatch_failed,
+            )
         finally:
             sweeper.cancel()
+            await asyncio.gather(sweeper, return_exceptions=True)
             while self._in_flight:
                 await asyncio.gather(*self._in_flight, return_exceptions=True)
 
     def stop(self, *, drain: bool = False) -> None:
         """Stop leasing; with `drain`, first work the queue empty. `run()` then returns once the
-        bundles in flight are done."""
+        bundles in flight are done. Once stopped, nothing more is leased, not even requests a
+        lease call brings back after the stop: they are given back at once."""
         if drain:
             self._draining = True
             self._queue_changed()
         else:
             self._stopping.set()
 
-    def _queue_changed(self) -> None:
-        # Wake the dispatcher so it re-reads the queue (and sees that it should drain).
-        self._wake.set()
-
     def cancel_in_flight(self) -> None:
-        """Cancel bundles in flight; their unfinished requests are released to the queue."""
+        """Cancel bundles in flight; their unfinished requests are released to the queue (only
+        those this replica still holds)."""
         for task in self._in_flight:
             task.cancel()
 
-    async def _fill(self, lease: Lease) -> None:
+    def _queue_changed(self) -> None:
+        # Wake the dispatcher so it re-reads the queue (work, room, or a drain to finish).
+        self._wake.set()
+
+    async def _dispatch_failed(self) -> None:
+        self._metrics.processor_restarts.labels(loop="dispatch").inc()
+        await self._health.report(False)
+
+    async def _sweep_failed(self) -> None:
+        self._metrics.processor_restarts.labels(loop="sweep").inc()
+
+    async def _dispatch(self) -> None:
+        """Lease what providers with room can take, fill it, and start it; until stopped."""
+        failures = 0
+        while not self._stopping.is_set():
+            if self._capacity.all_full():
+                await self._wait_for_work_or_stop(timeout=IDLE_WAIT_S, queue=False)
+                continue
+            now = self._clock()
+            try:
+                lease = await self._queue.lease(
+                    now=now, max_items=self._settings.bundle_size, exclude=self._capacity.full()
+                )
+            except QueueUnavailableError as exc:
+                failures += 1
+                await self._health.report(False)
+                await self._backoff_unavailable(exc, failures)
+                continue
+            failures = 0
+            await self._health.report(True)
+            if self._stopping.is_set():
+                # Stopped while this lease was on its way: it must not start.
+                await self._give_back(lease)
+                return
+            if not lease.request_ids:
+                if self._draining and not self._in_flight and lease.next_retry_at is None:
+                    return
+                await self._wait_for_work_or_stop(timeout=self._idle_wait(lease, now))
+                continue
+            await self._start(lease, taken_at=now)
+
+    def _idle_wait(self, lease: Lease, now: float) -> float:
+        if lease.next_retry_at is None:
+            return IDLE_WAIT_S
+        return min(IDLE_WAIT_S, max(MIN_WAIT_S, lease.next_retry_at - now))
+
+    async def _start(self, lease: Lease, *, taken_at: float) -> None:
+        keeper = LeaseKeeper(
+            queue=self._queue,
+            token=lease.token,
+            lease_s=self._settings.queue_lease_seconds,
+            clock=self._clock,
+            request_ids=lease.request_ids,
+            taken_at=taken_at,
+        )
+        keeper.start()
+        provider = lease.items[0].route.provider if lease.items else None
+        if provider is not None:
+            self._capacity.take(provider)
+        try:
+            await self._fill(lease, keeper)
+        except BaseException:
+            await self._give_back(lease)
+            await keeper.stop()
+            if provider is not None:
+                self._capacity.give_back(provider)
+            raise
+        task = asyncio.create_task(self._run_lease(lease, keeper, provider))
+        self._in_flight.add(task)
+        task.add_done_callback(self._in_flight.discard)
+
+    async def _give_back(self, lease: Lease) -> None:
+        try:
+            await self._queue.release(lease.request_ids, token=lease.token)
+        except QueueUnavailableError as exc:
+            log.warning("could not give back a lease taken while stopping; it lapses: %s", exc)
+
+    async def _fill(self, lease: Lease, keeper: LeaseKeeper) -> None:
         """Wait up to LPS_SERIAL_BUNDLE_MAX_WAIT_MS for more compatible work to top a bundle up.
 
-        Only while the queue is shallow: once work of another group is waiting, the bundle goes as
-        it is, so that the window never holds back older work of other groups (nor the dispatcher).
+        Only while the queue is shallow: once other work that could go is waiting, the bundle
+        goes as it is, so that the window never holds back older work of other groups (nor the
+        dispatcher). The keeper holds the leases meanwhile, however long the window.
         """
         wait_s = self._settings.serial_bundle_max_wait_ms / 1000.0
         if self._mode != ProcessingMode.SERIAL_BUNDLE or wait_s <= 0 or not lease.items:
             return
         limit = min(self._settings.bundle_size, lease.items[0].bundle_limit)
         deadline = self._clock() + wait_s
-        while len(lease.items) < limit and not (self._stopping.is_set() or self._draining):
-            more = await self._queue.lease(
-                now=self._clock(), group=lease.group, max_items=limit - len(lease.items)
-            )
-            lease.items.extend(more.items)
-            lease.expired.extend(more.expired)
-            remaining = deadline - self._clock()
-            if len(lease.items) >= limit or remaining <= 0:
-                return
-            # A lease of zero items takes nothing and names the head's group: a peek.
-            head = (await self._queue.lease(now=self._clock(), max_items=0)).group
-            if head and head != lease.group:
-                return
-            if not head:
-                await self._wait_for_work_or_stop(timeout=remaining)
-
-    async def _wait_for_work_or_stop(self, *, timeout: float) -> None:
-        self._wake.clear()
-        stop = asyncio.ensure_future(self._stopping.wait())
-        wake = asyncio.ensure_future(self._wake.wait())
-        work = asyncio.ensure_future(self._queue.wait_for_work(timeout))
         try:
-            await asyncio.wait({stop, wake, work}, return_when=asyncio.FIRST_COMPLETED)
+            while len(lease.items) < limit and not (self._stopping.is_set() or self._draining):
+                more = await self._queue.lease(
+                    now=self._clock(),
+                    group=lease.group,
+                    max_items=limit - len(lease.items),
+                    token=lease.token,
+                )
+                keeper.hold(more.request_ids)
+                lease.items.extend(more.items)
+                lease.expired.extend(more.expired)
+                lease.unreadable.extend(more.unreadable)
+                lease.attempts.update(more.attempts)
+                remaining = deadline - self._clock()
+                if len(lease.items) >= limit or remaining <= 0:
+                    return
+                # A lease of zero items takes nothing and names the head's group: a peek.
+                peek = await self._queue.lease(
+                    now=self._clock(), max_items=0, exclude=self._capacity.full()
+                )
+                if peek.group and peek.group != lease.group:
+                    return
+                if not peek.group:
+                    await self._wait_for_work_or_stop(timeout=remaining)
+        except QueueUnavailableError as exc:
+            log.warning("stopped filling a bundle, the queue is unavailable: %s", exc)
+
+    async def _wait_for_work_or_stop(self, *, timeout: float, queue: bool = True) -> None:
+        self._wake.clear()
+        futures: list[asyncio.Future[object]] = [
+            asyncio.ensure_future(self._stopping.wait()),
+            asyncio.ensure_future(self._wake.wait()),
+        ]
+        if queue:
+            futures.append(asyncio.ensure_future(self._queue.wait_for_work(timeout)))
+        try:
+            await asyncio.wait(futures, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for future in (stop, wake, work):
+            for future in futures:
                 future.cancel()
 
     async def _backoff_unavailable(self, exc: Exception, failures: int) -> None:
@@ -177,26 +271,35 @@ class Processor:
             return
 
     async def _sweep_forever(self) -> None:
-        while True:
+        while not self._stopping.is_set():
             try:
                 found = await self._queue.sweep(now=self._clock())
                 if found.reclaimed:
                     log.warning("reclaimed %d requests whose lease lapsed", found.reclaimed)
-                await self.expire(found.expired, reason="cleanup")
+                await self._end_unreadable(found.unreadable, token=found.token)
+                await self.expire(found.expired, reason="cleanup", token=found.token)
                 stats = await self._queue.stats(now=self._clock())
                 self._metrics.set_depth(
                     {RequestStatus.QUEUED: stats.queued, RequestStatus.PROCESSING: stats.processing}
                 )
             except QueueUnavailableError as exc:
                 log.warning("sweep skipped: %s", exc)
-            await asyncio.sleep(self._settings.queue_sweep_interval_seconds)
+            try:
+                interval = self._settings.queue_sweep_interval_seconds
+                await asyncio.wait_for(self._stopping.wait(), interval)
+            except TimeoutError:
+                continue
 
-    async def expire(self, requests: Sequence[QueuedRequest], *, reason: str) -> None:
-        """End requests found past their deadline as EXPIRED and record why (`ttl`, `cleanup`)."""
+    async def expire(
+        self, requests: Sequence[QueuedRequest], *, reason: str, token: str = ""
+    ) -> None:
+        """End requests found past their deadline (held under `token`) as EXPIRED and record
+        why (`ttl`, `cleanup`)."""
         if not requests:
             return
         now = self._clock()
-        stored = await self._queue.complete([(q, expired(q, now, self._mode)) for q in requests])
+        done = [(q, expired(q, now, self._mode)) for q in requests]
+        stored = await self._queue.complete(done, token=token)
         for queued, first in zip(requests, stored, strict=True):
             if first:
                 self._metrics.record_expiry(
@@ -206,36 +309,78 @@ class Processor:
                     age_s=now - queued.enqueued_at,
                 )
 
-    async def abandon(self, requests: Sequence[QueuedRequest], reason: str) -> None:
-        """End requests that will never be processed (shutdown of an in-process queue) as FAILED."""
+    async def _end_unreadable(self, requests: Sequence[UnreadableRequest], *, token: str) -> None:
+        """End requests whose payload cannot be read as FAILED (UNREADABLE_REQUEST), and count
+        them: one bad payload ends one request, never the loop that met it."""
+        if not requests:
+            return
+        now = self._clock()
+        stored = await self._queue.complete(
+            [unreadable(u, now, self._mode) for u in requests], token=token
+        )
+        for request, first in zip(requests, stored, strict=True):
+            if not first:
+                continue
+            reason = "undecodable" if request.routable else "unroutable"
+            self._metrics.unreadable_requests.labels(reason=reason).inc()
+            log.error(
+                "ended request %s FAILED: %s",
+                request.request_id,
+                request.reason,
+                extra={"request_id": request.request_id, "error_code": "unreadable_request"},
+            )
+
+    async def abandon(
+        self, requests: Sequence[QueuedRequest], reason: str, *, token: str = ""
+    ) -> None:
+        """End requests that will never be processed as FAILED: those still queued at the
+        shutdown of an in-process queue, or (with their `token`) a bundle that failed."""
         now = self._clock()
         failure = Failure(ErrorCode.INTERNAL, reason, retryable=True)
         facts = BundleFacts(mode=self._mode)
-        await self._queue.complete([(q, failed(q, failure, now, facts)) for q in requests])
+        done = [(q, failed(q, failure, now, facts)) for q in requests]
+        await self._queue.complete(done, token=token)
 
-    async def _release_unfinished(self, items: Sequence[QueuedRequest]) -> None:
-        """Give leased requests back to the queue; those already ended are left as they are."""
+    async def _release_unfinished(self, keeper: LeaseKeeper) -> None:
+        """Give the requests this bundle still holds back to the queue, for other replicas."""
+        held = keeper.held
         try:
-            await self._queue.release([q.request_id for q in items])
+            await self._queue.release(held, token=keeper.token)
         except QueueUnavailableError:
-            log.error("could not release leases; they will lapse and be reclaimed")
+            log.error("could not release %d leases; they will lapse and be reclaimed", len(held))
 
-    async def _run_lease(self, lease: Lease) -> None:
+    async def _run_lease(
+        self, lease: Lease, keeper: LeaseKeeper, provider: ProviderName | None
+    ) -> None:
         try:
-            await self.expire(lease.expired, reason="ttl")
+            await self._end_unreadable(lease.unreadable, token=lease.token)
+            await self.expire(lease.expired, reason="ttl", token=lease.token)
+            keeper.let_go(
+                [u.request_id for u in lease.unreadable] + [q.request_id for q in lease.expired]
+            )
             if lease.items:
-                await self._runner.run(lease.items)
+                await self._runner.run(lease.items, keeper=keeper, attempts=lease.attempts)
         except asyncio.CancelledError:
-            await self._release_unfinished(lease.items)
+            await self._release_unfinished(keeper)
             raise
         except QueueUnavailableError as exc:
-            # Results could not be stored: the leases lapse and another attempt redoes the work.
-            log.error("could not store results, leases will be reclaimed: %s", exc)
+            # Ending expired or unreadable requests failed: their leases lapse, and a later
+            # lease or sweep finds them again.
+            log.error(
+                "could not end requests found while leasing; they will be found again: %s", exc
+            )
         except Exception:
             log.exception("bundle failed unexpectedly")
+            unfinished = [q for q in lease.items if q.request_id in set(keeper.held)]
             try:
-                await self.abandon(lease.items, "internal error while processing the bundle")
+                await self.abandon(
+                    unfinished, "internal error while processing the bundle", token=lease.token
+                )
             except QueueUnavailableError:
                 log.error("could not store failure results; leases will be reclaimed")
         finally:
-            self._slots.release()
+            await keeper.stop()
+            if provider is not None:
+                self._capacity.give_back(provider)
+            if self._draining:
+                self._queue_changed()  # the drain ends once nothing is in flight

@@ -7,14 +7,19 @@ from dataclasses import replace
 from lps_server.core.bundling import enrich_metadata
 from lps_server.core.domain import (
     BundleFacts,
+    ComparisonRequest,
     ComparisonResult,
     ErrorCode,
+    Essay,
     Failure,
     ProcessingMode,
+    ProviderName,
     QueuedRequest,
     RequestStatus,
+    Route,
 )
 from lps_server.providers.base import ItemSuccess
+from lps_server.queue.base import UnreadableRequest
 
 
 def _base(queued: QueuedRequest, mode: ProcessingMode, status: RequestStatus) -> ComparisonResult:
@@ -86,3 +91,39 @@ def expired(queued: QueuedRequest, now: float, mode: ProcessingMode) -> Comparis
         failure=failure,
         completed_at=now,
     )
+
+
+def unreadable(
+    request: UnreadableRequest, now: float, mode: ProcessingMode
+) -> tuple[QueuedRequest, ComparisonResult]:
+    """The FAILED result of a request whose stored payload cannot be read, with a stand-in for
+    the queued request that carries only what `complete` needs of it: the id and the channels."""
+    stand_in = QueuedRequest(
+        request=ComparisonRequest(
+            request_id=request.request_id,
+            essay_a=Essay("", ""),
+            essay_b=Essay("", ""),
+            correlation_id=request.correlation_id,
+            result_channel=request.result_channel,
+        ),
+        # Never used to route: the request ends here.
+        route=Route(ProviderName.MOCK, ""),
+        group="",
+        bundle_limit=1,
+        enqueued_at=request.enqueued_at,
+        reply_to=request.reply_to,
+    )
+    failure = Failure(
+        ErrorCode.UNREADABLE_REQUEST,
+        f"this server cannot process the stored request: {request.reason}",
+    )
+    result = ComparisonResult(
+        request_id=request.request_id,
+        status=RequestStatus.FAILED,
+        correlation_id=request.correlation_id,
+        failure=failure,
+        requested_at=request.enqueued_at,
+        completed_at=now,
+        bundle=BundleFacts(mode=mode),
+    )
+    return stand_in, result

@@ -3,16 +3,20 @@
 Closed: calls go through. After `threshold` consecutive calls fail because the provider did not
 answer (5xx, connection error, timeout) the circuit opens and calls fail at once, without HTTP,
 for `cooldown_s`. Then it is half-open: one trial call goes through; its success closes the
-circuit, its failure opens it for another cooldown. Any HTTP answer that is not a server error
-(including 429 and other 4xx) proves the provider is reachable and counts as a success here.
+circuit, its failure opens it for another cooldown. Calls that arrive while the trial is in flight
+wait for its outcome (at most `trial_wait_s`) instead of failing: they go through once it closed
+the circuit, and fail fast, with the new cooldown as their retry-after, once it opened it again.
+Any HTTP answer that is not a server error (including 429 and other 4xx) proves the provider is
+reachable and counts as a success here.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 
 from lps_server.core.domain import CircuitState, ErrorCode, ProviderName
 from lps_server.providers.base import ProviderCallError
@@ -34,6 +38,8 @@ class CircuitBreaker:
         cooldown_s: how long the circuit stays open before a trial call.
         clock: monotonic time source.
         on_state_change: called on every transition.
+        trial_wait_s: how long a call waits for a trial in flight (the provider's call timeout
+            bounds the trial; this bounds the wait should it not).
     """
 
     def __init__(
@@ -44,6 +50,7 @@ class CircuitBreaker:
         cooldown_s: float,
         clock: Callable[[], float] = time.monotonic,
         on_state_change: CircuitListener | None = None,
+        trial_wait_s: float = 60.0,
     ) -> None:
         self._provider = provider
         self._threshold = threshold
@@ -53,7 +60,10 @@ class CircuitBreaker:
         self._state = CircuitState.CLOSED
         self._failures = 0
         self._opened_at = 0.0
-        self._probing = False
+        self._trial_wait_s = trial_wait_s
+        # Set while no trial call is in flight; calls that find one in flight wait for it.
+        self._no_trial = asyncio.Event()
+        self._no_trial.set()
 
     @property
     def state(self) -> CircuitState:
@@ -67,17 +77,20 @@ class CircuitBreaker:
         """Failed calls since the last success."""
         return self._failures
 
-    @contextmanager
-    def guard(self) -> Iterator[None]:
+    @asynccontextmanager
+    async def guard(self) -> AsyncIterator[None]:
         """Admit one call and learn from how it ends.
 
         The guarded block signals failure by raising ProviderCallError; its code decides whether
         the failure counts (TRIP_CODES). Cancellation and other exceptions leave the count as is.
+        While a half-open circuit's trial call is in flight, this waits for its outcome.
 
         Raises:
-            ProviderCallError: PROVIDER_UNAVAILABLE at once when the circuit is open, or half-open
-                with its trial call still in flight.
+            ProviderCallError: PROVIDER_UNAVAILABLE at once when the circuit is open (with the
+                rest of the cooldown as retry-after), or when a trial call outlasted
+                `trial_wait_s`.
         """
+        await self._wait_for_trial()
         state = self.state
         if state is CircuitState.OPEN:
             remaining = max(0.0, self._opened_at + self._cooldown_s - self._clock())
@@ -89,13 +102,7 @@ class CircuitBreaker:
             )
         probe = state is CircuitState.HALF_OPEN
         if probe:
-            if self._probing:
-                raise ProviderCallError(
-                    ErrorCode.PROVIDER_UNAVAILABLE,
-                    f"circuit half-open for provider {self._provider.value} after "
-                    f"{self._failures} consecutive failures; a trial call is in flight",
-                )
-            self._probing = True
+            self._no_trial.clear()
         try:
             yield
         except ProviderCallError as exc:
@@ -108,7 +115,23 @@ class CircuitBreaker:
             self._record_success()
         finally:
             if probe:
-                self._probing = False
+                self._no_trial.set()
+
+    async def _wait_for_trial(self) -> None:
+        """Return once no trial call is in flight (at once when none is)."""
+        deadline = time.monotonic() + self._trial_wait_s
+        try:
+            # Every waiter wakes when a trial ends; should it have ended without an outcome
+            # (cancelled), the first to resume becomes the next trial and the others wait again.
+            while not self._no_trial.is_set():
+                await asyncio.wait_for(self._no_trial.wait(), deadline - time.monotonic())
+        except TimeoutError:
+            raise ProviderCallError(
+                ErrorCode.PROVIDER_UNAVAILABLE,
+                f"circuit half-open for provider {self._provider.value}: its trial call "
+                f"outlasted {self._trial_wait_s:g}s",
+                retry_after=self._cooldown_s,
+            ) from None
 
     def _record_success(self) -> None:
         self._failures = 0

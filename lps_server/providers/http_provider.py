@@ -88,6 +88,7 @@ class HttpProvider(ABC):
             cooldown_s=settings.breaker_cooldown_s,
             clock=clock,
             on_state_change=on_circuit_state,
+            trial_wait_s=settings.timeout_s,
         )
 
     def __repr__(self) -> str:
@@ -150,7 +151,7 @@ class HttpProvider(ABC):
         )
         started = time.monotonic()
         try:
-            with self._breaker.guard():
+            async with self._breaker.guard():
                 response = await self._post(call)
             reply = self._reply(self._json(response))
         except ProviderCallError as exc:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from lps_server.core.domain import ComparisonResult, QueuedRequest, RequestStatus
+from lps_server.core.domain import ComparisonResult, ProviderName, QueuedRequest, RequestStatus
 from lps_server.queue.replies import Deliver
 
 # Shared by both backends: how many results a channel keeps, and how long a client told "queue
@@ -32,24 +32,61 @@ class SubmitOutcome:
 
 
 @dataclass(frozen=True, slots=True)
+class UnreadableRequest:
+    """A leased request whose stored payload this server cannot decode or route (corrupt, or
+    written by a newer release). It must be ended FAILED by its holder, never retried: every
+    replica of this release would fail on it the same way.
+
+    The channels and correlation id are what could still be read from the payload ("" when
+    nothing could), so that the submitter can be told.
+    """
+
+    request_id: str
+    reason: str
+    routable: bool = False
+    result_channel: str = ""
+    reply_to: str = ""
+    correlation_id: str = ""
+    enqueued_at: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
 class Lease:
     """Requests taken from the queue for processing, all of one compatibility key.
 
-    `expired` holds requests found past their deadline while leasing: they are no longer queued and
-    must be ended as EXPIRED by the caller, never sent to a provider.
+    Every request of a lease is held under `token`: only calls that present it may extend,
+    release or complete them (a fenced lease). `expired` holds requests found past their deadline
+    while leasing, `unreadable` those whose payload cannot be read; both are leased too and must be
+    ended by the caller (EXPIRED, FAILED), never sent to a provider. `attempts` counts the earlier
+    failed attempts of retried items (absent: none). On a lease that took nothing,
+    `next_retry_at` is when the earliest request waiting for a retry becomes due (None: none
+    waits), so an idle dispatcher knows when to look again.
     """
 
     items: list[QueuedRequest] = field(default_factory=list)
     expired: list[QueuedRequest] = field(default_factory=list)
     group: str = ""
+    token: str = ""
+    unreadable: list[UnreadableRequest] = field(default_factory=list)
+    attempts: dict[str, int] = field(default_factory=dict)
+    next_retry_at: float | None = None
+
+    @property
+    def request_ids(self) -> list[str]:
+        """Every request this lease holds: items, expired and unreadable."""
+        held = [q.request_id for q in (*self.items, *self.expired)]
+        return held + [u.request_id for u in self.unreadable]
 
 
 @dataclass(frozen=True, slots=True)
 class SweepResult:
-    """What a periodic sweep found: expired queued requests and reclaimed lease count."""
+    """What a periodic sweep found: expired queued requests (leased under `token` until the
+    caller ends them, like `unreadable` ones) and the count of lapsed leases put back."""
 
     expired: list[QueuedRequest] = field(default_factory=list)
     reclaimed: int = 0
+    token: str = ""
+    unreadable: list[UnreadableRequest] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,12 +136,24 @@ class QueueBackend(Protocol):
         """
         ...
 
-    async def lease(self, *, now: float, group: str | None = None, max_items: int = 1) -> Lease:
+    async def lease(
+        self,
+        *,
+        now: float,
+        group: str | None = None,
+        max_items: int = 1,
+        token: str = "",
+        exclude: Collection[ProviderName] = (),
+    ) -> Lease:
         """Take a bundle: the head of the queue and more of its group, or only `group` if given.
 
         At most `min(max_items, limit of the group)` items; `max_items=0` takes nothing and only
         names the head's group in `Lease.group` (a peek). Returns an empty lease at once when
-        nothing is queued. Leased requests are PROCESSING until completed or released.
+        nothing is queued. Leased requests are PROCESSING under `Lease.token` until completed or
+        released: a new token, or `token` when given (to add requests to a lease already held).
+        The head is looked for only among requests whose provider is not in `exclude` (the
+        providers with no room for more work), so that their work never holds back the others'.
+        Requests waiting for a retry are not leased before it is due.
         """
         ...
 
@@ -112,21 +161,37 @@ class QueueBackend(Protocol):
         """Return when new work may have arrived, or after `timeout` seconds."""
         ...
 
-    async def extend(self, request_ids: Sequence[str], *, now: float) -> None:
-        """Push the lease deadline of these requests one lease period past `now`."""
+    async def extend(self, request_ids: Sequence[str], *, token: str, now: float) -> list[str]:
+        """Push the lease deadline of the requests held under `token` one lease period past
+        `now`; return the ids that are no longer held under it (reclaimed, released or ended by
+        another holder): their holder has lost them and must neither store nor release them.
+        Requests already ended by this holder are neither extended nor reported."""
         ...
 
-    async def release(self, request_ids: Sequence[str]) -> None:
-        """Return leased requests to the queue at their original position."""
+    async def release(
+        self, request_ids: Sequence[str], *, token: str, retry_at: float | None = None
+    ) -> None:
+        """Return requests held under `token` to the queue at their original position; others
+        are left alone. With `retry_at` they count one more failed attempt and are not leased
+        again before that Unix time (they wait in the queue, holding no lease and no call)."""
         ...
 
-    async def complete(self, done: Sequence[tuple[QueuedRequest, ComparisonResult]]) -> list[bool]:
-        """Store final results, publish each on its channels; False where it had ended already.
+    async def complete(
+        self, done: Sequence[tuple[QueuedRequest, ComparisonResult]], *, token: str = ""
+    ) -> list[bool]:
+        """Store final results, publish each on its channels; True where the stored result is
+        this call's.
 
-        Publishing happens once per request even when two replicas complete the same request
-        (after a lease was reclaimed): only the first completion is stored and published. A
-        `reply_to` channel with a reader in this process (`reply_here`) is not published to: the
-        stored result is handed to that reader instead.
+        A leased request is ended only by its holder (`token`); without a token only requests
+        still queued (never leased) can be ended. False where the request had ended already,
+        is unknown, or is held by someone else. Repeating a completion with the same token is
+        harmless: it publishes nothing more and answers True again, so a caller that lost the
+        reply can simply ask again. A `reply_to` channel with a reader in this process
+        (`reply_here`) is not published to: the stored result is handed to that reader instead.
+
+        Raises:
+            QueueUnavailableError: the backend cannot be reached; the results may or may not be
+                stored (ask again to find out).
         """
         ...
 
@@ -160,7 +225,8 @@ class QueueBackend(Protocol):
         ...
 
     async def sweep(self, *, now: float) -> SweepResult:
-        """Remove queued requests past their deadline and requeue expired leases."""
+        """Remove queued requests past their deadline (leased under `SweepResult.token` until the
+        caller ends them) and requeue lapsed leases."""
         ...
 
     async def stats(self, *, now: float) -> QueueStats:

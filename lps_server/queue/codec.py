@@ -38,8 +38,11 @@ from lps_server.core.domain import (
     TokenUsage,
     Winner,
 )
+from lps_server.queue.base import UnreadableRequest
 
 Obj = dict[str, Any]
+# How much of a decoding error an unreadable request's failure message quotes.
+MAX_REASON_CHARS = 200
 
 
 def _dump(obj: Obj, floats: tuple[float | None, ...]) -> bytes:
@@ -164,6 +167,46 @@ def decode_queued(data: bytes) -> QueuedRequest:
         deadline=obj.get("deadline"),
         reply_to=obj.get("reply_to", ""),
         trace_context=dict(obj.get("trace_context", {})),
+    )
+
+
+def unreadable(request_id: str, data: bytes, error: Exception) -> UnreadableRequest:
+    """What can still be told about a payload `decode_queued` refused with `error`: the reason,
+    and the channels and correlation id when the payload is at least a JSON object of our shape.
+
+    `routable` is False when the payload names a provider this release does not know (a newer
+    release wrote it); then it reads well enough otherwise.
+    """
+    try:
+        loaded: object = _load(data)
+    except ValueError:
+        loaded = None
+    obj: Obj = loaded if isinstance(loaded, dict) else {}
+    request: Obj = obj["request"] if isinstance(obj.get("request"), dict) else {}
+    route: Obj = obj["route"] if isinstance(obj.get("route"), dict) else {}
+    provider = route.get("provider")
+    known = {p.value for p in ProviderName}
+    if isinstance(provider, str) and provider not in known:
+        reason = f"it names provider {provider[:40]!r}, unknown to this release"
+        routable = False
+    else:
+        text = f"{type(error).__name__}: {error}"
+        reason = f"its payload does not decode ({text[:MAX_REASON_CHARS]})"
+        routable = True
+
+    def text_of(source: Obj, key: str) -> str:
+        value = source.get(key)
+        return value if isinstance(value, str) else ""
+
+    enqueued_at = obj.get("enqueued_at")
+    return UnreadableRequest(
+        request_id=request_id,
+        reason=reason,
+        routable=routable,
+        result_channel=text_of(request, "result_channel"),
+        reply_to=text_of(obj, "reply_to"),
+        correlation_id=text_of(request, "correlation_id"),
+        enqueued_at=float(enqueued_at) if isinstance(enqueued_at, int | float) else 0.0,
     )
 
 

@@ -1,11 +1,14 @@
 """The embedded in-process queue: the default backend, with the same semantics as Redis.
 
-Requests wait in one heap per compatibility key plus a global heap that finds the head of the
-queue; entries taken from one heap are skipped lazily in the other (each entry carries the token it
-was queued with). Two more heaps index queued requests by deadline and by enqueue time, and ended
-requests are kept in the order they ended, so a sweep and `stats()` look only at what is due or
-at the head, never at every record. An ended request keeps only its result: its essays are
-dropped. Nothing survives the process: for durability and many replicas use Redis.
+Requests wait in one heap per compatibility key, one per provider and a global heap that finds the
+head of the queue; entries taken from one heap are skipped lazily in the others (each entry carries
+the token it was queued with). Requests waiting for a retry wait in a heap by due time until a
+lease moves them back. Leases are fenced by a token as in Redis, though in-process they never lapse.
+Two more heaps index queued requests by deadline and by enqueue time, and ended requests are kept in
+the order they ended, so a sweep and `stats()` look only at what is due or at the head, never at
+every record. An ended request keeps only its result and the token that ended it
+(`local_ended`): its essays are dropped. Nothing survives the process: for durability and many
+replicas use Redis.
 """
 
 from __future__ import annotations
@@ -13,13 +16,12 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
-from collections import Counter, OrderedDict
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 from lps_server.core.bundling import limit_of
-from lps_server.core.domain import ComparisonResult, QueuedRequest, RequestStatus
+from lps_server.core.domain import ComparisonResult, ProviderName, QueuedRequest, RequestStatus
 from lps_server.queue.base import (
     RETRY_AFTER_FULL_S,
     ChannelEntry,
@@ -31,13 +33,14 @@ from lps_server.queue.base import (
     in_progress,
 )
 from lps_server.queue.local_channels import LocalChannels
+from lps_server.queue.local_ended import EndedRequests
 from lps_server.queue.ordering import queue_score, request_bytes
 from lps_server.queue.replies import Deliver, LocalReplies
 
 
 @dataclass(slots=True)
 class _Record:
-    """A request that has not ended (queued or processing)."""
+    """A request that has not ended (queued, waiting for a retry, or processing)."""
 
     queued: QueuedRequest
     status: RequestStatus
@@ -46,15 +49,11 @@ class _Record:
     # so it goes back to exactly its place (the token changes with every enqueue).
     seq: int = 0
     token: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class _Ended:
-    """What is kept of an ended request: its result, for `get` and for a resubmission of its id
-    (answered with its status). Not its essays."""
-
-    result: ComparisonResult
-    finished_at: float
+    # The token of the lease that holds it.
+    lease: str = ""
+    attempts: int = 0
+    # When a request waiting for a retry becomes due; None for every other request.
+    retry_at: float | None = None
 
 
 class LocalQueue:
@@ -85,16 +84,19 @@ class LocalQueue:
         self._retention = retention_s
         self._reply_ttl = reply_ttl_s
         self._records: dict[str, _Record] = {}
-        self._ended: OrderedDict[str, _Ended] = OrderedDict()  # in the order they ended
-        self._ended_counts: Counter[RequestStatus] = Counter()
+        self._ended = EndedRequests()
         self._groups: dict[str, list[tuple[float, int, int, str]]] = {}
         self._head: list[tuple[float, int, int, str, str]] = []
+        self._by_provider: dict[ProviderName, list[tuple[float, int, int, str, str]]] = {}
+        self._retries: list[tuple[float, int, str]] = []
         # (deadline or enqueue time, token, id) of queued requests; stale entries skipped lazily.
         self._deadlines: list[tuple[float, int, str]] = []
         self._enqueue_times: list[tuple[float, int, str]] = []
         self._tokens = itertools.count(1)
-        self._queued = 0
-        self._queued_bytes = 0
+        self._leases = itertools.count(1)
+        self._queued = 0  # leasable now
+        self._waiting_retry = 0
+        self._queued_bytes = 0  # of both
         self._processing = 0
         self._channels = LocalChannels()
         self._replies = LocalReplies()
@@ -116,6 +118,7 @@ class LocalQueue:
             score = queue_score(queued, aging_s=self._aging)
             record = _Record(queued, RequestStatus.QUEUED, score, seq=next(self._tokens))
             self._records[queued.request_id] = record
+            self._queued_bytes += size
             self._enqueue(record)
             outcomes.append(SubmitOutcome(queued.request_id, RequestStatus.QUEUED, created=True))
         return outcomes
@@ -138,19 +141,44 @@ class LocalQueue:
         )
 
     def _enqueue(self, record: _Record) -> None:
+        """Make a request leasable at its place (its bytes are counted already)."""
         record.status = RequestStatus.QUEUED
         record.token = next(self._tokens)
+        record.lease = ""
         group = record.queued.group
         rid = record.queued.request_id
         entry = (record.score, record.seq, record.token, rid)
         heapq.heappush(self._groups.setdefault(group, []), entry)
         heapq.heappush(self._head, (*entry, group))
-        if record.queued.deadline is not None:
+        provider = self._by_provider.setdefault(record.queued.route.provider, [])
+        heapq.heappush(provider, (*entry, group))
+        if record.queued.deadline is not None and not record.attempts:
             heapq.heappush(self._deadlines, (record.queued.deadline, record.token, rid))
         heapq.heappush(self._enqueue_times, (record.queued.enqueued_at, record.token, rid))
         self._queued += 1
-        self._queued_bytes += request_bytes(record.queued)
         self._work.set()
+
+    def _defer(self, record: _Record, retry_at: float) -> None:
+        """Queue a request that must not be leased before `retry_at`."""
+        record.status = RequestStatus.QUEUED
+        record.token = next(self._tokens)
+        record.lease = ""
+        record.attempts += 1
+        record.retry_at = retry_at
+        rid = record.queued.request_id
+        heapq.heappush(self._retries, (retry_at, record.token, rid))
+        heapq.heappush(self._enqueue_times, (record.queued.enqueued_at, record.token, rid))
+        self._waiting_retry += 1
+
+    def _unqueue(self, record: _Record) -> None:
+        """Take a queued request out of the counts (its heap entries die with its token)."""
+        if record.retry_at is None:
+            self._queued -= 1
+        else:
+            self._waiting_retry -= 1
+            record.retry_at = None
+        self._queued_bytes -= request_bytes(record.queued)
+        record.token = -1
 
     def _is_live(self, rid: str, token: int) -> bool:
         record = self._records.get(rid)
@@ -158,85 +186,169 @@ class LocalQueue:
             return False
         return record.status == RequestStatus.QUEUED
 
-    async def lease(self, *, now: float, group: str | None = None, max_items: int = 1) -> Lease:
-        """Take the head and more of its group (or only `group`), up to the group's limit."""
+    def _promote_due(self, now: float) -> None:
+        """Move retries whose time has come back to their place in the queue."""
+        while self._retries and self._retries[0][0] <= now:
+            _, token, rid = heapq.heappop(self._retries)
+            if self._is_live(rid, token):
+                record = self._records[rid]
+                record.retry_at = None
+                self._waiting_retry -= 1
+                self._enqueue(record)
+
+    def _next_retry_at(self) -> float | None:
+        while self._retries and not self._is_live(self._retries[0][2], self._retries[0][1]):
+            heapq.heappop(self._retries)
+        return self._retries[0][0] if self._retries else None
+
+    def _head_group(self, exclude: Collection[ProviderName]) -> str | None:
+        """The group of the head of the queue, looking only at providers not in `exclude`."""
+        heaps = (
+            [h for p, h in self._by_provider.items() if p not in exclude]
+            if exclude
+            else [self._head]
+        )
+        best: tuple[float, int, int, str, str] | None = None
+        for heap in heaps:
+            while heap and not self._is_live(heap[0][3], heap[0][2]):
+                heapq.heappop(heap)
+            if heap and (best is None or heap[0][:2] < best[:2]):
+                best = heap[0]
+        return best[4] if best is not None else None
+
+    async def lease(
+        self,
+        *,
+        now: float,
+        group: str | None = None,
+        max_items: int = 1,
+        token: str = "",
+        exclude: Collection[ProviderName] = (),
+    ) -> Lease:
+        """Take the head and more of its group (or only `group`), up to the group's limit, held
+        under a token; the head is looked for only among providers not in `exclude`."""
+        token = token or f"local-{next(self._leases)}"
+        # What wait_for_work waits for: work queued after this lease looked.
+        self._work.clear()
+        self._promote_due(now)
         if group is None:
-            while self._head and not self._is_live(self._head[0][3], self._head[0][2]):
-                heapq.heappop(self._head)
-            if not self._head:
-                return Lease()
-            group = self._head[0][4]
+            group = self._head_group(exclude)
+            if group is None:
+                return Lease(token=token, next_retry_at=self._next_retry_at())
         limit = min(max_items, limit_of(group))
         heap = self._groups.get(group, [])
         items: list[QueuedRequest] = []
         expired: list[QueuedRequest] = []
+        attempts: dict[str, int] = {}
         while heap and len(items) < limit:
-            _, _, token, rid = heapq.heappop(heap)
-            if not self._is_live(rid, token):
+            _, _, entry_token, rid = heapq.heappop(heap)
+            if not self._is_live(rid, entry_token):
                 continue
             record = self._records[rid]
-            self._queued -= 1
-            self._queued_bytes -= request_bytes(record.queued)
+            self._unqueue(record)
             record.status = RequestStatus.PROCESSING
             self._processing += 1
-            (expired if record.queued.is_expired(now) else items).append(record.queued)
+            record.lease = token
+            if record.attempts:
+                attempts[rid] = record.attempts
+            (expired if _expires(record, now) else items).append(record.queued)
         if not heap:
             self._groups.pop(group, None)
-        if self._queued == 0:
-            self._work.clear()
-        return Lease(items=items, expired=expired, group=group)
+        return Lease(
+            items=items,
+            expired=expired,
+            group=group,
+            token=token,
+            attempts=attempts,
+            next_retry_at=None if items or expired else self._next_retry_at(),
+        )
 
     async def wait_for_work(self, timeout: float) -> None:
-        """Return as soon as a request is queued, or after `timeout`."""
-        if self._queued > 0 or self._closed:
+        """Return as soon as a request is queued after the last lease looked, or after
+        `timeout`."""
+        if self._closed:
             return
         try:
             await asyncio.wait_for(self._work.wait(), timeout)
         except TimeoutError:
             return
 
-    async def extend(self, request_ids: Sequence[str], *, now: float) -> None:
-        """Leases never lapse in-process: the process holding them is the only one."""
+    def _held(self, rid: str, token: str) -> _Record | None:
+        record = self._records.get(rid)
+        if record is None or record.status != RequestStatus.PROCESSING or record.lease != token:
+            return None
+        return record
 
-    async def release(self, request_ids: Sequence[str]) -> None:
-        """Requeue leased requests at their original position."""
+    async def extend(self, request_ids: Sequence[str], *, token: str, now: float) -> list[str]:
+        """Report the ids no longer held under `token`; leases never lapse in-process."""
+        lost = []
         for rid in request_ids:
-            record = self._records.get(rid)
-            if record is not None and record.status == RequestStatus.PROCESSING:
-                self._processing -= 1
-                self._enqueue(record)
+            ended = self._ended.get(rid)
+            ended_by_holder = ended is not None and ended.lease == token
+            if self._held(rid, token) is None and not ended_by_holder:
+                lost.append(rid)
+        return lost
 
-    async def complete(self, done: Sequence[tuple[QueuedRequest, ComparisonResult]]) -> list[bool]:
-        """Store and publish each result once; False for requests that had ended already."""
-        stored = []
+    async def release(
+        self, request_ids: Sequence[str], *, token: str, retry_at: float | None = None
+    ) -> None:
+        """Requeue the requests held under `token` at their original position (with
+        `retry_at`, not before that time)."""
+        for rid in request_ids:
+            record = self._held(rid, token)
+            if record is None:
+                continue
+            self._processing -= 1
+            self._queued_bytes += request_bytes(record.queued)
+            if retry_at is None:
+                self._enqueue(record)
+            else:
+                self._defer(record, retry_at)
+
+    async def complete(
+        self, done: Sequence[tuple[QueuedRequest, ComparisonResult]], *, token: str = ""
+    ) -> list[bool]:
+        """Store and publish each result once, only for its holder (or, without a token, for
+        requests never leased); True where the stored result is this holder's."""
+        stored, fresh = [], []
         for queued, result in done:
-            record = self._records.pop(queued.request_id, None)
-            if record is None:  # unknown, or ended already
+            rid = queued.request_id
+            record = self._records.get(rid)
+            fresh.append(False)
+            if record is None:
+                # A repeat by the holder that ended it: True again, nothing published again.
+                ended = self._ended.get(rid)
+                stored.append(ended is not None and bool(token) and ended.lease == token)
+                continue
+            if token and self._held(rid, token) is None:
                 stored.append(False)
                 continue
-            if record.status == RequestStatus.PROCESSING:
-                self._processing -= 1
-            elif record.status == RequestStatus.QUEUED:
+            if not token:
+                if record.status != RequestStatus.QUEUED:
+                    stored.append(False)
+                    continue
                 # Ended without being leased (drain at shutdown): take it out of the count.
-                self._queued -= 1
-                self._queued_bytes -= request_bytes(record.queued)
-            self._ended[queued.request_id] = _Ended(result, finished_at=result.completed_at)
-            self._ended_counts[result.status] += 1
+                self._unqueue(record)
+            else:
+                self._processing -= 1
+            del self._records[rid]
+            self._ended.add(rid, result, lease=token)
             now = result.completed_at
             self._publish(queued.request.result_channel, result, now=now, ttl=self._retention)
             if self._replies.reader(queued.reply_to) is None:
                 self._publish(queued.reply_to, result, now=now, ttl=self._reply_ttl)
             stored.append(True)
-        self._replies.deliver(done, stored)
+            fresh[-1] = True
+        self._replies.deliver(done, fresh)
         return stored
-
-    def _publish(self, channel: str, result: ComparisonResult, *, now: float, ttl: float) -> None:
-        if channel:
-            self._channels.publish(channel, result, now=now, ttl=ttl)
 
     def reply_here(self, channel: str, deliver: Deliver) -> AbstractContextManager[None]:
         """Results for `channel` go to `deliver` instead of onto the channel while open."""
         return self._replies.open(channel, deliver)
+
+    def _publish(self, channel: str, result: ComparisonResult, *, now: float, ttl: float) -> None:
+        if channel:
+            self._channels.publish(channel, result, now=now, ttl=ttl)
 
     async def get(self, request_id: str) -> ComparisonResult | None:
         """The stored result, or a status-only result while the request is not done."""
@@ -266,28 +378,23 @@ class LocalQueue:
         """Take expired requests out of the queue and forget results and channels past
         retention; only requests due (by deadline, by end time) are looked at."""
         expired = []
+        token = f"local-{next(self._leases)}"
         while self._deadlines and self._deadlines[0][0] <= now:
-            _, token, rid = heapq.heappop(self._deadlines)
-            if not self._is_live(rid, token):
+            _, entry_token, rid = heapq.heappop(self._deadlines)
+            if not self._is_live(rid, entry_token):
                 continue  # leased, ended or requeued since (a newer entry stands for it)
             record = self._records[rid]
-            self._queued -= 1
-            self._queued_bytes -= request_bytes(record.queued)
+            if not _expires(record, now):
+                continue  # attempted already: retried to the end, never EXPIRED
+            self._unqueue(record)
             record.status = RequestStatus.PROCESSING
             self._processing += 1
-            record.token = -1
+            record.lease = token
             expired.append(record.queued)
-        while self._ended:
-            rid, ended = next(iter(self._ended.items()))
-            if ended.finished_at + self._retention >= now:
-                break
-            self._ended.popitem(last=False)
-            self._ended_counts[ended.result.status] -= 1
+        self._ended.forget_before(now - self._retention)
         self._channels.forget_idle(now)
         self._oldest_queued()  # drops stale entries from the front of the index
-        if self._queued == 0:
-            self._work.clear()
-        return SweepResult(expired=expired)
+        return SweepResult(expired=expired, token=token)
 
     def _oldest_queued(self) -> float | None:
         while self._enqueue_times:
@@ -301,11 +408,11 @@ class LocalQueue:
         """Depth by status and the oldest queued age."""
         oldest = self._oldest_queued()
         return QueueStats(
-            queued=self._queued,
+            queued=self._queued + self._waiting_retry,
             processing=self._processing,
-            completed=self._ended_counts[RequestStatus.COMPLETED],
-            failed=self._ended_counts[RequestStatus.FAILED],
-            expired=self._ended_counts[RequestStatus.EXPIRED],
+            completed=self._ended.count(RequestStatus.COMPLETED),
+            failed=self._ended.count(RequestStatus.FAILED),
+            expired=self._ended.count(RequestStatus.EXPIRED),
             oldest_queued_age_s=max(0.0, now - oldest) if oldest is not None else 0.0,
         )
 
@@ -322,3 +429,9 @@ class LocalQueue:
         """Queued requests in queue order (used to end them at shutdown)."""
         live = [r for r in self._records.values() if r.status == RequestStatus.QUEUED]
         return [r.queued for r in sorted(live, key=lambda r: (r.score, r.seq))]
+
+
+def _expires(record: _Record, now: float) -> bool:
+    """Past its TTL, and never attempted: once a request has cost a provider call, it is retried
+    to the end however late, never ended EXPIRED."""
+    return record.attempts == 0 and record.queued.is_expired(now)

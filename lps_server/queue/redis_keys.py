@@ -10,10 +10,14 @@ further, run more queues under different prefixes, each landing on its own slot.
 Layout under `{p}` (the prefix):
 
 * `{p}:pending`          zset, every queued request by queue score (the global order)
+* `{p}:pending:<provider>` zset per provider, the same members and scores (leases skip
+                         providers with no room)
 * `{p}:group:<key>`      zset per compatibility key, the same members and scores
 * `{p}:req:<request id>` hash: payload, status, score, member, group, deadline, bytes,
-                         enqueued_at, then result; expires after retention once ended
+                         enqueued_at, provider, lease (the holder's token), attempts (failed
+                         ones), then result; expires after retention once ended
 * `{p}:leases`           zset, leased request ids by lease deadline
+* `{p}:delayed`          zset, ids of queued requests waiting for a retry, by when it is due
 * `{p}:deadlines`        zset, queued request ids by TTL deadline
 * `{p}:enqueued`         zset, queued request ids by enqueue time (oldest queued age)
 * `{p}:ended:<status>`   zset per end state, request ids by completion time (stats)
@@ -65,6 +69,15 @@ class QueueKeys:
     def leases(self) -> str:
         """Zset of leased request ids by lease deadline."""
         return f"{self.tag}:leases"
+
+    @property
+    def delayed(self) -> str:
+        """Zset of request ids waiting for a retry, by when it is due."""
+        return f"{self.tag}:delayed"
+
+    def provider_pending(self, provider: str) -> str:
+        """The zset of one provider's queued members (scripts build it from `pending`)."""
+        return f"{self.pending}:{provider}"
 
     @property
     def deadlines(self) -> str:
@@ -128,7 +141,15 @@ class QueueKeys:
 
     def script_keys(self) -> list[str]:
         """The fixed keys every queue script receives as KEYS, in the order the scripts read."""
-        return [self.pending, self.leases, self.deadlines, self.enqueued, self.wake, self.meta]
+        return [
+            self.pending,
+            self.leases,
+            self.deadlines,
+            self.enqueued,
+            self.wake,
+            self.meta,
+            self.delayed,
+        ]
 
     def script_prefixes(self) -> list[str]:
         """Prefixes scripts append ids to for keys known only inside the script (ARGV[1..4]).

@@ -1,19 +1,22 @@
 """The Redis queue backend: durable, prioritised, expiring, shared by many replicas.
 
 The data model is in `redis_keys`, every state change is one Lua script in `redis_scripts`; this
-module encodes arguments, decodes replies, and turns every Redis failure into
-`QueueUnavailableError` in one place (`_unavailable`). See docs/queue.md.
+module encodes arguments, decodes replies, turns every Redis failure into `QueueUnavailableError` in
+one place (`_unavailable`), and tries a call once more after a dead connection (`_call`). See
+docs/queue.md.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import socket
-from collections.abc import Iterator, Sequence
+import uuid
+from collections.abc import Awaitable, Callable, Collection, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
@@ -23,7 +26,7 @@ from redis.exceptions import MaxConnectionsError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from lps_server.core.config import Settings
-from lps_server.core.domain import ComparisonResult, QueuedRequest, RequestStatus
+from lps_server.core.domain import ComparisonResult, ProviderName, QueuedRequest, RequestStatus
 from lps_server.core.errors import ConfigurationError, QueueBusyError, QueueUnavailableError
 from lps_server.queue.base import (
     CHANNEL_MAX_ENTRIES,
@@ -34,9 +37,16 @@ from lps_server.queue.base import (
     QueueStats,
     SubmitOutcome,
     SweepResult,
+    UnreadableRequest,
     in_progress,
 )
-from lps_server.queue.codec import decode_queued, decode_result, encode_queued, encode_result
+from lps_server.queue.codec import (
+    decode_queued,
+    decode_result,
+    encode_queued,
+    encode_result,
+    unreadable,
+)
 from lps_server.queue.ordering import queue_score, request_bytes
 from lps_server.queue.redis_channels import ChannelReader, read_now
 from lps_server.queue.redis_keys import ENDED_STATUSES, QueueKeys
@@ -44,6 +54,8 @@ from lps_server.queue.redis_pools import BoundedPool, blocking_twin
 from lps_server.queue.redis_scripts import QueueScripts
 from lps_server.queue.replies import Deliver, LocalReplies
 
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 # Short timeouts make calls fail fast (gRPC UNAVAILABLE) while Redis is down, instead of hanging
 # the RPCs that wait on them. Scripts do bounded work, so 2 s is far above a healthy call.
 CONNECT_TIMEOUT_S = 1.0
@@ -66,9 +78,8 @@ _UNAVAILABLE_REPLIES = ("LOADING", "OOM", "READONLY", "MISCONF", "MASTERDOWN", "
 
 
 def _retry() -> Retry:
-    # No retries: a call fails at once and the caller (processor backoff, gRPC client) decides.
-    # A retried script could run twice when only its reply was lost; and a connection that died
-    # with a Redis restart needs no retry, the pool replaces it when it is next checked out.
+    # No retries inside redis-py: a call fails at once and the caller decides. The one retry we
+    # do, after a connection turned out dead, is `RedisQueue._call`'s, where it can be logged.
     return Retry(NoBackoff(), 0)
 
 
@@ -190,10 +201,37 @@ class RedisQueue:
             if not self._calls:
                 self._idle.set()
 
+    async def _call(self, operation: Callable[[], Awaitable[T]]) -> T:
+        """Run one Redis operation; a dead connection is replaced and the operation tried once
+        more.
+
+        After Redis restarts, every connection in the pool is dead, and the first command sent on
+        one fails although Redis is up again. So on a connection error the pool's idle
+        connections are dropped (they are all as old as the one that failed) and the operation
+        runs again on a fresh connection. That is safe because every script is fenced and
+        idempotent: one that did run before its reply was lost answers the same again (a lease
+        whose reply was lost is the exception: its requests lapse and are reclaimed, docs/queue.md).
+        A timeout is not retried: the server may be stalled, not gone.
+        """
+        try:
+            with self._unavailable():
+                return await operation()
+        except QueueUnavailableError as exc:
+            # A full pool is no dead connection: dropping idle connections would not help it.
+            if (
+                self._closed
+                or isinstance(exc, QueueBusyError)
+                or not isinstance(exc.__cause__, RedisConnectionError)
+            ):
+                raise
+            log.info("redis connection failed (%s); retrying once on a new one", exc.__cause__)
+        with self._unavailable():
+            await self._client.connection_pool.disconnect(inuse_connections=False)
+            return await operation()
+
     async def _run(self, script: Any, args: Sequence[Any]) -> Any:
         prefixed = [*self._keys.script_prefixes(), *args]
-        with self._unavailable():
-            return await script(keys=self._keys.script_keys(), args=prefixed)
+        return await self._call(lambda: script(keys=self._keys.script_keys(), args=prefixed))
 
     async def submit(self, requests: Sequence[QueuedRequest]) -> list[SubmitOutcome]:
         """Enqueue new requests in one script call; known ids return their status, overflow is
@@ -210,6 +248,7 @@ class RedisQueue:
                 "" if q.deadline is None else repr(q.deadline),
                 request_bytes(q),
                 repr(q.enqueued_at),
+                q.route.provider.value,
             ]
         replies = await self._run(self._scripts.submit, args)
         return [
@@ -230,21 +269,46 @@ class RedisQueue:
             retry_after=RETRY_AFTER_FULL_S,
         )
 
-    async def lease(self, *, now: float, group: str | None = None, max_items: int = 1) -> Lease:
-        """Take the head and more of its group (or only `group`), up to the group's limit; expired
-        requests met on the way come back in `expired`."""
-        args = [repr(now + self._lease_s), repr(now), group or "", max_items, LEASE_MAX_EXPIRED]
+    async def lease(
+        self,
+        *,
+        now: float,
+        group: str | None = None,
+        max_items: int = 1,
+        token: str = "",
+        exclude: Collection[ProviderName] = (),
+    ) -> Lease:
+        """Take the head and more of its group (or only `group`), up to the group's limit, under
+        a fenced token; expired and unreadable requests met on the way come back apart."""
+        token = token or uuid.uuid4().hex
+        among = [p.value for p in ProviderName if p not in exclude] if exclude else []
+        if exclude and not among and group is None:
+            return Lease(token=token)
+        args = [
+            token,
+            repr(now + self._lease_s),
+            repr(now),
+            group or "",
+            max_items,
+            LEASE_MAX_EXPIRED,
+            *among,
+        ]
         reply = await self._run(self._scripts.lease, args)
+        due = float(reply[2]) if reply[2] else None
         leased_group = reply[0].decode()
         if not leased_group:
-            return Lease()
+            return Lease(token=token, next_retry_at=due)
         count = int(reply[1])
-        payloads = reply[2:]
-        return Lease(
-            items=[decode_queued(p) for p in payloads[:count]],
-            expired=[decode_queued(p) for p in payloads[count:]],
-            group=leased_group,
-        )
+        lease = Lease(group=leased_group, token=token, next_retry_at=due)
+        for index in range(3, len(reply), 3):
+            rid, attempts = reply[index].decode(), int(reply[index + 1])
+            queued = _decode_leased(rid, reply[index + 2], lease.unreadable)
+            if queued is None:
+                continue
+            (lease.items if (index - 3) // 3 < count else lease.expired).append(queued)
+            if attempts:
+                lease.attempts[rid] = attempts
+        return lease
 
     async def wait_for_work(self, timeout: float) -> None:
         """Block on the wake list until a submit, release or reclaim pushes a token, or timeout.
@@ -261,21 +325,31 @@ class RedisQueue:
         except QueueUnavailableError:
             return
 
-    async def extend(self, request_ids: Sequence[str], *, now: float) -> None:
-        """Push the lease deadline of these still-leased requests to `now` + lease_seconds."""
-        if request_ids:
-            await self._run(self._scripts.extend, [repr(now + self._lease_s), *request_ids])
+    async def extend(self, request_ids: Sequence[str], *, token: str, now: float) -> list[str]:
+        """Push the lease deadline of the requests held under `token` to `now` + lease_seconds;
+        return the ids no longer held under it."""
+        if not request_ids:
+            return []
+        args = [token, repr(now + self._lease_s), *request_ids]
+        return [rid.decode() for rid in await self._run(self._scripts.extend, args)]
 
-    async def release(self, request_ids: Sequence[str]) -> None:
-        """Requeue leased requests at their original position."""
+    async def release(
+        self, request_ids: Sequence[str], *, token: str, retry_at: float | None = None
+    ) -> None:
+        """Requeue the requests held under `token` at their original position (with `retry_at`,
+        not before that time)."""
         if request_ids:
-            await self._run(self._scripts.release, list(request_ids))
+            due = "" if retry_at is None else repr(retry_at)
+            await self._run(self._scripts.release, [token, due, *request_ids])
 
-    async def complete(self, done: Sequence[tuple[QueuedRequest, ComparisonResult]]) -> list[bool]:
-        """Store and publish each result once, in one script call; False where it had ended."""
+    async def complete(
+        self, done: Sequence[tuple[QueuedRequest, ComparisonResult]], *, token: str = ""
+    ) -> list[bool]:
+        """Store and publish each result once, in one script call; True where the stored result
+        is this holder's (stored now, or by an earlier call whose reply was lost)."""
         if not done:
             return []
-        args: list[Any] = [self._retention_ms, CHANNEL_MAX_ENTRIES, self._reply_ttl_ms]
+        args: list[Any] = [token, self._retention_ms, CHANNEL_MAX_ENTRIES, self._reply_ttl_ms]
         for queued, result in done:
             if not result.status.is_final:
                 raise ValueError(f"complete() needs a final status, got {result.status.value}")
@@ -288,8 +362,15 @@ class RedisQueue:
                 channel,
                 "" if reply_to == channel or self._replies.reader(reply_to) else reply_to,
             ]
-        replies = await self._run(self._scripts.complete, args)
-        firsts = [bool(r) for r in replies]
+        replies = [int(r) for r in await self._run(self._scripts.complete, args)]
+        if again := replies.count(2):
+            log.warning(
+                "%d of %d results had been stored by an earlier attempt whose reply was lost; "
+                "they are delivered now",
+                again,
+                len(done),
+            )
+        firsts = [r > 0 for r in replies]
         self._replies.deliver(done, firsts)
         return firsts
 
@@ -300,10 +381,10 @@ class RedisQueue:
 
     async def get(self, request_id: str) -> ComparisonResult | None:
         """The stored result, or a status-only result while the request is not done."""
-        with self._unavailable():
-            fields: list[Any] = await self._client.hmget(
-                self._keys.request(request_id), ["status", "result", "payload"]
-            )
+        key = self._keys.request(request_id)
+        fields: list[Any] = await self._call(
+            lambda: self._client.hmget(key, ["status", "result", "payload"])
+        )
         status, result, payload = fields
         if status is None:
             return None
@@ -315,11 +396,15 @@ class RedisQueue:
         """The stored results of those of `request_ids` that have ended, in one pipelined call."""
         if not request_ids:
             return {}
-        with self._unavailable():
+
+        async def results() -> list[Any]:
             async with self._client.pipeline(transaction=False) as pipe:
                 for rid in request_ids:
                     pipe.hget(self._keys.request(rid), "result")
-                stored: list[Any] = await pipe.execute()
+                replies: list[Any] = await pipe.execute()
+                return replies
+
+        stored = await self._call(results)
         return {
             rid: decode_result(raw)
             for rid, raw in zip(request_ids, stored, strict=True)
@@ -343,27 +428,44 @@ class RedisQueue:
         if timeout > 0:
             with self.follow(channel, cursor=cursor) as follower:
                 return await follower.read(timeout)
-        with self._unavailable():
-            return await read_now(self._client, self._keys.channel(channel), cursor)
+        return await self._call(lambda: read_now(self._client, self._keys.channel(channel), cursor))
 
     async def sweep(self, *, now: float) -> SweepResult:
         """Requeue lapsed leases at their original position, take expired queued requests out
         (the caller ends them), and forget end-state counts past retention."""
-        args = [repr(now), repr(now + self._lease_s), repr(now - self._retention_s), SWEEP_BATCH]
+        token = uuid.uuid4().hex
+        args = [
+            repr(now),
+            repr(now + self._lease_s),
+            repr(now - self._retention_s),
+            SWEEP_BATCH,
+            token,
+        ]
         reply = await self._run(self._scripts.sweep, args)
-        return SweepResult(expired=[decode_queued(p) for p in reply[1:]], reclaimed=int(reply[0]))
+        found = SweepResult(reclaimed=int(reply[0]), token=token)
+        for index in range(1, len(reply), 2):
+            queued = _decode_leased(reply[index].decode(), reply[index + 1], found.unreadable)
+            if queued is not None:
+                found.expired.append(queued)
+        return found
 
     async def stats(self, *, now: float) -> QueueStats:
         """Depth by status and the oldest queued age, in one round trip."""
         keys = self._keys
-        with self._unavailable():
+
+        async def counts() -> list[Any]:
             async with self._client.pipeline(transaction=False) as pipe:
                 pipe.zcard(keys.pending)
+                pipe.zcard(keys.delayed)
                 pipe.zcard(keys.leases)
                 for status in ENDED_STATUSES:
                     pipe.zcard(keys.ended(status))
                 pipe.zrange(keys.enqueued, 0, 0, withscores=True)
-                queued, processing, completed, failed, expired, oldest = await pipe.execute()
+                replies: list[Any] = await pipe.execute()
+                return replies
+
+        waiting, delayed, processing, completed, failed, expired, oldest = await self._call(counts)
+        queued = waiting + delayed
         oldest_at = oldest[0][1] if oldest else now
         return QueueStats(
             queued=queued,
@@ -376,8 +478,7 @@ class RedisQueue:
 
     async def ping(self) -> None:
         """Raise QueueUnavailableError when Redis does not answer."""
-        with self._unavailable():
-            await self._client.ping()
+        await self._call(self._client.ping)
 
     async def close(self) -> None:
         """Close both connection pools; blocked reads end with them, later calls raise
@@ -391,3 +492,23 @@ class RedisQueue:
             await asyncio.wait_for(self._idle.wait(), CLOSE_WAIT_S)
         await self._client.aclose()
         await self._blocking.aclose()  # again, for a blocking call that reconnected meanwhile
+
+
+def _decode_leased(
+    request_id: str, payload: bytes, unreadable_out: list[UnreadableRequest]
+) -> QueuedRequest | None:
+    """The leased request stored as `payload`, or None after noting why it cannot be read.
+
+    Any failure counts: a payload corrupted in Redis or written by a newer release must end that
+    one request, never the caller's loop.
+    """
+    try:
+        queued = decode_queued(payload)
+    except Exception as exc:
+        unreadable_out.append(unreadable(request_id, payload, exc))
+        return None
+    if queued.request_id != request_id:
+        mismatch = ValueError(f"the payload is request {queued.request_id[:60]!r}'s")
+        unreadable_out.append(unreadable(request_id, payload, mismatch))
+        return None
+    return queued

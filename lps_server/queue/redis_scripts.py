@@ -5,6 +5,13 @@ replicas submit it, a queued request is leased by exactly one replica, and a res
 published by the first completion only. Each script also takes many requests per call, so a
 streamed message of N requests, a bundle's results or a sweep is one round trip.
 
+Leases are fenced: a lease writes its token into the request's hash (`lease`), and extend, release
+and complete act only when the caller presents that token, so a replica that lost a lease (it
+stalled past it and another replica took the request over) can neither keep, give back nor end
+work that is no longer its own. The token stays on the hash once the holder stored its result, so
+a holder that lost the reply of `complete` can ask again and learn that its result is the stored
+one. Every script is therefore safe to run twice (docs/queue.md, "Fenced leases").
+
 Every script gets the same KEYS (`QueueKeys.script_keys()`) and ARGV[1..4] (the key prefixes of
 requests, groups, end states and channels); its own arguments start at ARGV[5]. Scores, deadlines
 and times travel as the strings Python wrote (`repr` of a float), so a request goes back into the
@@ -25,10 +32,13 @@ from lps_server.queue.redis_keys import MEMBER_SEQ_DIGITS
 # At most this many wake tokens wait in the list: enough to wake every idle replica's dispatcher
 # after a burst, few enough that tokens left over (nobody was idle) cost only a few empty leases.
 WAKE_TOKENS_MAX = 64
+# Retries that became due are moved back into the queue by leases and sweeps, at most this many
+# per call, so one call never does unbounded work.
+PROMOTE_MAX = 256
 
 _PRELUDE = """
-local pending, leases, deadlines, enqueued, wake, meta =
-  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local pending, leases, deadlines, enqueued, wake, meta, delayed =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
 local req_prefix, group_prefix, ended_prefix, chan_prefix = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 
 -- A queue member is '<seq>:<request id>'; the id starts after the sequence and the colon.
@@ -39,41 +49,91 @@ local function rid_of(member)
 end
 
 local function load(rid)
-  local v = redis.call('HMGET', req_prefix .. rid,
-    'status', 'member', 'score', 'group', 'deadline', 'bytes', 'enqueued_at')
+  local v = redis.call('HMGET', req_prefix .. rid, 'status', 'member', 'score', 'group',
+    'deadline', 'bytes', 'enqueued_at', 'provider', 'lease', 'attempts')
   if not v[1] then return nil end
   return {status = v[1], member = v[2], score = v[3], group = v[4], deadline = v[5],
-          bytes = tonumber(v[6]), enqueued_at = v[7]}
+          bytes = tonumber(v[6]) or 0, enqueued_at = v[7], provider = v[8], lease = v[9] or '',
+          attempts = tonumber(v[10]) or 0}
+end
+
+-- The TTL bounds the wait before the first provider call only: once a request has cost a call
+-- (a failed attempt), it is retried to the end however late, never ended EXPIRED.
+local function expires(r)
+  return r.deadline ~= '' and r.attempts == 0
 end
 
 local function is_final(status)
   return status == '$completed' or status == '$failed' or status == '$expired'
 end
 
+-- The queued requests of one provider, in queue order: a lease can skip providers with no room.
+-- (Requests queued by a release before this one have no provider and are found in `pending`.)
+local function by_provider(provider)
+  return pending .. ':' .. provider
+end
+
 -- Take a queued request out of every queue structure and free its bytes.
 local function unqueue(rid, r)
   redis.call('ZREM', pending, r.member)
   redis.call('ZREM', group_prefix .. r.group, r.member)
+  if r.provider then redis.call('ZREM', by_provider(r.provider), r.member) end
+  redis.call('ZREM', delayed, rid)
   redis.call('ZREM', deadlines, rid)
   redis.call('ZREM', enqueued, rid)
   redis.call('HINCRBY', meta, 'bytes', -r.bytes)
 end
 
--- (Re)queue a request under its original score and member: released and reclaimed work goes
--- back to exactly the place it had, never behind newer work.
-local function requeue(rid, r)
-  redis.call('ZADD', pending, r.score, r.member)
-  redis.call('ZADD', group_prefix .. r.group, r.score, r.member)
-  if r.deadline ~= '' then redis.call('ZADD', deadlines, r.deadline, rid) end
+-- Count a request as queued: its TTL, its age, its bytes and its status.
+local function hold(rid, r)
+  if expires(r) then redis.call('ZADD', deadlines, r.deadline, rid) end
   redis.call('ZADD', enqueued, r.enqueued_at, rid)
   redis.call('HINCRBY', meta, 'bytes', r.bytes)
   redis.call('HSET', req_prefix .. rid, 'status', '$queued')
 end
 
-local function lease_one(rid, lease_deadline)
+-- Put a queued request where leases find it, under its original score and member: released,
+-- reclaimed and retried work goes back to exactly the place it had, never behind newer work.
+local function enlist(r)
+  redis.call('ZADD', pending, r.score, r.member)
+  redis.call('ZADD', group_prefix .. r.group, r.score, r.member)
+  if r.provider then redis.call('ZADD', by_provider(r.provider), r.score, r.member) end
+end
+
+local function requeue(rid, r)
+  enlist(r)
+  hold(rid, r)
+end
+
+-- Lease one request under `token`; returns its payload and its count of failed attempts.
+local function lease_one(rid, lease_deadline, token)
+  local key = req_prefix .. rid
   redis.call('ZADD', leases, lease_deadline, rid)
-  redis.call('HSET', req_prefix .. rid, 'status', '$processing')
-  return redis.call('HGET', req_prefix .. rid, 'payload')
+  redis.call('HSET', key, 'status', '$processing', 'lease', token)
+  return redis.call('HMGET', key, 'payload', 'attempts')
+end
+
+-- Forget a lease: the request is no longer held by anyone.
+local function unlease(rid)
+  redis.call('ZREM', leases, rid)
+  redis.call('HDEL', req_prefix .. rid, 'lease')
+end
+
+-- Move retries whose time has come back into the queue at their place; returns how many.
+local function promote_due(now)
+  local due = redis.call('ZRANGEBYSCORE', delayed, '-inf', now, 'LIMIT', 0, $promote_max)
+  for _, rid in ipairs(due) do
+    redis.call('ZREM', delayed, rid)
+    local r = load(rid)
+    if r and r.status == '$queued' then enlist(r) end
+  end
+  return #due
+end
+
+-- When the earliest waiting retry becomes due, or '' when none waits.
+local function next_due()
+  local first = redis.call('ZRANGE', delayed, 0, 0, 'WITHSCORES')
+  return first[2] or ''
 end
 
 local function wake_up(n)
@@ -85,15 +145,15 @@ local function wake_up(n)
 end
 """
 
-# ARGV[5] max_size, ARGV[6] max_bytes, then per request 7 values: id, payload, score, group,
-# deadline ('' for none), bytes, enqueued_at. Returns per request 'new', 'full' or the status
-# of the earlier submission with that id.
+# ARGV[5] max_size, ARGV[6] max_bytes, then per request 8 values: id, payload, score, group,
+# deadline ('' for none), bytes, enqueued_at, provider. Returns per request 'new', 'full' or the
+# status of the earlier submission with that id.
 _SUBMIT = """
 local max_size, max_bytes = tonumber(ARGV[5]), tonumber(ARGV[6])
 local size = redis.call('ZCARD', pending)
 local used = tonumber(redis.call('HGET', meta, 'bytes') or '0')
 local out, created = {}, 0
-for i = 7, #ARGV, 7 do
+for i = 7, #ARGV, 8 do
   local rid, bytes = ARGV[i], tonumber(ARGV[i + 5])
   local known = redis.call('HGET', req_prefix .. rid, 'status')
   if known then
@@ -104,10 +164,10 @@ for i = 7, #ARGV, 7 do
     local seq = redis.call('HINCRBY', meta, 'seq', 1)
     local r = {member = string.format('%0${seq_digits}d', seq) .. ':' .. rid,
                score = ARGV[i + 2], group = ARGV[i + 3], deadline = ARGV[i + 4],
-               bytes = bytes, enqueued_at = ARGV[i + 6]}
+               bytes = bytes, enqueued_at = ARGV[i + 6], provider = ARGV[i + 7], attempts = 0}
     redis.call('HSET', req_prefix .. rid, 'payload', ARGV[i + 1], 'member', r.member,
       'score', r.score, 'group', r.group, 'deadline', r.deadline, 'bytes', ARGV[i + 5],
-      'enqueued_at', r.enqueued_at)
+      'enqueued_at', r.enqueued_at, 'provider', r.provider)
     requeue(rid, r)
     size, used, created = size + 1, used + bytes, created + 1
     out[#out + 1] = 'new'
@@ -117,19 +177,45 @@ wake_up(created)
 return out
 """
 
-# ARGV[5] lease deadline, ARGV[6] now, ARGV[7] group ('' = the head's), ARGV[8] max items,
-# ARGV[9] most expired requests to take in one call. Returns {group, n, n item payloads, expired
-# payloads}, or {''} when nothing is queued. Expired ones are leased too, so that a replica dying
-# before it ends them leaves them to be reclaimed (and found expired again), not lost.
+# ARGV[5] token, ARGV[6] lease deadline, ARGV[7] now, ARGV[8] group ('' = the head's), ARGV[9]
+# max items, ARGV[10] most expired requests to take in one call, ARGV[11..] the providers among
+# whose requests to look for the head (none given: all, in the global order). Returns {group, n,
+# next due retry (only when it took nothing, else ''), then per item and per expired request: id,
+# attempts, payload}, or {'', '0', next due retry} when nothing is queued. Expired ones are
+# leased too, so that a replica dying before it ends them leaves them to be reclaimed (and found
+# expired again), not lost.
 _LEASE = """
-local lease_deadline, now = ARGV[5], tonumber(ARGV[6])
-local group, max_items, max_expired = ARGV[7], tonumber(ARGV[8]), tonumber(ARGV[9])
-while group == '' do
-  local head = redis.call('ZRANGE', pending, 0, 0)
-  if #head == 0 then return {''} end
-  group = redis.call('HGET', req_prefix .. rid_of(head[1]), 'group') or ''
-  if group == '' then redis.call('ZREM', pending, head[1]) end
+local token, lease_deadline, now = ARGV[5], ARGV[6], tonumber(ARGV[7])
+local group, max_items, max_expired = ARGV[8], tonumber(ARGV[9]), tonumber(ARGV[10])
+wake_up(promote_due(ARGV[7]))
+if group == '' and #ARGV >= 11 then
+  -- The head among the named providers: the lowest (score, member) of their heads.
+  local best, best_score = nil, nil
+  for i = 11, #ARGV do
+    local zkey = by_provider(ARGV[i])
+    while true do
+      local head = redis.call('ZRANGE', zkey, 0, 0, 'WITHSCORES')
+      if #head == 0 then break end
+      local member, score = head[1], tonumber(head[2])
+      local v = redis.call('HMGET', req_prefix .. rid_of(member), 'status', 'member', 'group')
+      if v[1] == '$queued' and v[2] == member and v[3] then
+        if not best or score < best_score or (score == best_score and member < best) then
+          best, best_score, group = member, score, v[3]
+        end
+        break
+      end
+      redis.call('ZREM', zkey, member)  -- taken by a release that did not know this zset
+    end
+  end
+elseif group == '' then
+  while group == '' do
+    local head = redis.call('ZRANGE', pending, 0, 0)
+    if #head == 0 then break end
+    group = redis.call('HGET', req_prefix .. rid_of(head[1]), 'group') or ''
+    if group == '' then redis.call('ZREM', pending, head[1]) end
+  end
 end
+if group == '' then return {'', '0', next_due()} end
 local limit = math.min(max_items, tonumber(string.match(group, '^(%d+):') or '1'))
 local gkey = group_prefix .. group
 local items, expired = {}, {}
@@ -141,11 +227,12 @@ while #items < limit and #expired < max_expired do
     local r = load(rid)
     if r then
       unqueue(rid, r)
-      local payload = lease_one(rid, lease_deadline)
-      if r.deadline ~= '' and tonumber(r.deadline) <= now then
-        expired[#expired + 1] = payload
+      local held = lease_one(rid, lease_deadline, token)
+      local entry = {rid, held[2] or '0', held[1] or ''}
+      if expires(r) and tonumber(r.deadline) <= now then
+        expired[#expired + 1] = entry
       else
-        items[#items + 1] = payload
+        items[#items + 1] = entry
       end
     else
       redis.call('ZREM', gkey, member)
@@ -153,19 +240,25 @@ while #items < limit and #expired < max_expired do
     end
   end
 end
-local out = {group, tostring(#items)}
-for _, p in ipairs(items) do out[#out + 1] = p end
-for _, p in ipairs(expired) do out[#out + 1] = p end
+local out = {group, tostring(#items), (#items + #expired == 0) and next_due() or ''}
+for _, list in ipairs({items, expired}) do
+  for _, entry in ipairs(list) do
+    local n = #out
+    out[n + 1], out[n + 2], out[n + 3] = entry[1], entry[2], entry[3]
+  end
+end
 return out
 """
 
-# ARGV[5] retention in ms, ARGV[6] approximate channel length cap, ARGV[7] reply channel TTL in
-# ms, then per result 6 values: id, status, encoded result, completed_at, result channel, reply
-# channel ('' for none). Returns 1 where this call stored the result, 0 where the request had
-# ended already or is unknown. A reply channel serves one streaming call, so it expires soon after
-# its last result instead of after the retention.
+# ARGV[5] token ('' = only requests never leased), ARGV[6] retention in ms, ARGV[7] approximate
+# channel length cap, ARGV[8] reply channel TTL in ms, then per result 6 values: id, status,
+# encoded result, completed_at, channel, reply channel ('' for none). Returns per result 1 where
+# this call stored it, 2 where the same holder had stored it before (a repeated call: nothing is
+# published again), 0 where the request had ended otherwise, is unknown, or is not held under the
+# token. A reply channel serves one streaming call, so it expires soon after its last result
+# instead of after the retention.
 _COMPLETE = """
-local retention_ms, maxlen, reply_ttl_ms = ARGV[5], ARGV[6], ARGV[7]
+local token, retention_ms, maxlen, reply_ttl_ms = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
 local function publish(channel, result, ttl_ms)
   if channel == '' then return end
   local ckey = chan_prefix .. channel
@@ -173,18 +266,24 @@ local function publish(channel, result, ttl_ms)
   redis.call('PEXPIRE', ckey, ttl_ms)
 end
 local out = {}
-for i = 8, #ARGV, 6 do
+for i = 9, #ARGV, 6 do
   local rid, status, result, completed_at = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   local r = load(rid)
-  if not r or is_final(r.status) then
+  if not r then
+    out[#out + 1] = 0
+  elseif is_final(r.status) then
+    out[#out + 1] = (token ~= '' and r.lease == token) and 2 or 0
+  elseif (token == '' and r.status ~= '$queued')
+      or (token ~= '' and (r.status ~= '$processing' or r.lease ~= token)) then
     out[#out + 1] = 0
   else
     if r.status == '$queued' then unqueue(rid, r) end
     redis.call('ZREM', leases, rid)
     local key = req_prefix .. rid
-    -- The payload (essay texts) is not needed once ended; only the result is retained.
+    -- The payload (essay texts) is not needed once ended; only the result is retained. The
+    -- token stays: it says whose result this is.
     redis.call('HDEL', key, 'payload')
-    redis.call('HSET', key, 'status', status, 'result', result)
+    redis.call('HSET', key, 'status', status, 'result', result, 'lease', token)
     redis.call('PEXPIRE', key, retention_ms)
     redis.call('ZADD', ended_prefix .. status, completed_at, rid)
     publish(ARGV[i + 4], result, retention_ms)
@@ -195,53 +294,74 @@ end
 return out
 """
 
-# ARGV[5..] request ids. Returns how many went back to the queue.
+# ARGV[5] token, ARGV[6] retry time ('' = at once), ARGV[7..] request ids. Only requests held
+# under the token go back. With a retry time they count one more failed attempt and wait in
+# `delayed` until it; leases and sweeps move them back to their place when due. Returns how many
+# went back.
 _RELEASE = """
+local token, retry_at = ARGV[5], ARGV[6]
 local n = 0
-for i = 5, #ARGV do
+for i = 7, #ARGV do
   local rid = ARGV[i]
   local r = load(rid)
-  if r and r.status == '$processing' then
-    redis.call('ZREM', leases, rid)
-    requeue(rid, r)
+  if r and r.status == '$processing' and r.lease == token then
+    unlease(rid)
+    if retry_at == '' then
+      requeue(rid, r)
+    else
+      r.attempts = redis.call('HINCRBY', req_prefix .. rid, 'attempts', 1)
+      hold(rid, r)
+      redis.call('ZADD', delayed, retry_at, rid)
+    end
     n = n + 1
   end
 end
-wake_up(n)
+if retry_at == '' then wake_up(n) end
 return n
 """
 
-# ARGV[5] new lease deadline, ARGV[6..] request ids; only ids still leased are touched.
+# ARGV[5] token, ARGV[6] new lease deadline, ARGV[7..] request ids. Extends the requests still
+# held under the token; returns the ids that are not (lost to another holder, released, or gone),
+# leaving out those this holder has ended itself.
 _EXTEND = """
-local n = 0
-for i = 6, #ARGV do
-  n = n + redis.call('ZADD', leases, 'XX', 'CH', ARGV[5], ARGV[i])
+local token, deadline = ARGV[5], ARGV[6]
+local lost = {}
+for i = 7, #ARGV do
+  local rid = ARGV[i]
+  local v = redis.call('HMGET', req_prefix .. rid, 'status', 'lease')
+  if v[1] == '$processing' and v[2] == token then
+    redis.call('ZADD', leases, 'XX', deadline, rid)
+  elseif not (v[1] and is_final(v[1]) and v[2] == token) then
+    lost[#lost + 1] = rid
+  end
 end
-return n
+return lost
 """
 
 # ARGV[5] now, ARGV[6] lease deadline for the expired ones it takes, ARGV[7] end-state cutoff
-# (ended before it are forgotten), ARGV[8] most requests per step. Returns {reclaimed, expired
-# payloads...}. Work per call is bounded so one sweep never stalls Redis; the next sweep goes on.
+# (ended before it are forgotten), ARGV[8] most requests per step, ARGV[9] the token the expired
+# ones are leased under. Returns {reclaimed, then per expired request: id, payload}. Work per call
+# is bounded so one sweep never stalls Redis; the next sweep goes on.
 _SWEEP = """
 local now, lease_deadline, ended_before = ARGV[5], ARGV[6], ARGV[7]
-local batch = tonumber(ARGV[8])
+local batch, token = tonumber(ARGV[8]), ARGV[9]
 local reclaimed = 0
 for _, rid in ipairs(redis.call('ZRANGEBYSCORE', leases, '-inf', now, 'LIMIT', 0, batch)) do
-  redis.call('ZREM', leases, rid)
   local r = load(rid)
+  unlease(rid)
   if r and r.status == '$processing' then
     requeue(rid, r)
     reclaimed = reclaimed + 1
   end
 end
-wake_up(reclaimed)
+wake_up(reclaimed + promote_due(now))
 local out = {reclaimed}
 for _, rid in ipairs(redis.call('ZRANGEBYSCORE', deadlines, '-inf', now, 'LIMIT', 0, batch)) do
   local r = load(rid)
   if r and r.status == '$queued' then
     unqueue(rid, r)
-    out[#out + 1] = lease_one(rid, lease_deadline)
+    out[#out + 1] = rid
+    out[#out + 1] = lease_one(rid, lease_deadline, token)[1] or ''
   else
     redis.call('ZREM', deadlines, rid)
   end
@@ -259,6 +379,7 @@ def _lua(body: str) -> str:
         id_at=MEMBER_SEQ_DIGITS + 2,
         seq_digits=MEMBER_SEQ_DIGITS,
         wake_max=WAKE_TOKENS_MAX,
+        promote_max=PROMOTE_MAX,
         **{s.name.lower(): s.value for s in RequestStatus},
     )
 

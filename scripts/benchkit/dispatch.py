@@ -1,4 +1,5 @@
-"""dispatch: enqueue -> provider call latency at a paced unary load, LPS in this process."""
+"""dispatch: enqueue -> provider call latency at a paced unary load, LPS in this process; alone,
+and beside a slow provider whose backlog was queued first."""
 
 from __future__ import annotations
 
@@ -11,18 +12,38 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from benchkit.common import BUNDLED, ROOT, SCRIPT, BenchError, new_tag
+from benchkit.common import BUNDLE_MAX, BUNDLED, ROOT, SCRIPT, BenchError, new_tag, workload
 from benchkit.processes import Run, calls_per, child_env, dying_with_parent, redis_calls
+from cj_client.transport import submission_to_pb
 from lps_server.app import LpsApp
 from lps_server.core.config import Settings
+from lps_server.core.domain import ProviderName
+from lps_server.edge.convert import request_from_pb
 from lps_server.observability.logs import JsonFormatter
-from lps_server.providers import ProviderRegistry
+from lps_server.providers import Provider, ProviderRegistry
 from lps_server.providers.mock import MockProvider
 from lps_server.queue.redis_queue import RedisQueue
+
+# The slow provider beside the measured one: a call of a full bundle takes a second, and its
+# backlog outlasts the measurement.
+SLOW_CALL_MS = 1000.0
+SLOW_CALLS = 4  # LPS_MAX_CONCURRENT_CALLS, for each provider
+
+
+class SlowProvider(MockProvider):
+    """The mock judge under OpenAI's name, answering after SLOW_CALL_MS."""
+
+    def __init__(self) -> None:
+        super().__init__(latency_ms=SLOW_CALL_MS, jitter=0.0)
+
+    @property
+    def name(self) -> ProviderName:
+        """Served as the OpenAI provider."""
+        return ProviderName.OPENAI
 
 
 @dataclass
@@ -101,18 +122,36 @@ def logging_like_lps_serve(path: Path, level: str) -> Iterator[None]:
         handler.close()
 
 
-async def dispatch_at(run: Run, rate: float, n: int) -> dict[str, Any]:
-    """Stage latencies of `n` unary submissions paced at `rate`/s, after 20 unmeasured ones."""
+async def queue_slow_backlog(app: LpsApp, n: int, tag: str) -> None:
+    """Queue `n` requests for the slow provider, ahead of everything the pacer sends."""
+    subs = [replace(s, provider="openai") for s in workload(n, tag=f"{tag}-slow")]
+    prepared = [
+        app.intake.prepare(request_from_pb(submission_to_pb(s), request_id=s.request_id))
+        for s in subs
+    ]
+    await app.intake.submit(prepared)
+
+
+async def dispatch_at(
+    run: Run, rate: float, n: int, *, beside_slow: bool = False
+) -> dict[str, Any]:
+    """Stage latencies of `n` unary submissions paced at `rate`/s, after 20 unmeasured ones;
+    with `beside_slow`, while a slow provider works through a backlog queued before them."""
     warmup, tag = 20, new_tag("dispatch")
     settings = Settings.from_env(
         {}, grpc_host="127.0.0.1", grpc_port=0, queue_backend="redis",
-        redis_url=run.redis.target, redis_prefix=tag, **BUNDLED,
+        redis_url=run.redis.target, redis_prefix=tag, max_concurrent_calls=SLOW_CALLS, **BUNDLED,
     )  # fmt: skip
     log = DispatchLog(expected=warmup + n)
-    providers = ProviderRegistry([DispatchRecorder(MockProvider(), log)])
+    measured: list[Provider] = [DispatchRecorder(MockProvider(), log)]  # type: ignore[list-item]
+    providers = ProviderRegistry(measured + ([SlowProvider()] if beside_slow else []))
     queue = LeaseRecorder(RedisQueue.from_settings(settings), log)
+    # Enough slow work to keep every slow call slot busy until the last measured request.
+    backlog = round((2.0 + (n + warmup) / rate) * SLOW_CALLS * BUNDLE_MAX * 1000 / SLOW_CALL_MS)
     with logging_like_lps_serve(run.logdir / f"{tag}.log", run.log_level):
         app = LpsApp(settings, providers=providers, queue=queue)
+        if beside_slow:
+            await queue_slow_backlog(app, backlog, tag)
         await app.start(serve_metrics=False)
         try:
             argv = [sys.executable, str(SCRIPT), "--role", "pace", "--tag", tag,
@@ -163,15 +202,24 @@ async def dispatch_at(run: Run, rate: float, n: int) -> dict[str, Any]:
             "redis": (cpu_after[1] - cpu_before[1]) * 1e3 / (n + warmup),
         },
         "redis_commands_per_request": calls,
+        "slow_backlog": backlog if beside_slow else 0,
     }
 
 
 async def measure_dispatch(run: Run) -> dict[str, Any]:
-    """Enqueue -> provider call at 200 requests/s, and at 50/s for comparison."""
+    """Enqueue -> provider call at 200 requests/s, at 50/s for comparison, and at 200/s beside a
+    slow provider whose backlog was queued first (its calls take a second each, and it has work
+    for all its call slots throughout)."""
     at_200 = await dispatch_at(run, 200.0, run.sizes.dispatch_n)
     at_50 = await dispatch_at(run, 50.0, run.sizes.dispatch_low_n)
+    beside = await dispatch_at(run, 200.0, run.sizes.dispatch_n, beside_slow=True)
     latency = at_200["stages_ms"]["enqueue_to_dispatch"]
+    beside_latency = beside["stages_ms"]["enqueue_to_dispatch"]
     return {
-        "figures": {"dispatch_p50_ms": latency["p50"], "dispatch_p99_ms": latency["p99"]},
-        "details": {"at_200_per_s": at_200, "at_50_per_s": at_50},
+        "figures": {
+            "dispatch_p50_ms": latency["p50"],
+            "dispatch_p99_ms": latency["p99"],
+            "dispatch_beside_slow_p99_ms": beside_latency["p99"],
+        },
+        "details": {"at_200_per_s": at_200, "at_50_per_s": at_50, "beside_slow": beside},
     }

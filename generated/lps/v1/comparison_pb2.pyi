@@ -166,6 +166,10 @@ class _ErrorCodeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorCode.V
     """ERROR_CODE_CONFIGURATION means the server is not configured for the requested provider or model."""
     ERROR_CODE_INTERNAL: _ErrorCode.ValueType  # 8
     """ERROR_CODE_INTERNAL means an unexpected server fault; the message names it."""
+    ERROR_CODE_UNREADABLE_REQUEST: _ErrorCode.ValueType  # 9
+    """ERROR_CODE_UNREADABLE_REQUEST means the server could not decode or route the stored request
+    (its queued payload is corrupt, or names a provider only a newer release knows); it is not retried.
+    """
 
 class ErrorCode(_ErrorCode, metaclass=_ErrorCodeEnumTypeWrapper):
     """ErrorCode classifies why a comparison failed."""
@@ -188,6 +192,10 @@ ERROR_CODE_CONFIGURATION: ErrorCode.ValueType  # 7
 """ERROR_CODE_CONFIGURATION means the server is not configured for the requested provider or model."""
 ERROR_CODE_INTERNAL: ErrorCode.ValueType  # 8
 """ERROR_CODE_INTERNAL means an unexpected server fault; the message names it."""
+ERROR_CODE_UNREADABLE_REQUEST: ErrorCode.ValueType  # 9
+"""ERROR_CODE_UNREADABLE_REQUEST means the server could not decode or route the stored request
+(its queued payload is corrupt, or names a provider only a newer release knows); it is not retried.
+"""
 Global___ErrorCode: _TypeAlias = ErrorCode  # noqa: Y015
 
 @_typing.final
