@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck imports proto-check unit gen bench redis-server clean
+.PHONY: demo test lint typecheck imports proto-check rules unit gen bench redis-server prometheus clean
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -18,7 +18,7 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python scripts/demo
 
-test: $(STAMP) redis-server lint typecheck imports proto-check unit
+test: $(STAMP) redis-server prometheus lint typecheck imports proto-check rules unit
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -36,6 +36,12 @@ proto-check: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" scripts/check_breaking
 	$(BIN)/python scripts/gen --check
 
+# The shipped Prometheus configuration, recording and alerting rules, and their unit tests.
+rules: prometheus
+	promtool check config deploy/prometheus.yml
+	promtool check rules deploy/prometheus/*.rules.yml
+	promtool test rules deploy/prometheus/tests/*.test.yml
+
 unit: $(STAMP)
 	$(BIN)/pytest -q
 
@@ -46,6 +52,18 @@ redis-server:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; \
 	  else \
 	    echo "redis-server is missing: install it (e.g. sudo apt-get install redis-server) and rerun"; exit 1; \
+	  fi; }
+
+# promtool (rule tests) and the end-to-end test's prometheus and prometheus-pushgateway come from
+# Debian; install them when missing and we are root (the tests run private instances on free ports).
+prometheus:
+	@{ command -v promtool && command -v prometheus && command -v prometheus-pushgateway; } \
+	  >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	      prometheus prometheus-pushgateway >/dev/null; \
+	  else \
+	    echo "prometheus tools are missing: install them (e.g. sudo apt-get install prometheus prometheus-pushgateway) and rerun"; exit 1; \
 	  fi; }
 
 gen: $(STAMP)

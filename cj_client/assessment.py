@@ -7,6 +7,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from opentelemetry import trace
 from prometheus_client import CollectorRegistry
 
 from cj_client.batching import (
@@ -80,6 +81,11 @@ class AssessmentReport:
 Progress = Callable[[int, int], None]
 
 
+def new_cj_batch_id() -> str:
+    """A fresh `cj_batch_id`, for runs that are not given one."""
+    return f"cj-{uuid.uuid4().hex[:12]}"
+
+
 class Assessment:
     """Ranks essays by asking LPS for pairwise judgements and fitting Bradley-Terry scores.
 
@@ -90,6 +96,9 @@ class Assessment:
         settings: CJ_* settings (batching mode, batch-API providers).
         registry: where CJ metrics go (a private registry by default).
         progress: called with (comparisons finished, budget) as results arrive.
+        tracer_provider: where the run's spans go (the global provider by default): one trace
+            per run, `cj.assess` with a `cj.wave` child per wave, which LPS's spans join.
+        on_wave: called after every wave (e.g. to push metrics).
     """
 
     def __init__(
@@ -102,6 +111,8 @@ class Assessment:
         registry: CollectorRegistry | None = None,
         metrics: CjMetrics | None = None,
         progress: Progress | None = None,
+        tracer_provider: trace.TracerProvider | None = None,
+        on_wave: Callable[[], None] = lambda: None,
     ) -> None:
         ids = [e.id for e in essays]
         if len(set(ids)) != len(ids):
@@ -114,14 +125,23 @@ class Assessment:
         self._settings = settings or CjSettings()
         self._metrics = metrics or CjMetrics(registry or CollectorRegistry())
         self._progress = progress or (lambda done, total: None)
+        self._tracer = (tracer_provider or trace.get_tracer_provider()).get_tracer("cj_client")
+        self._on_wave = on_wave
         self.mode = resolve_batching_mode(
             self._settings, self._options.batch, provider=self._options.provider
         )
-        self.cj_batch_id = self._options.cj_batch_id or f"cj-{uuid.uuid4().hex[:12]}"
+        self.cj_batch_id = self._options.cj_batch_id or new_cj_batch_id()
         self.budget = self._options.budget_for(len(essays))
 
     async def run(self) -> AssessmentReport:
         """Run waves until the stopping rule says stop; failed comparisons are retried later."""
+        attributes = {"cj.batch_id": self.cj_batch_id, "cj.batching_mode": self.mode.value}
+        with self._tracer.start_as_current_span("cj.assess", attributes=attributes) as span:
+            report = await self._run_waves()
+            span.set_attributes({"cj.waves": report.waves, "cj.stop_reason": report.stop_reason})
+            return report
+
+    async def _run_waves(self) -> AssessmentReport:
         started = time.monotonic()
         opts = self._options
         ids = list(self._essays)
@@ -149,13 +169,18 @@ class Assessment:
             subs = [(self._submission(p, tags, waves, len(wave), tally), p) for p in wave]
             tally.requested += len(subs)
             self._metrics.requests_submitted(self.mode, len(subs))
-            done = await self._run_wave([sub for sub, _ in subs])
+            with self._tracer.start_as_current_span(
+                "cj.wave", attributes={"cj.wave": waves, "cj.wave.size": len(subs)}
+            ) as wave_span:
+                done = await self._run_wave([sub for sub, _ in subs])
+                wave_span.set_attribute("cj.wave.results", len(done))
             failed_waves = 0 if done else failed_waves + 1
             if failed_waves >= MAX_FAILED_WAVES:
                 message = f"{MAX_FAILED_WAVES} waves in a row got no result; giving up"
                 raise LpsClientError(message, code="UNAVAILABLE")
             tally.absorb(subs, done, planner)
             self._progress(tally.requested, self.budget)
+            self._on_wave()
             previous, scores = scores, fit_bradley_terry(ids, tally.outcomes)
             change = max_score_change(previous.as_mapping(), scores.as_mapping())
             reason = rule.should_stop(

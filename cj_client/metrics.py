@@ -8,7 +8,10 @@ from cj_client.batching import LLMBatchingMode
 
 
 class CjMetrics:
-    """`cj_llm_requests_total` and `cj_llm_batches_started_total`, labelled by batching mode."""
+    """`cj_llm_requests_total` and `cj_llm_batches_started_total`, labelled by batching mode.
+
+    Every mode's series exists at 0 from the start, so the first wave counts in `increase()`.
+    """
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.requests = Counter(
@@ -24,6 +27,9 @@ class CjMetrics:
             registry=registry,
         )
         self._started: set[str] = set()
+        for mode in LLMBatchingMode:
+            self.requests.labels(batching_mode=mode.value)
+            self.batches_started.labels(batching_mode=mode.value)
 
     def requests_submitted(self, mode: LLMBatchingMode, count: int) -> None:
         """Count `count` submitted comparison requests."""

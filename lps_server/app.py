@@ -13,11 +13,13 @@ from prometheus_client import CollectorRegistry
 
 from lps_server.core.config import Settings
 from lps_server.edge.grpc_edge import GrpcEdge
-from lps_server.observability.metrics import LpsMetrics
+from lps_server.observability.metrics import LabelSpace, LpsMetrics
 from lps_server.observability.metrics_http import start_metrics_endpoint
+from lps_server.observability.queue_gauges import QueueGauges, QueueReading
 from lps_server.processing.intake import Intake
 from lps_server.processing.processor import Processor
 from lps_server.providers import ProviderRegistry
+from lps_server.providers.base import RETRYABLE_CODES
 from lps_server.queue import LocalQueue, QueueBackend, make_queue
 
 log = logging.getLogger(__name__)
@@ -53,6 +55,17 @@ class LpsApp:
         self.providers = providers or ProviderRegistry.from_settings(
             settings, on_circuit_state=self.metrics.set_circuit_state
         )
+        self.metrics.initialise(
+            LabelSpace(
+                models=self.providers.model_labels(),
+                mode=settings.queue_processing_mode,
+                retry_codes=RETRYABLE_CODES,
+                circuits=self.providers.circuit_states(),
+            )
+        )
+        self.queue_gauges = QueueGauges(self._read_queue)
+        self.queue_gauges.register(self.registry)
+        self._clock = clock
         self.intake = Intake(
             queue=self.queue, providers=self.providers, settings=settings, clock=clock
         )
@@ -81,6 +94,10 @@ class LpsApp:
         self._metrics_http: WSGIServer | None = None
         self._processor_task: asyncio.Task[None] | None = None
 
+    async def _read_queue(self) -> QueueReading:
+        stats = await self.queue.stats(now=self._clock())
+        return QueueReading(stats.queued, stats.processing, stats.oldest_queued_age_s)
+
     async def start(self, *, serve_metrics: bool = True) -> None:
         """Start serving gRPC (and /metrics unless disabled) and processing the queue."""
         await self.edge.start()
@@ -89,6 +106,7 @@ class LpsApp:
                 self.registry, host=self.settings.metrics_host, port=self.settings.metrics_port
             )
             self.metrics_port = self._metrics_http.server_port
+        await self.queue_gauges.attach()
         # SERVING first: from then on the processor reports every change.
         await self.edge.set_serving(True)
         self._processor_task = asyncio.create_task(self.processor.run())
@@ -129,6 +147,7 @@ class LpsApp:
             )
         # Let streaming calls deliver the last results before connections close.
         await self.edge.stop(STREAM_FLUSH_GRACE_S)
+        self.queue_gauges.detach()
         await self.queue.close()
         await self.providers.aclose()
         if self._metrics_http is not None:

@@ -15,7 +15,7 @@ from cj_client import Ack, ComparisonOutcome, ComparisonSubmission, EssayInput, 
 from lps_server.app import LpsApp
 from lps_server.core.config import Settings
 from lps_server.core.domain import Overrides
-from lps_server.providers import ComparisonItem, ItemOutcome, ProviderRegistry
+from lps_server.providers import ComparisonItem, ItemOutcome, Provider, ProviderRegistry
 from lps_server.providers.mock import MockProvider
 from lps_server.queue.base import QueueBackend
 
@@ -36,6 +36,14 @@ def submission(i: int = 0, **kw: object) -> ComparisonSubmission:
     return ComparisonSubmission(**fields)  # type: ignore[arg-type]
 
 
+async def eventually(check: Callable[[], bool], what: str, *, timeout: float = WAIT_S) -> None:
+    """Poll a condition (a metric, finished spans...) until it holds, with a deadline."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.01)
+
+
 def metric(registry: CollectorRegistry, name: str, **labels: str) -> float:
     """Sum of a metric's samples whose labels include `labels` (0 when absent)."""
     total = 0.0
@@ -47,10 +55,13 @@ def metric(registry: CollectorRegistry, name: str, **labels: str) -> float:
 
 
 class GatedMock(MockProvider):
-    """The mock provider, but every call waits for `gate`; `entered` is set once a call began."""
+    """The mock provider, but every call waits for `gate`; `entered` is set once a call began.
 
-    def __init__(self) -> None:
-        super().__init__()
+    Keyword arguments go to MockProvider (latency, error injection...).
+    """
+
+    def __init__(self, **mock: Any) -> None:
+        super().__init__(**mock)
         self.gate = asyncio.Event()
         self.entered = asyncio.Event()
 
@@ -67,12 +78,16 @@ async def running_app(
     *,
     tracer_provider: trace.TracerProvider | None = None,
     provider: MockProvider | None = None,
+    also: Sequence[Provider] = (),
     clock: Callable[[], float] = time.time,
     serve_metrics: bool = False,
     queue: QueueBackend | None = None,
     **settings: Any,
 ) -> AsyncIterator[LpsApp]:
-    """A started LPS on free ports with its own registry, stopped (work finished) on exit."""
+    """A started LPS on free ports with its own registry, stopped (work finished) on exit.
+
+    With `provider` (and `also`, more providers) it calls those, else the configured ones.
+    """
     config = Settings.from_env(
         {}, grpc_host="127.0.0.1", grpc_port=0, metrics_host="127.0.0.1", metrics_port=0, **settings
     )
@@ -80,7 +95,7 @@ async def running_app(
         config,
         registry=CollectorRegistry(),
         tracer_provider=tracer_provider,
-        providers=ProviderRegistry([provider]) if provider is not None else None,
+        providers=ProviderRegistry([provider, *also]) if provider is not None else None,
         clock=clock,
         queue=queue,
     )
@@ -104,3 +119,14 @@ async def submit_all(
                 results.append(event)
     assert sorted(r.request_id for r in results) == sorted(s.request_id for s in subs)
     return results
+
+
+async def results_on(client: LpsClient, channel: str, count: int) -> list[ComparisonOutcome]:
+    """The first `count` results published on `channel`, within WAIT_S."""
+    found: list[ComparisonOutcome] = []
+    async with asyncio.timeout(WAIT_S):
+        async for _, outcome in client.stream_results(channel):
+            found.append(outcome)
+            if len(found) == count:
+                return found
+    raise AssertionError("the result stream ended early")

@@ -9,11 +9,16 @@ from typing import Any
 import grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
+from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
 
 @dataclass(frozen=True, slots=True)
 class ReceivedSpan:
-    """One span as it arrived over the wire, with its resource's service name."""
+    """One span as it arrived over the wire, with its resource's service name.
+
+    `kind` is OTLP's enum name (`SPAN_KIND_SERVER`...), `status` its status code name
+    (`STATUS_CODE_ERROR`...), `links` the (trace id, span id) of each link.
+    """
 
     service_name: str
     name: str
@@ -21,6 +26,9 @@ class ReceivedSpan:
     span_id: str
     parent_span_id: str
     attributes: dict[str, Any]
+    kind: str = ""
+    status: str = ""
+    links: tuple[tuple[str, str], ...] = ()
 
 
 def _value(value: AnyValue) -> Any:
@@ -82,6 +90,11 @@ class OtlpReceiver(trace_service_pb2_grpc.TraceServiceServicer):
                                 span_id=span.span_id.hex(),
                                 parent_span_id=span.parent_span_id.hex(),
                                 attributes={a.key: _value(a.value) for a in span.attributes},
+                                kind=Span.SpanKind.Name(span.kind),
+                                status=Status.StatusCode.Name(span.status.code),
+                                links=tuple(
+                                    (link.trace_id.hex(), link.span_id.hex()) for link in span.links
+                                ),
                             )
                         )
         return found

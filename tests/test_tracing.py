@@ -1,23 +1,20 @@
-"""One connected trace per comparison: submit -> process -> bundle -> provider call.
+"""Traces of real calls: one connected tree from the caller's span (or the RPC's SERVER span) to
+the provider call, across replicas, and over OTLP/gRPC to a real receiver.
 
-Spans are read from an in-memory exporter after the server has stopped (process spans end once
-their bundle is done, which can be just after the client has its result), and once over OTLP/gRPC
-from a real receiver.
+Spans are read from an in-memory exporter after the server has stopped, and once from a receiver.
+Bundle links, error statuses and conventions are in test_trace_bundles.py and test_trace_rpc.py.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
 from typing import Any
 
 import grpc
 import pytest
 from opentelemetry import trace
 from opentelemetry.propagate import inject
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace import TracerProvider
 
 from cj_client import ComparisonOutcome, LpsClient
 from cj_client.transport import submission_to_pb
@@ -27,11 +24,24 @@ from lps_server.core.domain import ProcessingMode
 from lps_server.core.errors import ConfigurationError
 from lps_server.observability.telemetry import configure_tracing
 from lps_server.observability.tracing import current_carrier, tracer_for
-from tests.helpers import GatedMock, running_app, submission, submit_all
+from tests.helpers import GatedMock, results_on, running_app, submission, submit_all
 from tests.otlp_receiver import OtlpReceiver
+from tests.tracing_support import (
+    CALL_SPAN,
+    RPC_PREFIX,
+    by_request,
+    chain,
+    hex_trace,
+    memory_tracing,
+    parent_id,
+    span_id,
+)
 
 WAIT_S = 10.0
-SPAN_NAMES = {"lps.submit", "lps.process", "lps.bundle", "lps.provider_call"}
+UNARY = RPC_PREFIX + "SubmitComparison"
+STREAM = RPC_PREFIX + "SubmitComparisons"
+SPAN_NAMES = {STREAM, "lps.submit", "lps.process", "lps.bundle", CALL_SPAN}
+FULL_CHAIN = [CALL_SPAN, "lps.bundle", "lps.process", "lps.submit"]
 OTEL_VARS = (
     "OTEL_SDK_DISABLED",
     "OTEL_SERVICE_NAME",
@@ -44,65 +54,20 @@ OTEL_VARS = (
     "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
     "OTEL_EXPORTER_OTLP_INSECURE",
     "OTEL_EXPORTER_OTLP_TRACES_INSECURE",
+    "OTEL_SEMCONV_STABILITY_OPT_IN",
 )
 
 
-def memory_tracing() -> tuple[TracerProvider, InMemorySpanExporter]:
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    return provider, exporter
-
-
-async def results_on(client: LpsClient, channel: str, count: int) -> list[ComparisonOutcome]:
-    found: list[ComparisonOutcome] = []
-    async with asyncio.timeout(WAIT_S):
-        async for _, outcome in client.stream_results(channel):
-            found.append(outcome)
-            if len(found) == count:
-                return found
-    raise AssertionError("the result stream ended early")
-
-
-def hex_trace(span: ReadableSpan) -> str:
-    assert span.context is not None
-    return trace.format_trace_id(span.context.trace_id)
-
-
-def span_id(span: ReadableSpan) -> int:
-    assert span.context is not None
-    return int(span.context.span_id)
-
-
-def parent_id(span: ReadableSpan) -> int | None:
-    return span.parent.span_id if span.parent is not None else None
-
-
-def by_request(spans: Sequence[ReadableSpan], name: str) -> dict[str, ReadableSpan]:
-    found: dict[str, ReadableSpan] = {}
-    for span in spans:
-        if span.name == name:
-            rid = str((span.attributes or {})["lps.request_id"])
-            assert rid not in found, f"two {name} spans for {rid}"
-            found[rid] = span
-    return found
-
-
-def assert_chain(spans: Sequence[ReadableSpan], leaf: ReadableSpan, names: list[str]) -> None:
-    """Walk parents from `leaf`; their names, leaf first, must be `names`, in one trace."""
-    index = {span_id(s): s for s in spans}
-    walked, span = [leaf.name], leaf
-    while (pid := parent_id(span)) is not None and pid in index:
-        span = index[pid]
-        assert hex_trace(span) == hex_trace(leaf)
-        walked.append(span.name)
-    assert walked == names
-
-
-async def test_serial_bundle_trace_per_request_with_bundle_linked_to_every_member() -> None:
+async def test_a_streamed_call_is_one_tree_from_its_server_span_to_every_provider_call() -> None:
     tracing, exporter = memory_tracing()
     subs = [
-        submission(i, correlation_id=f"corr-{i}", metadata={"cj_batch_id": "batch-7"})
+        submission(
+            i,
+            correlation_id=f"corr-{i}",
+            metadata={"cj_batch_id": "batch-7"},
+            temperature=0.25,
+            max_tokens=300,
+        )
         for i in range(10)
     ]
     async with (
@@ -117,14 +82,16 @@ async def test_serial_bundle_trace_per_request_with_bundle_linked_to_every_membe
     assert {r.status for r in results} == {"completed"}
     spans = exporter.get_finished_spans()
 
+    (call,) = [s for s in spans if s.name == STREAM]
+    assert call.kind == trace.SpanKind.SERVER
+    assert call.parent is None, "no client trace was sent, so the call's span is the root"
     submits = by_request(spans, "lps.submit")
     processes = by_request(spans, "lps.process")
-    assert len({r.trace_id for r in results}) == len(results), "one trace per request"
+    assert {r.trace_id for r in results} == {hex_trace(call)}, "the call's requests share its trace"
     for r in results:
         submit, process = submits[r.request_id], processes[r.request_id]
-        assert submit.parent is None, "no client trace was sent, so submit is the root"
+        assert parent_id(submit) == span_id(call)
         assert parent_id(process) == span_id(submit)
-        assert hex_trace(submit) == hex_trace(process) == r.trace_id
         attrs = dict(process.attributes or {})
         assert attrs["lps.correlation_id"] == r.correlation_id == f"corr-{r.request_id[4:]}"
         assert attrs["lps.cj_batch_id"] == "batch-7"
@@ -140,19 +107,21 @@ async def test_serial_bundle_trace_per_request_with_bundle_linked_to_every_membe
         str((s.attributes or {})["lps.bundle_id"]): s for s in spans if s.name == "lps.bundle"
     }
     assert set(bundles) == set(members)
-    calls = [s for s in spans if s.name == "lps.provider_call"]
+    calls = [s for s in spans if s.name == CALL_SPAN]
     for bundle_id, group in members.items():
         bundle = bundles[bundle_id]
         lead = next(r for r in group if r.bundle_index == 0)
         assert parent_id(bundle) == span_id(processes[lead.request_id])
-        assert hex_trace(bundle) == lead.trace_id
         assert {link.context.span_id for link in bundle.links} == {
             span_id(processes[r.request_id]) for r in group
         }
         assert (bundle.attributes or {})["lps.bundle_size"] == len(group)
-        (call,) = [c for c in calls if parent_id(c) == span_id(bundle)]
-        assert (call.attributes or {})["lps.items"] == len(group)
-        assert_chain(spans, call, ["lps.provider_call", "lps.bundle", "lps.process", "lps.submit"])
+        (provider_call,) = [c for c in calls if parent_id(c) == span_id(bundle)]
+        call_attrs = provider_call.attributes or {}
+        assert call_attrs["lps.items"] == len(group)
+        assert call_attrs["gen_ai.request.temperature"] == 0.25
+        assert call_attrs["gen_ai.request.max_tokens"] == 300
+        assert chain(spans, provider_call) == [*FULL_CHAIN, STREAM]
     assert len(calls) == len(members)
 
 
@@ -182,13 +151,20 @@ async def test_server_joins_the_trace_a_client_sends_in_grpc_metadata() -> None:
 
     client_trace = trace.format_trace_id(client_span.get_span_context().trace_id)
     assert result.trace_id == client_trace
-    submit = by_request(spans, "lps.submit")["req-1"]
-    assert submit.parent is not None
-    assert submit.parent.is_remote
-    assert parent_id(submit) == client_span.get_span_context().span_id
-    assert {s.name for s in spans if hex_trace(s) == client_trace} == SPAN_NAMES
-    (call,) = [s for s in spans if s.name == "lps.provider_call" and hex_trace(s) == client_trace]
-    assert_chain(spans, call, ["lps.provider_call", "lps.bundle", "lps.process", "lps.submit"])
+    (rpc,) = [s for s in spans if s.name == UNARY and hex_trace(s) == client_trace]
+    assert rpc.parent is not None
+    assert rpc.parent.is_remote
+    assert parent_id(rpc) == client_span.get_span_context().span_id
+    assert parent_id(by_request(spans, "lps.submit")["req-1"]) == span_id(rpc)
+    assert {s.name for s in spans if hex_trace(s) == client_trace} == {
+        UNARY,
+        "lps.submit",
+        "lps.process",
+        "lps.bundle",
+        CALL_SPAN,
+    }
+    (call,) = [s for s in spans if s.name == CALL_SPAN and hex_trace(s) == client_trace]
+    assert chain(spans, call) == [*FULL_CHAIN, UNARY]
     # A request without trace context starts its own trace.
     assert other.trace_id not in ("", client_trace)
     assert [s.name for s in client_exporter.get_finished_spans()] == ["cj.compare"]
@@ -231,7 +207,7 @@ async def test_trace_continues_on_the_replica_that_processes_the_request(
         assert parent_id(process) == span_id(submit)
         assert process.parent is not None
         assert process.parent.is_remote
-    assert {s.name for s in spans_b} == {"lps.process", "lps.bundle", "lps.provider_call"}
+    assert {s.name for s in spans_b} == {"lps.process", "lps.bundle", CALL_SPAN}
 
 
 def test_tracing_is_off_unless_an_otlp_endpoint_is_set(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -283,11 +259,19 @@ async def test_spans_arrive_at_a_real_otlp_grpc_receiver(monkeypatch: pytest.Mon
     for r in results:
         names = {s.name for s in received if s.trace_id == r.trace_id}
         assert names == SPAN_NAMES, f"trace of {r.request_id} holds {names}"
+    kinds = {s.name: s.kind for s in received}
+    assert kinds[STREAM] == "SPAN_KIND_SERVER"
+    assert kinds[CALL_SPAN] == "SPAN_KIND_CLIENT"
+    assert kinds["lps.process"] == "SPAN_KIND_INTERNAL"
     process = next(
         s for s in received if s.name == "lps.process" and s.attributes["lps.request_id"] == "req-1"
     )
     submit = next(s for s in received if s.span_id == process.parent_span_id)
     assert submit.name == "lps.submit"
+    # Links travel too: the process span points to its bundle span, which points back.
+    (bundle,) = [s for s in received if (s.trace_id, s.span_id) in process.links]
+    assert bundle.name == "lps.bundle"
+    assert (process.trace_id, process.span_id) in bundle.links
 
 
 async def test_the_cj_client_propagates_its_trace_context() -> None:
@@ -302,8 +286,11 @@ async def test_the_cj_client_propagates_its_trace_context() -> None:
             results = await submit_all(client, [submission(1)])
     client_trace = format(wave.get_span_context().trace_id, "032x")
     assert results[0].trace_id == client_trace
-    submits = [s for s in exporter.get_finished_spans() if s.name == "lps.submit"]
+    spans = exporter.get_finished_spans()
+    submits = [s for s in spans if s.name == "lps.submit"]
     assert [hex_trace(s) for s in submits] == [client_trace]
+    (rpc,) = [s for s in spans if s.name == STREAM]
+    assert parent_id(rpc) == wave.get_span_context().span_id
 
 
 def test_without_a_provider_the_tracer_records_nothing_and_sets_no_context() -> None:

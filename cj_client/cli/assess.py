@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import sys
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry
 
-from cj_client.assessment import Assessment, AssessmentOptions
+from cj_client.assessment import Assessment, AssessmentOptions, new_cj_batch_id
 from cj_client.batching import BatchConfig, CjSettings, LLMBatchingMode
 from cj_client.cli.common import Handler, add_connection_flags, run
+from cj_client.cli.metrics_export import MetricsExport, MetricsExportError, add_metrics_flags
+from cj_client.cli.tracing import TracingConfigError, tracing_from_env
 from cj_client.client import LpsClient
+from cj_client.metrics import CjMetrics
 from cj_client.models import PROVIDER_NAMES
 from cj_client.outputs import load_essays, ranking_rows, summary, write_outputs
 
@@ -37,7 +41,7 @@ def register(commands: Any) -> Handler:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-id", default="", help="cj_batch_id (default: a new one)")
     parser.add_argument("--plot", action="store_true", help="also write scores.png")
-    parser.add_argument("--metrics-port", type=int, help="serve CJ metrics on this port")
+    add_metrics_flags(parser)
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--show-results", action="store_true", help="print every comparison")
     add_connection_flags(parser, default_target=None)
@@ -48,21 +52,32 @@ async def _assess(args: argparse.Namespace) -> int:
     settings = CjSettings.from_env()
     override = LLMBatchingMode(args.mode) if args.mode else None
     essays = load_essays(args.path)
+    # Metrics and tracing first: a flag that cannot be honoured stops the run before any work.
     registry = CollectorRegistry()
-    if args.metrics_port is not None:
-        start_http_server(args.metrics_port, registry=registry)
+    metrics = CjMetrics(registry)  # before the start push, which carries its zeros
+    cj_batch_id = args.batch_id or new_cj_batch_id()
+    try:
+        tracing = tracing_from_env()
+        export = await MetricsExport.start(args, registry=registry, cj_batch_id=cj_batch_id)
+    except (TracingConfigError, MetricsExportError) as exc:
+        print(f"cj: {exc}", file=sys.stderr)
+        return 2
     options = AssessmentOptions(
         budget=args.budget,
         batch=BatchConfig(llm_batching_mode_override=override),
         provider=args.provider,
         model=args.model,
         seed=args.seed,
-        cj_batch_id=args.batch_id,
+        cj_batch_id=cj_batch_id,
     )
     async with AsyncExitStack() as stack:
+        stack.push_async_callback(export.close)
+        if tracing is not None:
+            stack.push_async_callback(asyncio.to_thread, tracing.shutdown)
         target = args.target
         if not target:
-            target = await _embedded_lps(stack, override or settings.llm_batching_mode)
+            mode = override or settings.llm_batching_mode
+            target = await _embedded_lps(stack, mode, traced=tracing is not None)
         client = await stack.enter_async_context(
             LpsClient(
                 target=target,
@@ -79,8 +94,10 @@ async def _assess(args: argparse.Namespace) -> int:
             client=client,
             options=options,
             settings=settings,
-            registry=registry,
+            metrics=metrics,
             progress=progress,
+            tracer_provider=tracing,
+            on_wave=export.wave_done,
         )
         report = await assessment.run()
     if progress is not None:
@@ -114,8 +131,9 @@ async def _assess(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _embedded_lps(stack: AsyncExitStack, mode: LLMBatchingMode) -> str:
-    """Start an in-process LPS for this run; serial_bundle runs get a bundling server."""
+async def _embedded_lps(stack: AsyncExitStack, mode: LLMBatchingMode, traced: bool) -> str:
+    """Start an in-process LPS for this run; serial_bundle runs get a bundling server. A traced
+    run's LPS exports its spans as service `lps`, joining the run's trace."""
     from lps_server.app import LpsApp
     from lps_server.core.config import Settings
     from lps_server.core.domain import ProcessingMode
@@ -129,7 +147,10 @@ async def _embedded_lps(stack: AsyncExitStack, mode: LLMBatchingMode) -> str:
     settings = Settings.from_env(
         env, grpc_host="127.0.0.1", grpc_port=0, queue_processing_mode=processing
     )
-    app = LpsApp(settings)
+    tracing = tracing_from_env(service_name="lps") if traced else None
+    if tracing is not None:
+        stack.push_async_callback(asyncio.to_thread, tracing.shutdown)
+    app = LpsApp(settings, tracer_provider=tracing)
     await app.start(serve_metrics=False)
     stack.push_async_callback(app.stop)
     return f"127.0.0.1:{app.grpc_port}"

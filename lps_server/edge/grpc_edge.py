@@ -15,7 +15,9 @@ from opentelemetry import trace
 from lps_server.core.config import Settings
 from lps_server.edge.auth import AuthInterceptor
 from lps_server.edge.decode_guard import DecodeGuardInterceptor
+from lps_server.edge.rejections import CALL_CODES, rejection_reason
 from lps_server.edge.server import (
+    SERVICE_METHODS,
     SERVICE_NAME,
     create_server,
     server_credentials,
@@ -26,6 +28,8 @@ from lps_server.observability.metrics import LpsMetrics
 from lps_server.processing.intake import Intake
 from lps_server.providers import ProviderRegistry
 from lps_server.queue.base import QueueBackend
+
+UNARY_SUBMIT = "SubmitComparison"
 
 
 class GrpcEdge:
@@ -53,6 +57,7 @@ class GrpcEdge:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._metrics = metrics
+        metrics.initialise_grpc(SERVICE_METHODS, CALL_CODES)
         self._health = HealthServicer()
         self._servicer = LlmProviderServicer(
             intake=intake,
@@ -81,6 +86,8 @@ class GrpcEdge:
     def _count_rejection(self, method: str, code: grpc.StatusCode) -> None:
         # Calls refused by an interceptor never reach the servicer, which counts all the others.
         self._metrics.grpc_requests.labels(method=method, code=code.name).inc()
+        if method == UNARY_SUBMIT:
+            self._metrics.record_rejection(rejection_reason(code.name, over_rate=False))
 
     async def start(self) -> None:
         """Start serving calls."""

@@ -20,7 +20,10 @@ from generated.lps.v1 import llm_provider_service_pb2_grpc as svc_grpc
 from lps_server.core.config import Settings
 from lps_server.core.errors import ConfigurationError
 
-SERVICE_NAME = svc.DESCRIPTOR.services_by_name["LlmProviderService"].full_name
+_SERVICE = svc.DESCRIPTOR.services_by_name["LlmProviderService"]
+SERVICE_NAME = _SERVICE.full_name
+#: The service's method names, as metrics label them.
+SERVICE_METHODS = tuple(m.name for m in _SERVICE.methods)
 DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 # gRPC reads INT_MAX as "no limit": calls in progress when a connection reaches its maximum age
 # run to their end (a CJ run's stream can last hours); only new calls move to a new connection.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -10,6 +11,7 @@ from contextlib import AbstractContextManager, aclosing, asynccontextmanager, nu
 from typing import Any
 
 import grpc
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.context import Context
 
@@ -21,6 +23,7 @@ from lps_server.core.domain import QueuedRequest
 from lps_server.core.errors import (
     FieldViolation,
     InvalidRequestError,
+    LimitExceededError,
     QueueFullError,
     ShuttingDownError,
     UnknownRequestError,
@@ -30,11 +33,14 @@ from lps_server.edge.convert import STATUS_TO_PB, request_from_pb, result_to_pb,
 from lps_server.edge.grpc_errors import to_status
 from lps_server.edge.limits import ClientLimits
 from lps_server.edge.method_handlers import drain
+from lps_server.edge.rejections import rejection_reason
 from lps_server.edge.result_watch import ResultWatch
+from lps_server.edge.server import SERVICE_NAME
 from lps_server.edge.stream_submit import StreamSubmission
 from lps_server.edge.validation import validate_request
 from lps_server.observability.metrics import LpsMetrics
-from lps_server.observability.tracing import context_from, current_carrier, tracer_for
+from lps_server.observability.spans import RpcConventions, RpcServerSpan
+from lps_server.observability.tracing import current_carrier, tracer_for
 from lps_server.processing.intake import Intake, new_request_id
 from lps_server.providers import ProviderRegistry
 from lps_server.queue.base import QueueBackend
@@ -69,6 +75,7 @@ class LlmProviderServicer(svc_grpc.LlmProviderServiceServicer):
         self._watch = ResultWatch(
             lookup=queue.ended_results, recheck_s=settings.stream_recheck_seconds
         )
+        self._rpc_conventions = RpcConventions.from_env(os.environ)
         self._draining = False
 
     def refuse_new_calls(self) -> None:
@@ -87,15 +94,24 @@ class LlmProviderServicer(svc_grpc.LlmProviderServiceServicer):
         *,
         stream: bool = False,
         requests: AsyncIterator[Any] | None = None,
+        submits: bool = False,
     ) -> AsyncIterator[str]:
-        """Translate errors into statuses and record the call's code and latency.
+        """Translate errors into statuses; record the call's code, latency and SERVER span.
 
         Yields the caller's identity for per-client limits; a `stream` call holds one of the
         caller's stream slots until it ends. A refused call with streamed `requests` reads what the
-        client still sends before it ends (see `drain`).
+        client still sends before it ends (see `drain`). A refused unary call that `submits` a
+        request counts as a rejected submission.
         """
         started = time.perf_counter()
         code = grpc.StatusCode.OK
+        span = RpcServerSpan(
+            self._tracer,
+            conventions=self._rpc_conventions,
+            service=SERVICE_NAME,
+            method=method,
+            metadata=context.invocation_metadata(),
+        )
         try:
             if self._draining:
                 raise ShuttingDownError(
@@ -122,6 +138,9 @@ class LlmProviderServicer(svc_grpc.LlmProviderServiceServicer):
         except Exception as exc:
             status = to_status(exc)
             code = status.code
+            if submits:
+                over_rate = isinstance(exc, LimitExceededError)
+                self._metrics.record_rejection(rejection_reason(code.name, over_rate=over_rate))
             if requests is not None:
                 await drain(requests)
             await context.abort(status.code, status.details, status.trailing_metadata)
@@ -129,10 +148,11 @@ class LlmProviderServicer(svc_grpc.LlmProviderServiceServicer):
             labels = {"method": method, "code": code.name}
             self._metrics.grpc_requests.labels(**labels).inc()
             self._metrics.grpc_latency.labels(**labels).observe(time.perf_counter() - started)
+            span.end(code=code.name, code_value=code.value[0])
 
     def _incoming_context(self, context: Ctx) -> Context:
-        carrier = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
-        return context_from(carrier)
+        # The call's SERVER span (a child of the caller's `traceparent`) is current in `_rpc`.
+        return otel_context.get_current()
 
     def prepare(
         self, msg: pb.ComparisonRequest, *, path: str, reply_to: str, parent: Context
@@ -166,7 +186,7 @@ class LlmProviderServicer(svc_grpc.LlmProviderServiceServicer):
         self, request: svc.SubmitComparisonRequest, context: Ctx
     ) -> svc.SubmitComparisonResponse:
         """Enqueue one request; idempotent by request_id."""
-        async with self._rpc("SubmitComparison", context) as client:
+        async with self._rpc("SubmitComparison", context, submits=True) as client:
             if not request.HasField("request"):
                 raise InvalidRequestError([_missing("request")])
             parent = self._incoming_context(context)
@@ -199,6 +219,7 @@ class LlmProviderServicer(svc_grpc.LlmProviderServiceServicer):
                 admit=lambda: self._limits.rate.take(client),
                 rate_message=self._limits.rate.message(),
                 max_requests_per_message=self._limits.max_requests_per_message,
+                on_rejected=self._metrics.record_rejection,
             )
             # Closed at once when the client goes: its reader and follower tasks end with it.
             async with aclosing(submission.run(request_iterator)) as events:

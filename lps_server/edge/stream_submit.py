@@ -22,6 +22,7 @@ from lps_server.core.domain import ComparisonResult, QueuedRequest
 from lps_server.core.errors import FieldViolation, InvalidRequestError, LpsError
 from lps_server.edge.convert import STATUS_TO_PB, result_to_pb
 from lps_server.edge.grpc_errors import to_status
+from lps_server.edge.rejections import rejection_reason
 from lps_server.edge.result_watch import ResultWatch
 from lps_server.edge.wire_time import duration_pb
 from lps_server.processing.intake import Intake
@@ -50,6 +51,7 @@ class StreamSubmission:
             wait when the caller is over its rate (that request is then refused).
         rate_message: why an over-rate request is refused.
         max_requests_per_message: a larger message ends the call INVALID_ARGUMENT.
+        on_rejected: called with the reason (`rejection_reason`) of every refused request.
     """
 
     def __init__(
@@ -64,8 +66,10 @@ class StreamSubmission:
         admit: Callable[[], float] = lambda: 0.0,
         rate_message: str = "",
         max_requests_per_message: int | None = None,
+        on_rejected: Callable[[str], None] = lambda reason: None,
     ) -> None:
         self._prepare_one = prepare
+        self._on_rejected = on_rejected
         self._admit = admit
         self._rate_message = rate_message
         self._max_requests = max_requests_per_message
@@ -204,8 +208,13 @@ class StreamSubmission:
         else:
             for (slot, queued), outcome in zip(prepared, outcomes, strict=True):
                 acks[slot] = self._accepted(queued, outcome)
-        for ack in acks:
+        queued_slots = {slot for slot, _ in prepared}
+        for slot, ack in enumerate(acks):
             if ack is not None:
+                if not ack.accepted:
+                    # Before queueing, the only RESOURCE_EXHAUSTED refusal is the client's rate.
+                    over_rate = slot not in queued_slots
+                    self._on_rejected(rejection_reason(ack.error.code, over_rate=over_rate))
                 self._out.put_nowait(ack)
 
     def _accepted(self, queued: QueuedRequest, outcome: SubmitOutcome) -> svc.SubmissionAck:

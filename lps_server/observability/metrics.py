@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from lps_server.core.domain import CircuitState, ProcessingMode, ProviderName, RequestStatus
+from lps_server.core.domain import CircuitState, ErrorCode, ProcessingMode, ProviderName
 
-BUNDLE_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+# Every size up to the default bundle of 8 is its own bucket, so a histogram of bundle sizes
+# shows exactly how full bundles are (with 1, 2, 4, 8 a run of 8s read as a p50 of 6).
+BUNDLE_SIZE_BUCKETS = (1, 2, 3, 4, 5, 6, 7, 8, 12, 16, 24, 32, 48, 64)
 EXPIRY_AGE_BUCKETS = (1, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 #: Where a bundle found that it had lost a lease: before its provider call, or after it (the
@@ -17,9 +22,46 @@ PROCESSOR_LOOPS = ("dispatch", "sweep")
 # Queued work can wait as long as its TTL (an hour by default), far past any call's latency.
 QUEUE_WAIT_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 
+#: Final statuses of processed requests (`llm_provider_requests_total{status}`).
+PROCESSED_STATUSES = ("completed", "failed")
+#: Where an expired request was found: leasing it (`ttl`) or by the periodic sweep (`cleanup`).
+EXPIRY_REASONS = ("ttl", "cleanup")
+#: Token kinds of `llm_provider_tokens_used_total{type}`.
+TOKEN_TYPES = ("input", "output", "cache_read", "cache_write")
+#: Why a submitted request was refused (`llm_provider_submissions_rejected_total{reason}`).
+REJECTION_REASONS = (
+    "invalid_request",
+    "rate_limited",
+    "queue_full",
+    "unavailable",
+    "already_exists",
+    "unauthenticated",
+    "internal",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class LabelSpace:
+    """The bounded label values one replica can produce, known when it starts.
+
+    Attributes:
+        models: each configured provider's model labels (its known models and `other`).
+        mode: the replica's processing mode.
+        retry_codes: the failure codes that are retried.
+        circuits: the current circuit state of every provider that has a circuit breaker.
+    """
+
+    models: Mapping[ProviderName, Sequence[str]]
+    mode: ProcessingMode
+    retry_codes: Iterable[ErrorCode] = ()
+    circuits: Mapping[ProviderName, CircuitState] = field(default_factory=dict)
+
 
 class LpsMetrics:
-    """Every LPS metric; labels come only from bounded sets (enums, configured models)."""
+    """Every LPS metric; labels come only from bounded sets (enums, configured models).
+
+    Queue depth and oldest age are not here: `QueueGauges` reads them when scraped.
+    """
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
@@ -49,12 +91,6 @@ class LpsMetrics:
             buckets=EXPIRY_AGE_BUCKETS,
             registry=registry,
         )
-        self.queue_depth = Gauge(
-            "llm_provider_queue_depth",
-            "Requests in the queue by status",
-            ["status"],
-            registry=registry,
-        )
         self.queue_wait = Histogram(
             "llm_provider_queue_wait_time_seconds",
             "Time from enqueue to the end of processing, by outcome",
@@ -77,8 +113,8 @@ class LpsMetrics:
         )
         self.tokens = Counter(
             "llm_provider_tokens_used_total",
-            "Tokens used by provider calls",
-            ["provider", "model", "token_type"],
+            "Tokens used by provider calls, by kind",
+            ["provider", "model", "type"],
             registry=registry,
         )
         self.cost = Counter(
@@ -97,6 +133,12 @@ class LpsMetrics:
             "llm_provider_circuit_state",
             "Circuit breaker state per provider: 0 closed, 1 half-open, 2 open",
             ["provider"],
+            registry=registry,
+        )
+        self.submissions_rejected = Counter(
+            "llm_provider_submissions_rejected_total",
+            "Submitted requests refused, unary or inside a stream, by reason",
+            ["reason"],
             registry=registry,
         )
         self.lease_lost = Counter(
@@ -140,6 +182,49 @@ class LpsMetrics:
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
+        for reason in REJECTION_REASONS:
+            self.submissions_rejected.labels(reason=reason)
+
+    def initialise(self, space: LabelSpace) -> None:
+        """Create every labelled series of this replica at 0, so that the first event counts.
+
+        A counter that first appears with the value 1 gives `rate()` and `increase()` nothing to
+        compare it with: the first burst after a start would be invisible. Bundle metrics exist
+        only in `serial_bundle` mode, which alone records them.
+        """
+        mode = space.mode.value
+        for provider, models in space.models.items():
+            name = provider.value
+            for reason in EXPIRY_REASONS:
+                self.queue_expiry.labels(
+                    provider=name, queue_processing_mode=mode, expiry_reason=reason
+                )
+            self.queue_expiry_age.labels(provider=name, queue_processing_mode=mode)
+            for model in models:
+                labels = {"provider": name, "model": model}
+                for status in PROCESSED_STATUSES:
+                    self.requests.labels(status=status, **labels)
+                for kind in TOKEN_TYPES:
+                    self.tokens.labels(type=kind, **labels)
+                for code in space.retry_codes:
+                    self.provider_retries.labels(error_code=code.value, **labels)
+                self.response_duration.labels(**labels)
+                self.cost.labels(**labels)
+                if space.mode == ProcessingMode.SERIAL_BUNDLE:
+                    self.serial_bundle_calls.labels(**labels)
+                    self.serial_bundle_items.labels(**labels)
+        for status in PROCESSED_STATUSES:
+            self.queue_wait.labels(queue_processing_mode=mode, result=status)
+        for provider, state in space.circuits.items():
+            self.set_circuit_state(provider, state)
+
+    def initialise_grpc(self, methods: Iterable[str], codes: Iterable[str]) -> None:
+        """Create the call counters of every method and code, and each method's OK latency, at 0."""
+        codes = list(codes)
+        for method in methods:
+            for code in codes:
+                self.grpc_requests.labels(method=method, code=code)
+            self.grpc_latency.labels(method=method, code="OK")
 
     def record_bundle_call(self, *, provider: str, model: str, size: int) -> None:
         """Count one successful serial-bundle provider call of `size` items."""
@@ -157,11 +242,29 @@ class LpsMetrics:
             age_s
         )
 
+    def record_tokens(
+        self,
+        labels: Mapping[str, str],
+        *,
+        input: int,
+        output: int,
+        cache_read: int = 0,
+        cache_write: int = 0,
+    ) -> None:
+        """Count tokens by kind for one provider and model (`labels`)."""
+        for kind, count in (
+            ("input", input),
+            ("output", output),
+            ("cache_read", cache_read),
+            ("cache_write", cache_write),
+        ):
+            if count:
+                self.tokens.labels(type=kind, **labels).inc(count)
+
+    def record_rejection(self, reason: str) -> None:
+        """Count one refused submission (`reason` from REJECTION_REASONS)."""
+        self.submissions_rejected.labels(reason=reason).inc()
+
     def set_circuit_state(self, provider: ProviderName, state: CircuitState) -> None:
         """Publish a provider's circuit-breaker state."""
         self.circuit_state.labels(provider=provider.value).set(state.gauge_value)
-
-    def set_depth(self, depth: dict[RequestStatus, int]) -> None:
-        """Publish the queue depth by status."""
-        for status, count in depth.items():
-            self.queue_depth.labels(status=status.value).set(count)

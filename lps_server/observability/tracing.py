@@ -42,6 +42,11 @@ class _OffTracer(trace.NoOpTracer):
 _OFF = _OffTracer()
 
 
+def tracing_on(tracer: trace.Tracer) -> bool:
+    """False for the tracer `tracer_for` gives when tracing is off (then skip all span work)."""
+    return tracer is not _OFF
+
+
 def current_carrier() -> dict[str, str]:
     """The active span's context as a `traceparent` carrier (empty when tracing is off)."""
     carrier: dict[str, str] = {}

@@ -32,7 +32,8 @@ from lps_server.core.domain import (
     QueuedRequest,
 )
 from lps_server.observability.metrics import LpsMetrics
-from lps_server.observability.tracing import context_from, trace_id_of
+from lps_server.observability.spans import BundleSpans, provider_call_span
+from lps_server.observability.tracing import context_from
 from lps_server.processing.leases import LeaseKeeper
 from lps_server.processing.results import completed, failed
 from lps_server.processing.retries import GaveUp, retry_delay, settle
@@ -117,38 +118,25 @@ class BundleRunner:
             done = [(q, failed(q, failure, now, facts[q.request_id])) for q in items]
             await self._store(done, labels, keeper)
             return
-        now = self._clock()
-        spans = {
-            q.request_id: self._tracer.start_span(
-                "lps.process",
-                context=context_from(q.trace_context),
-                attributes=_span_attributes(q, facts[q.request_id], now),
-            )
-            for q in items
-        }
+        spans = BundleSpans(
+            self._tracer,
+            items,
+            facts,
+            now=self._clock(),
+            contexts={q.request_id: context_from(q.trace_context) for q in items},
+        )
         try:
-            with self._tracer.start_as_current_span(
-                "lps.bundle",
-                context=trace.set_span_in_context(spans[items[0].request_id]),
-                links=[trace.Link(s.get_span_context()) for s in spans.values()],
-                attributes={
-                    "lps.bundle_id": bundle_id,
-                    "lps.bundle_size": len(items),
-                    "lps.provider": route.provider.value,
-                    "lps.model": route.model,
-                },
-            ):
+            with spans.bundle(bundle_id):
                 await self._attempt(items, provider, facts, spans, keeper, attempts, labels)
         finally:
-            for span in spans.values():
-                span.end()
+            spans.close()
 
     async def _attempt(
         self,
         items: list[QueuedRequest],
         provider: Provider,
         facts: dict[str, BundleFacts],
-        spans: dict[str, trace.Span],
+        spans: BundleSpans,
         keeper: LeaseKeeper,
         attempts: Mapping[str, int],
         labels: dict[str, str],
@@ -167,7 +155,7 @@ class BundleRunner:
         for queued in answered:
             rid = queued.request_id
             outcome = outcomes[rid]
-            trace_id = trace_id_of(spans[rid])
+            trace_id = spans.trace_id(rid)
             if isinstance(outcome, ItemSuccess):
                 result = completed(
                     queued,
@@ -186,6 +174,7 @@ class BundleRunner:
                 result = failed(queued, failure, now, facts[rid], trace_id=trace_id)
                 done.append((queued, result))
         await self._store(done, labels, keeper)
+        spans.finish(done)
         if retry:
             attempt = max(number[q.request_id] for q, _ in retry)
             retry_at = now + self._backoff(attempt, [f for _, f in retry])
@@ -234,9 +223,12 @@ class BundleRunner:
             )
             for q in pending
         ]
-        with self._tracer.start_as_current_span(
-            "lps.provider_call",
-            attributes={"lps.attempt": attempt, "lps.items": len(items)},
+        with provider_call_span(
+            self._tracer,
+            route=route,
+            overrides=pending[0].request.overrides,
+            attempt=attempt,
+            items=len(items),
         ) as span:
             started = time.monotonic()
             try:
@@ -252,14 +244,21 @@ class BundleRunner:
                 outcomes = [ItemFailure(ErrorCode.INTERNAL, message)] * len(items)
                 answered = False
             duration = time.monotonic() - started
+            whole_call_failed = not answered
             if len(outcomes) != len(items):
                 message = (
                     f"provider {route.provider.value} answered {len(outcomes)} of "
                     f"{len(items)} items"
                 )
                 outcomes = [ItemFailure(ErrorCode.INVALID_RESPONSE, message)] * len(items)
-            if not answered:
-                span.set_status(trace.StatusCode.ERROR, outcomes[0].message)  # type: ignore[union-attr]
+                whole_call_failed = True
+            first = outcomes[0]
+            span.record(
+                usages=[o.usage for o in outcomes if isinstance(o, ItemSuccess)],
+                failure=(first.code, first.message)
+                if whole_call_failed and isinstance(first, ItemFailure)
+                else None,
+            )
         return _Call(outcomes, duration, answered)
 
     async def _store(
@@ -304,8 +303,7 @@ class BundleRunner:
             cost += result.cost_usd
         if ended:
             _log_stored(ended, by_status)
-        self._metrics.tokens.labels(token_type="prompt", **labels).inc(prompt)
-        self._metrics.tokens.labels(token_type="completion", **labels).inc(completion)
+        self._metrics.record_tokens(labels, input=prompt, output=completion)
         self._metrics.cost.labels(**labels).inc(cost)
 
     def _backoff(self, attempt: int, failures: Sequence[ItemFailure]) -> float:
@@ -323,23 +321,6 @@ class BundleRunner:
 def _final_failure(outcome: ItemFailure, attempts: int) -> Failure:
     suffix = f" (after {attempts} attempt{'s' if attempts != 1 else ''})"
     return Failure(outcome.code, outcome.message + suffix, outcome.retryable, attempts)
-
-
-def _span_attributes(
-    queued: QueuedRequest, facts: BundleFacts, now: float
-) -> dict[str, str | int | float]:
-    request = queued.request
-    return {
-        "lps.request_id": queued.request_id,
-        "lps.correlation_id": request.correlation_id,
-        "lps.cj_batch_id": request.metadata.get("cj_batch_id", ""),
-        "lps.provider": queued.route.provider.value,
-        "lps.model": queued.route.model,
-        "lps.bundle_id": facts.bundle_id,
-        "lps.bundle_index": facts.index,
-        "lps.bundle_size": facts.size,
-        "lps.queue_wait_seconds": max(0.0, now - queued.enqueued_at),
-    }
 
 
 def _log_stored(

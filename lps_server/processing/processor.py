@@ -26,7 +26,6 @@ from lps_server.core.domain import (
     ProcessingMode,
     ProviderName,
     QueuedRequest,
-    RequestStatus,
 )
 from lps_server.core.errors import QueueUnavailableError
 from lps_server.observability.metrics import LpsMetrics
@@ -278,10 +277,6 @@ class Processor:
                     log.warning("reclaimed %d requests whose lease lapsed", found.reclaimed)
                 await self._end_unreadable(found.unreadable, token=found.token)
                 await self.expire(found.expired, reason="cleanup", token=found.token)
-                stats = await self._queue.stats(now=self._clock())
-                self._metrics.set_depth(
-                    {RequestStatus.QUEUED: stats.queued, RequestStatus.PROCESSING: stats.processing}
-                )
             except QueueUnavailableError as exc:
                 log.warning("sweep skipped: %s", exc)
             try:

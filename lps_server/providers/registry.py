@@ -6,10 +6,11 @@ import random
 from collections.abc import Iterable, Mapping
 
 from lps_server.core.config import Settings
-from lps_server.core.domain import Overrides, ProviderName, Route
+from lps_server.core.domain import CircuitState, Overrides, ProviderName, Route
 from lps_server.providers.anthropic import AnthropicProvider
 from lps_server.providers.base import Provider
 from lps_server.providers.circuit_breaker import CircuitListener
+from lps_server.providers.http_provider import HttpProvider
 from lps_server.providers.http_settings import HttpProvidersSettings
 from lps_server.providers.mock import MockProvider
 from lps_server.providers.openai_compat import OpenAICompatibleProvider
@@ -103,6 +104,20 @@ class ProviderRegistry:
         if provider is not None and route.model in provider.known_models():
             return route.model
         return OTHER_MODEL
+
+    def model_labels(self) -> dict[ProviderName, list[str]]:
+        """Every model label each provider's metrics can carry: its known models and `other`."""
+        return {
+            name: [*sorted(p.known_models()), OTHER_MODEL] for name, p in self._providers.items()
+        }
+
+    def circuit_states(self) -> dict[ProviderName, CircuitState]:
+        """The circuit state of every provider that has a circuit breaker (the HTTP ones)."""
+        return {
+            name: p.circuit_state
+            for name, p in self._providers.items()
+            if isinstance(p, HttpProvider)
+        }
 
     async def aclose(self) -> None:
         """Close every provider."""
