@@ -9,11 +9,12 @@ from collections.abc import Callable
 from wsgiref.simple_server import WSGIServer
 
 from opentelemetry import trace
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry
 
 from lps_server.core.config import Settings
 from lps_server.edge.grpc_edge import GrpcEdge
 from lps_server.observability.metrics import LabelSpace, LpsMetrics
+from lps_server.observability.metrics_http import start_metrics_endpoint
 from lps_server.observability.queue_gauges import QueueGauges, QueueReading
 from lps_server.processing.intake import Intake
 from lps_server.processing.processor import Processor
@@ -101,8 +102,8 @@ class LpsApp:
         """Start serving gRPC (and /metrics unless disabled) and processing the queue."""
         await self.edge.start()
         if serve_metrics:
-            self._metrics_http, _ = start_http_server(
-                self.settings.metrics_port, addr=self.settings.metrics_host, registry=self.registry
+            self._metrics_http = start_metrics_endpoint(
+                self.registry, host=self.settings.metrics_host, port=self.settings.metrics_port
             )
             self.metrics_port = self._metrics_http.server_port
             self.edge.announce_metrics_port(self.metrics_port)

@@ -13,9 +13,11 @@ from importlib.metadata import version
 from lps_server.app import LpsApp
 from lps_server.core.config import Settings
 from lps_server.core.errors import ConfigurationError
+from lps_server.edge.server import check_bindable
 from lps_server.observability.logs import configure_logging
 from lps_server.observability.telemetry import configure_tracing
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 # Flags that override LPS_* variables: (flag, settings field, type, help).
 FLAGS: list[tuple[str, str, type, str]] = [
     ("--host", "grpc_host", str, "gRPC bind address (LPS_GRPC_HOST)"),
@@ -42,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run the gRPC server")
     for flag, field, kind, text in FLAGS:
         serve.add_argument(flag, dest=field, type=kind, help=text)
-    serve.add_argument("--log-level", default="INFO")
+    serve.add_argument("--log-level", default="INFO", type=str.upper, choices=LOG_LEVELS)
     serve.add_argument("--plain-logs", action="store_true", help="text logs instead of JSON")
     return parser
 
@@ -53,9 +55,17 @@ async def serve(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    # Before anything starts, so that a port in use ends the start with nothing to undo.
+    check_bindable(
+        settings.metrics_host, settings.metrics_port, "LPS_METRICS_HOST/LPS_METRICS_PORT"
+    )
     tracing = configure_tracing(service_name="lps")
     app = LpsApp(settings, tracer_provider=tracing)
-    await app.start()
+    try:
+        await app.start()
+    except ConfigurationError:
+        await app.stop(grace=0)  # what did start (the gRPC server, say) stops before we exit
+        raise
     _tune_gc()
     await stop.wait()
     await app.stop()
@@ -74,7 +84,6 @@ def _tune_gc() -> None:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `lps` command."""
     args = build_parser().parse_args(argv)
-    configure_logging(args.log_level, json_lines=not args.plain_logs)
     # Flags go through the same parsing and checks as the variables they override.
     env = dict(os.environ)
     for _, field, _, _ in FLAGS:
@@ -82,7 +91,10 @@ def main(argv: list[str] | None = None) -> int:
         if value is not None:
             env[f"LPS_{field.upper()}"] = str(value)
     try:
+        # Settings, ports in use and TLS files are the user's to fix: one line, exit 2, no
+        # traceback (ConfigurationError names the variable).
         settings = Settings.from_env(env)
+        configure_logging(args.log_level, json_lines=not args.plain_logs)
         asyncio.run(serve(settings))
     except ConfigurationError as exc:
         print(f"lps: configuration error: {exc}", file=sys.stderr)

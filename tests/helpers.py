@@ -17,6 +17,7 @@ from lps_server.core.config import Settings
 from lps_server.core.domain import Overrides
 from lps_server.providers import ComparisonItem, ItemOutcome, Provider, ProviderRegistry
 from lps_server.providers.mock import MockProvider
+from lps_server.queue.base import QueueBackend
 
 WAIT_S = 10.0
 RICH = "A thorough essay weighs sleep research, bus schedules, sports and family routines."
@@ -80,6 +81,7 @@ async def running_app(
     also: Sequence[Provider] = (),
     clock: Callable[[], float] = time.time,
     serve_metrics: bool = False,
+    queue: QueueBackend | None = None,
     **settings: Any,
 ) -> AsyncIterator[LpsApp]:
     """A started LPS on free ports with its own registry, stopped (work finished) on exit.
@@ -95,6 +97,7 @@ async def running_app(
         tracer_provider=tracer_provider,
         providers=ProviderRegistry([provider, *also]) if provider is not None else None,
         clock=clock,
+        queue=queue,
     )
     await app.start(serve_metrics=serve_metrics)
     try:

@@ -27,6 +27,8 @@ FIGURES = (
     "dispatch_p99_ms",
     "dispatch_beside_slow_p99_ms",
     "rss_mb_100k",
+    "streams_per_replica",
+    "streams_rss_mb",
     "cj_2000_seconds",
     "cj_2000_scoring_share",
 )

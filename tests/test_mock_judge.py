@@ -134,7 +134,8 @@ def test_mock_flaw_settings_are_read_and_checked() -> None:
     )
     assert (settings.mock_position_bias, settings.mock_bundle_position_noise) == (-0.5, 0.25)
     assert Settings.from_env({}).mock_position_bias == 0.0
-    with pytest.raises(ConfigurationError, match="LPS_MOCK_BUNDLE_POSITION_NOISE must be >= 0"):
+    noise_range = r"LPS_MOCK_BUNDLE_POSITION_NOISE must be in 0\.\.20"
+    with pytest.raises(ConfigurationError, match=noise_range):
         Settings.from_env({"LPS_MOCK_BUNDLE_POSITION_NOISE": "-1"})
-    with pytest.raises(ConfigurationError, match="LPS_MOCK_POSITION_BIAS must be a number"):
+    with pytest.raises(ConfigurationError, match="LPS_MOCK_POSITION_BIAS must be a finite number"):
         Settings.from_env({"LPS_MOCK_POSITION_BIAS": "nan"})

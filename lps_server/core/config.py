@@ -1,4 +1,10 @@
-"""Server settings from `LPS_*` environment variables; defaults run with no configuration."""
+"""Server settings from `LPS_*` environment variables; defaults run with no configuration.
+
+Every numeric setting declares the values it accepts next to its default, in the field's metadata
+(`between`, `at_least`, `above`), so adding a setting with its range is one line. Every float must
+also be finite: `nan` and `inf` are refused whatever the range. `validated()` checks both, then
+the rules that relate several settings.
+"""
 
 from __future__ import annotations
 
@@ -15,54 +21,111 @@ T = TypeVar("T")
 MAX_BUNDLE_SIZE = 64
 # Below 64 KiB ordinary requests stop fitting in a message; gRPC cannot go past 2 GiB.
 MESSAGE_BYTES_RANGE = (64 * 1024, 1024 * 1024 * 1024)
+HOUR_S = 3600.0
+DAY_S = 86_400.0
+YEAR_S = 365 * DAY_S
+
+
+@dataclass(frozen=True, slots=True)
+class Range:
+    """The values a numeric setting accepts: `low`..`high`, `low` itself excluded if `open_low`."""
+
+    low: float
+    high: float = math.inf
+    open_low: bool = False
+
+    def admits(self, value: float) -> bool:
+        """Whether `value` lies in the range."""
+        above_low = value > self.low if self.open_low else value >= self.low
+        return above_low and value <= self.high
+
+    def describe(self) -> str:
+        """The range as an error message says it: `in 1..64`, `> 0`, `>= 1`."""
+        low, high = _number(self.low), _number(self.high)
+        if self.high == math.inf:
+            return f"> {low}" if self.open_low else f">= {low}"
+        return f"> {low} and <= {high}" if self.open_low else f"in {low}..{high}"
+
+
+def between(low: float, high: float) -> dict[str, Range]:
+    """Field metadata: the setting accepts `low`..`high`, both included."""
+    return {"range": Range(low, high)}
+
+
+def at_least(low: float) -> dict[str, Range]:
+    """Field metadata: the setting accepts `low` and more."""
+    return {"range": Range(low)}
+
+
+def above(low: float, high: float = math.inf) -> dict[str, Range]:
+    """Field metadata: the setting accepts more than `low` (up to `high`): a positive interval."""
+    return {"range": Range(low, high, open_low=True)}
+
+
+PORT = between(0, 65535)
 
 
 @dataclass(frozen=True, slots=True)
 class Settings:
-    """Every server setting; each field reads `LPS_<FIELD_NAME_UPPER>`."""
+    """Every server setting; each field reads `LPS_<FIELD_NAME_UPPER>`.
+
+    A numeric field's metadata states its range (`between`, `at_least`, `above`); see the module
+    docstring.
+    """
 
     grpc_host: str = "0.0.0.0"
-    grpc_port: int = 50051
+    grpc_port: int = field(default=50051, metadata=PORT)
     metrics_host: str = "0.0.0.0"
-    metrics_port: int = 9464
+    metrics_port: int = field(default=9464, metadata=PORT)
     queue_backend: str = "local"
     # A Redis URL may hold a password: kept out of repr, like the tokens.
     redis_url: str = field(default="redis://127.0.0.1:6379/0", repr=False)
     redis_prefix: str = "lps"
     queue_processing_mode: ProcessingMode = ProcessingMode.PER_REQUEST
-    serial_bundle_max_requests_per_call: int = 8
-    serial_bundle_max_wait_ms: int = 0
-    queue_max_size: int = 100_000
-    queue_max_bytes: int = 1_073_741_824
-    queue_lease_seconds: float = 30.0
-    queue_max_retries: int = 3
-    queue_default_ttl_seconds: float = 3600.0
-    queue_priority_aging_seconds: float = 30.0
-    queue_sweep_interval_seconds: float = 5.0
-    result_retention_seconds: float = 86_400.0
-    retry_backoff_ms: int = 500
-    retry_after_max_seconds: float = 300.0
-    max_concurrent_calls: int = 4
-    max_essay_bytes: int = 100_000
-    shutdown_grace_seconds: float = 30.0
+    serial_bundle_max_requests_per_call: int = field(
+        default=8, metadata=between(1, MAX_BUNDLE_SIZE)
+    )
+    serial_bundle_max_wait_ms: int = field(default=0, metadata=between(0, HOUR_S * 1000))
+    queue_max_size: int = field(default=100_000, metadata=at_least(1))
+    queue_max_bytes: int = field(default=1_073_741_824, metadata=at_least(1))
+    queue_lease_seconds: float = field(default=30.0, metadata=above(0, DAY_S))
+    queue_max_retries: int = field(default=3, metadata=between(0, 100))
+    queue_default_ttl_seconds: float = field(default=3600.0, metadata=above(0, YEAR_S))
+    queue_priority_aging_seconds: float = field(default=30.0, metadata=between(0, DAY_S))
+    queue_sweep_interval_seconds: float = field(default=5.0, metadata=between(0.01, DAY_S))
+    result_retention_seconds: float = field(default=86_400.0, metadata=above(0, YEAR_S))
+    retry_backoff_ms: int = field(default=500, metadata=between(0, HOUR_S * 1000))
+    retry_after_max_seconds: float = field(default=300.0, metadata=between(0, DAY_S))
+    max_concurrent_calls: int = field(default=4, metadata=between(1, 10_000))
+    max_essay_bytes: int = field(default=100_000, metadata=at_least(1))
+    shutdown_grace_seconds: float = field(default=30.0, metadata=between(0, DAY_S))
     mock_model: str = "mock-judge-1"
-    mock_latency_ms: float = 0.0
-    mock_latency_per_item_ms: float = 0.0
-    mock_latency_jitter: float = 0.1
-    mock_error_rate: float = 0.0
-    mock_judge_temperature: float = 0.1
-    mock_position_bias: float = 0.0
-    mock_bundle_position_noise: float = 0.0
+    mock_latency_ms: float = field(default=0.0, metadata=between(0, DAY_S * 1000))
+    mock_latency_per_item_ms: float = field(default=0.0, metadata=between(0, DAY_S * 1000))
+    mock_latency_jitter: float = field(default=0.1, metadata=between(0, 1))
+    mock_error_rate: float = field(default=0.0, metadata=between(0, 1))
+    mock_judge_temperature: float = field(default=0.1, metadata=above(0, 1000))
+    # A real judge's flaws (docs/cj.md): a logit for essay A; logit noise per place in a bundle.
+    mock_position_bias: float = field(default=0.0, metadata=between(-20, 20))
+    mock_bundle_position_noise: float = field(default=0.0, metadata=between(0, 20))
     mock_seed: int = 0
     auth_tokens: tuple[str, ...] = field(default=(), repr=False)
     tls_cert: str = ""
     tls_key: str = ""
     tls_client_ca: str = ""
-    max_message_bytes: int = 16 * 1024 * 1024
-    max_requests_per_message: int = 512
-    max_streams_per_client: int = 16
-    rate_limit_per_second: float = 0.0
-    rate_limit_burst: int = 100
+    max_message_bytes: int = field(default=16 * 1024 * 1024, metadata=between(*MESSAGE_BYTES_RANGE))
+    max_requests_per_message: int = field(default=512, metadata=between(1, 100_000))
+    max_streams_per_client: int = field(default=16, metadata=between(1, 1_000_000))
+    rate_limit_per_second: float = field(default=0.0, metadata=between(0, 1e9))
+    rate_limit_burst: int = field(default=100, metadata=between(1, 1_000_000_000))
+    # Streams (issue 15): connections to Redis, reply channels, the re-check of awaited results.
+    redis_max_connections: int = field(default=32, metadata=between(1, 10_000))
+    reply_channel_ttl_seconds: float = field(default=300.0, metadata=above(0, DAY_S))
+    stream_recheck_seconds: float = field(default=30.0, metadata=between(0.05, DAY_S))
+    # gRPC connections: keepalive pings, and a maximum age so that clients spread over replicas.
+    grpc_keepalive_seconds: float = field(default=60.0, metadata=between(1, DAY_S))
+    grpc_keepalive_timeout_seconds: float = field(default=20.0, metadata=between(1, HOUR_S))
+    grpc_max_connection_age_seconds: float = field(default=1800.0, metadata=between(0, 30 * DAY_S))
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -81,28 +144,10 @@ class Settings:
 
     def validated(self) -> Settings:
         """Return self, or raise ConfigurationError naming the first invalid setting."""
+        for f in fields(self):
+            _check_range(f.name, getattr(self, f.name), f.metadata.get("range"))
         checks = [
             (self.queue_backend in ("local", "redis"), "LPS_QUEUE_BACKEND must be local or redis"),
-            (
-                1 <= self.serial_bundle_max_requests_per_call <= MAX_BUNDLE_SIZE,
-                "LPS_SERIAL_BUNDLE_MAX_REQUESTS_PER_CALL must be in 1..64",
-            ),
-            (self.serial_bundle_max_wait_ms >= 0, "LPS_SERIAL_BUNDLE_MAX_WAIT_MS must be >= 0"),
-            (self.queue_max_size >= 1, "LPS_QUEUE_MAX_SIZE must be >= 1"),
-            (self.queue_lease_seconds > 0, "LPS_QUEUE_LEASE_SECONDS must be > 0"),
-            (self.queue_max_retries >= 0, "LPS_QUEUE_MAX_RETRIES must be >= 0"),
-            (
-                0 <= self.retry_after_max_seconds < math.inf,
-                "LPS_RETRY_AFTER_MAX_SECONDS must be a finite number >= 0",
-            ),
-            (self.max_concurrent_calls >= 1, "LPS_MAX_CONCURRENT_CALLS must be >= 1"),
-            (0.0 <= self.mock_error_rate <= 1.0, "LPS_MOCK_ERROR_RATE must be in 0..1"),
-            (self.mock_judge_temperature > 0, "LPS_MOCK_JUDGE_TEMPERATURE must be > 0"),
-            (math.isfinite(self.mock_position_bias), "LPS_MOCK_POSITION_BIAS must be a number"),
-            (
-                0.0 <= self.mock_bundle_position_noise < math.inf,
-                "LPS_MOCK_BUNDLE_POSITION_NOISE must be >= 0",
-            ),
             (
                 self.queue_processing_mode != ProcessingMode.BATCH_API,
                 "LPS_QUEUE_PROCESSING_MODE batch_api is not available yet; "
@@ -113,17 +158,6 @@ class Settings:
                 not self.tls_client_ca or bool(self.tls_cert),
                 "LPS_TLS_CLIENT_CA needs LPS_TLS_CERT and LPS_TLS_KEY (mutual TLS is TLS)",
             ),
-            (
-                MESSAGE_BYTES_RANGE[0] <= self.max_message_bytes <= MESSAGE_BYTES_RANGE[1],
-                "LPS_MAX_MESSAGE_BYTES must be in {}..{}".format(*MESSAGE_BYTES_RANGE),
-            ),
-            (self.max_requests_per_message >= 1, "LPS_MAX_REQUESTS_PER_MESSAGE must be >= 1"),
-            (self.max_streams_per_client >= 1, "LPS_MAX_STREAMS_PER_CLIENT must be >= 1"),
-            (
-                self.rate_limit_per_second >= 0,
-                "LPS_RATE_LIMIT_PER_SECOND must be >= 0 (0 turns the limit off)",
-            ),
-            (self.rate_limit_burst >= 1, "LPS_RATE_LIMIT_BURST must be >= 1"),
         ]
         for ok, message in checks:
             if not ok:
@@ -136,6 +170,20 @@ class Settings:
         if self.queue_processing_mode == ProcessingMode.SERIAL_BUNDLE:
             return self.serial_bundle_max_requests_per_call
         return 1
+
+
+def _check_range(name: str, value: object, allowed: Range | None) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return
+    variable = f"LPS_{name.upper()}"
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigurationError(f"{variable} must be a finite number, got {value!r}")
+    if allowed is not None and not allowed.admits(value):
+        raise ConfigurationError(f"{variable} must be {allowed.describe()}, got {value!r}")
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else repr(value)
 
 
 def _parse(name: str, raw: str, parser: Callable[[str], T]) -> T:

@@ -46,6 +46,10 @@ class QueueUnavailableError(LpsError):
     """The queue backend cannot be reached; the message names the cause."""
 
 
+class QueueBusyError(QueueUnavailableError):
+    """The backend is reachable but every connection this replica may open to it is busy."""
+
+
 class ShuttingDownError(LpsError):
     """The server is draining and accepts no new work."""
 

@@ -16,7 +16,13 @@ from lps_server.core.config import Settings
 from lps_server.edge.auth import AuthInterceptor
 from lps_server.edge.decode_guard import DecodeGuardInterceptor
 from lps_server.edge.rejections import CALL_CODES, rejection_reason
-from lps_server.edge.server import SERVICE_METHODS, SERVICE_NAME, create_server, server_credentials
+from lps_server.edge.server import (
+    SERVICE_METHODS,
+    SERVICE_NAME,
+    create_server,
+    server_credentials,
+    server_options,
+)
 from lps_server.edge.servicer import LlmProviderServicer
 from lps_server.observability.metrics import LpsMetrics
 from lps_server.processing.intake import Intake
@@ -74,6 +80,7 @@ class GrpcEdge:
                 DecodeGuardInterceptor(on_reject=self._count_rejection),
             ],
             max_message_bytes=settings.max_message_bytes,
+            options=server_options(settings),
         )
 
     def _count_rejection(self, method: str, code: grpc.StatusCode) -> None:
@@ -108,3 +115,4 @@ class GrpcEdge:
     async def stop(self, grace: float) -> None:
         """Stop the server, letting calls in progress finish for up to `grace` seconds."""
         await self._server.stop(grace)
+        await self._servicer.close()

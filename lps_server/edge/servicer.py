@@ -35,6 +35,7 @@ from lps_server.edge.grpc_errors import to_status
 from lps_server.edge.limits import ClientLimits
 from lps_server.edge.method_handlers import drain
 from lps_server.edge.rejections import rejection_reason
+from lps_server.edge.result_watch import ResultWatch
 from lps_server.edge.server import SERVICE_NAME
 from lps_server.edge.stream_submit import StreamSubmission
 from lps_server.edge.validation import validate_request
@@ -72,6 +73,9 @@ class LlmProviderServicer(svc_grpc.LlmProviderServiceServicer):
         self._tracer = tracer_for(tracer_provider)
         self._clock = clock
         self._limits = limits or ClientLimits.from_settings(settings)
+        self._watch = ResultWatch(
+            lookup=queue.ended_results, recheck_s=settings.stream_recheck_seconds
+        )
         self._rpc_conventions = RpcConventions.from_env(os.environ)
         self._draining = False
         # The port /metrics is served on (0: none), told once it is bound; GetQueueStats reports it
@@ -81,6 +85,10 @@ class LlmProviderServicer(svc_grpc.LlmProviderServiceServicer):
     def refuse_new_calls(self) -> None:
         """Answer every later call UNAVAILABLE (drain); calls already running go on."""
         self._draining = True
+
+    async def close(self) -> None:
+        """Stop the look-ups of awaited results (once the server has stopped)."""
+        await self._watch.close()
 
     @asynccontextmanager
     async def _rpc(
@@ -211,6 +219,7 @@ class LlmProviderServicer(svc_grpc.LlmProviderServiceServicer):
                 prepare=self.prepare,
                 intake=self._intake,
                 queue=self._queue,
+                watch=self._watch,
                 reply_to=f"reply:{uuid.uuid4().hex}",
                 parent=self._incoming_context(context),
                 admit=lambda: self._limits.rate.take(client),
@@ -230,16 +239,13 @@ class LlmProviderServicer(svc_grpc.LlmProviderServiceServicer):
         async with self._rpc("StreamResults", context, stream=True):
             if not request.result_channel:
                 raise InvalidRequestError([_missing("result_channel")])
-            cursor = request.cursor
-            while True:
-                entries = await self._queue.read_channel(
-                    request.result_channel, cursor=cursor, timeout=STREAM_POLL_S
-                )
-                for entry in entries:
-                    cursor = entry.cursor
-                    yield svc.StreamResultsResponse(
-                        result=result_to_pb(entry.result), cursor=entry.cursor
-                    )
+            # One reader per replica follows every StreamResults channel: no connection per call.
+            with self._queue.follow(request.result_channel, cursor=request.cursor) as follower:
+                while True:
+                    for entry in await follower.read(STREAM_POLL_S):
+                        yield svc.StreamResultsResponse(
+                            result=result_to_pb(entry.result), cursor=entry.cursor
+                        )
 
     async def GetComparison(
         self, request: svc.GetComparisonRequest, context: Ctx

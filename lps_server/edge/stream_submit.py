@@ -1,8 +1,10 @@
 """One `SubmitComparisons` call: acknowledge requests as they arrive, then stream their results.
 
 Results come back on a reply channel private to the call (any replica can publish to it), and each
-request id is answered at most once on the call. Requests already known from an earlier call are
-answered from the stored result (at once if it has ended, else when it does).
+request id is answered at most once on the call. The call follows its channel through the
+replica's one channel reader (`QueueBackend.follow`), so an open call holds no Redis connection.
+Requests already known from an earlier call, and any result whose hand-over was lost, are found
+in the store by the replica's `ResultWatch` (batched look-ups).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from lps_server.core.errors import (
 from lps_server.edge.convert import STATUS_TO_PB, result_to_pb
 from lps_server.edge.grpc_errors import to_status
 from lps_server.edge.rejections import rejection_reason
+from lps_server.edge.result_watch import ResultWatch
 from lps_server.edge.wire_time import duration_pb
 from lps_server.processing.intake import Intake
 from lps_server.queue.base import QueueBackend, SubmitOutcome
@@ -62,6 +65,7 @@ class StreamSubmission:
         prepare: PrepareRequest,
         intake: Intake,
         queue: QueueBackend,
+        watch: ResultWatch,
         reply_to: str,
         parent: Context,
         admit: Callable[[], float] = lambda: 0.0,
@@ -82,7 +86,7 @@ class StreamSubmission:
         self._awaiting: set[str] = set()
         self._answered: set[str] = set()
         self._early: dict[str, ComparisonResult] = {}
-        self._foreign: set[str] = set()
+        self._watched = watch.open(self._out.put_nowait)
         self._index = 0
 
     async def run(
@@ -113,6 +117,7 @@ class StreamSubmission:
             finally:
                 reader.cancel()
                 follower.cancel()
+                self._watched.close()
 
     def _answer(self, result: ComparisonResult) -> svc.SubmitComparisonsResponse | None:
         rid = result.request_id
@@ -123,7 +128,7 @@ class StreamSubmission:
             self._early[rid] = result
             return None
         self._awaiting.discard(rid)
-        self._foreign.discard(rid)
+        self._watched.discard(rid)
         self._answered.add(rid)
         return svc.SubmitComparisonsResponse(result=result_to_pb(result))
 
@@ -226,34 +231,29 @@ class StreamSubmission:
         rid = queued.request_id
         if rid not in self._awaiting and rid not in self._answered:
             self._awaiting.add(rid)
-            if not outcome.created:
-                self._foreign.add(rid)
+            self._watched.add(rid, known=not outcome.created)
         return svc.SubmissionAck(
             request_id=outcome.request_id, accepted=True, status=STATUS_TO_PB[outcome.status]
         )
 
     async def _follow(self) -> None:
-        """Move results from the reply channel (and for known ids, the store) to the output."""
-        cursor = ""
+        """Move results from the reply channel to the output."""
         task = asyncio.current_task()
-        # Python 3.11's asyncio.wait_for (which backends wait with) can swallow a cancellation that
-        # races with its result; the flag still says the call is over, so the follower ends.
-        while task is None or not task.cancelling():
-            try:
-                entries = await self._queue.read_channel(
-                    self._reply_to, cursor=cursor, timeout=CHANNEL_WAIT_S
-                )
-                for entry in entries:
-                    cursor = entry.cursor
-                    self._out.put_nowait(entry.result)
-                for rid in list(self._foreign):
-                    result = await self._queue.get(rid)
-                    if result is not None and result.status.is_final:
-                        self._foreign.discard(rid)
-                        self._out.put_nowait(result)
-            except LpsError as exc:
-                log.warning("result stream interrupted, retrying: %s", exc)
-                await asyncio.sleep(CHANNEL_WAIT_S)
+        try:
+            with self._queue.follow(self._reply_to, cursor="") as follower:
+                # Python 3.11's asyncio.wait_for (which followers wait with) can swallow a
+                # cancellation that races with its result; the flag still says the call is over.
+                while task is None or not task.cancelling():
+                    try:
+                        entries = await follower.read(CHANNEL_WAIT_S)
+                    except LpsError as exc:
+                        log.warning("result stream interrupted, retrying: %s", exc)
+                        await asyncio.sleep(CHANNEL_WAIT_S)
+                        continue
+                    for entry in entries:
+                        self._out.put_nowait(entry.result)
+        except LpsError as exc:  # the queue closed first: only the store look-ups remain
+            log.warning("result stream cannot follow its reply channel: %s", exc)
 
 
 def _exhausted(request_id: str, message: str, retry_after: float) -> svc.SubmissionAck:

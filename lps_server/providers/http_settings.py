@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -36,6 +37,14 @@ DEFAULT_MODELS: Mapping[ProviderName, str] = {
     ProviderName.ANTHROPIC: "claude-haiku-4-5",
 }
 PRICE_TABLE_VAR = "LPS_PRICE_TABLE"
+
+
+def finite_float(raw: str) -> float:
+    """A float that is a number: `nan` and `inf` are refused (ValueError)."""
+    value = float(raw)
+    if not math.isfinite(value):
+        raise ValueError("not a finite number")
+    return value
 
 
 class Secret:
@@ -154,9 +163,14 @@ def _price(model: str, entry: object) -> ModelPrice:
     values = []
     for key in ("input_per_mtok", "output_per_mtok"):
         value = entry.get(key)
-        # bool is an int subclass; `true` is no price.
-        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-            raise ConfigurationError(f"{where}.{key} must be a number >= 0")
+        # bool is an int subclass; `true` is no price. JSON as Python reads it allows NaN.
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+            or value < 0
+        ):
+            raise ConfigurationError(f"{where}.{key} must be a finite number >= 0")
         values.append(float(value))
     return ModelPrice(*values)
 
@@ -222,10 +236,10 @@ class HttpProviderSettings:
             base_url=(explicit_url or DEFAULT_BASE_URLS.get(provider, "")).rstrip("/"),
             api_key=api_key,
             default_model=get("MODEL", str, DEFAULT_MODELS.get(provider, "")),
-            timeout_s=get("TIMEOUT_SECONDS", float, 60.0),
+            timeout_s=get("TIMEOUT_SECONDS", finite_float, 60.0),
             bundle_calls=get("BUNDLE_CALLS", BundleCalls, BundleCalls.ONE_CALL),
             breaker_threshold=get("CIRCUIT_BREAKER_THRESHOLD", int, 5),
-            breaker_cooldown_s=get("CIRCUIT_BREAKER_COOLDOWN_SECONDS", float, 30.0),
+            breaker_cooldown_s=get("CIRCUIT_BREAKER_COOLDOWN_SECONDS", finite_float, 30.0),
             max_tokens_per_item=get("MAX_TOKENS_PER_ITEM", int, 400),
             prices=prices,
             configured=configured,

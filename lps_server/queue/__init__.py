@@ -18,6 +18,7 @@ def make_queue(settings: Settings) -> QueueBackend:
         max_bytes=settings.queue_max_bytes,
         priority_aging_s=settings.queue_priority_aging_seconds,
         retention_s=settings.result_retention_seconds,
+        reply_ttl_s=settings.reply_channel_ttl_seconds,
     )
 
 

@@ -112,6 +112,19 @@ class ChannelEntry:
     result: ComparisonResult
 
 
+class ChannelFollower(Protocol):
+    """One reader's place on a channel (`QueueBackend.follow`): each read returns what was
+    published after the entries it returned before."""
+
+    async def read(self, timeout: float) -> list[ChannelEntry]:
+        """The next entries, waiting up to `timeout` seconds for the first.
+
+        Raises:
+            QueueUnavailableError: the backend cannot be reached (the follower stays usable).
+        """
+        ...
+
+
 class QueueBackend(Protocol):
     """A durable, prioritised queue of comparison requests, with result storage and channels."""
 
@@ -203,6 +216,18 @@ class QueueBackend(Protocol):
     ) -> list[ChannelEntry]:
         """Results published on `channel` after `cursor` ("" = oldest retained); waits up to
         `timeout` seconds for the first one."""
+        ...
+
+    def follow(self, channel: str, *, cursor: str) -> AbstractContextManager[ChannelFollower]:
+        """While open, a follower of `channel` from just after `cursor` ("" = oldest retained).
+
+        All the followers of one replica share one reader (for Redis, one connection), however
+        many streams they serve.
+        """
+        ...
+
+    async def ended_results(self, request_ids: Sequence[str]) -> dict[str, ComparisonResult]:
+        """The stored results of those of `request_ids` that have ended, in one round trip."""
         ...
 
     async def sweep(self, *, now: float) -> SweepResult:

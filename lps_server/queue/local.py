@@ -4,7 +4,11 @@ Requests wait in one heap per compatibility key, one per provider and a global h
 head of the queue; entries taken from one heap are skipped lazily in the others (each entry carries
 the token it was queued with). Requests waiting for a retry wait in a heap by due time until a
 lease moves them back. Leases are fenced by a token as in Redis, though in-process they never lapse.
-Nothing survives the process: for durability and many replicas use Redis.
+Two more heaps index queued requests by deadline and by enqueue time, and ended requests are kept in
+the order they ended, so a sweep and `stats()` look only at what is due or at the head, never at
+every record. An ended request keeps only its result and the token that ended it
+(`local_ended`): its essays are dropped. Nothing survives the process: for durability and many
+replicas use Redis.
 """
 
 from __future__ import annotations
@@ -12,18 +16,16 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
-from collections import deque
 from collections.abc import Collection, Sequence
-from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
 
 from lps_server.core.bundling import limit_of
 from lps_server.core.domain import ComparisonResult, ProviderName, QueuedRequest, RequestStatus
-from lps_server.core.errors import QueueUnavailableError
 from lps_server.queue.base import (
-    CHANNEL_MAX_ENTRIES,
     RETRY_AFTER_FULL_S,
     ChannelEntry,
+    ChannelFollower,
     Lease,
     QueueStats,
     SubmitOutcome,
@@ -31,6 +33,8 @@ from lps_server.queue.base import (
     conflicting,
     in_progress,
 )
+from lps_server.queue.local_channels import LocalChannels
+from lps_server.queue.local_ended import EndedRequests
 from lps_server.queue.ordering import queue_score, request_bytes
 from lps_server.queue.payload_digest import payload_digest
 from lps_server.queue.replies import Deliver, LocalReplies
@@ -38,6 +42,8 @@ from lps_server.queue.replies import Deliver, LocalReplies
 
 @dataclass(slots=True)
 class _Record:
+    """A request that has not ended (queued, waiting for a retry, or processing)."""
+
     queued: QueuedRequest
     status: RequestStatus
     score: float
@@ -45,22 +51,11 @@ class _Record:
     # so it goes back to exactly its place (the token changes with every enqueue).
     seq: int = 0
     token: int = 0
-    result: ComparisonResult | None = None
-    finished_at: float = 0.0
-    # The token of the lease that holds it (or, once ended, of the one that ended it).
+    # The token of the lease that holds it.
     lease: str = ""
     attempts: int = 0
     # When a request waiting for a retry becomes due; None for every other request.
     retry_at: float | None = None
-
-
-@dataclass(slots=True)
-class _Channel:
-    entries: deque[tuple[int, ComparisonResult]] = field(
-        default_factory=lambda: deque(maxlen=CHANNEL_MAX_ENTRIES)
-    )
-    changed: asyncio.Event = field(default_factory=asyncio.Event)
-    last_publish: float = 0.0
 
 
 class LocalQueue:
@@ -71,6 +66,7 @@ class LocalQueue:
         max_bytes: most bytes of queued essay text, instructions and metadata.
         priority_aging_s: how far ahead of older work one priority step puts a request.
         retention_s: how long ended results and idle channels are kept.
+        reply_ttl_s: how long a streaming call's reply channel outlives its last result.
     """
 
     name = "local"
@@ -82,24 +78,30 @@ class LocalQueue:
         max_bytes: int = 1 << 30,
         priority_aging_s: float = 30.0,
         retention_s: float = 86_400.0,
+        reply_ttl_s: float = 300.0,
     ) -> None:
         self.max_size = max_size
         self._max_bytes = max_bytes
         self._aging = priority_aging_s
         self._retention = retention_s
+        self._reply_ttl = reply_ttl_s
         self._records: dict[str, _Record] = {}
+        self._ended = EndedRequests()
         self._groups: dict[str, list[tuple[float, int, int, str]]] = {}
         self._head: list[tuple[float, int, int, str, str]] = []
         self._by_provider: dict[ProviderName, list[tuple[float, int, int, str, str]]] = {}
         self._retries: list[tuple[float, int, str]] = []
+        # (deadline or enqueue time, token, id) of queued requests; stale entries skipped lazily.
+        self._deadlines: list[tuple[float, int, str]] = []
+        self._enqueue_times: list[tuple[float, int, str]] = []
         self._tokens = itertools.count(1)
         self._leases = itertools.count(1)
         self._queued = 0  # leasable now
         self._waiting_retry = 0
         self._queued_bytes = 0  # of both
-        self._channels: dict[str, _Channel] = {}
+        self._processing = 0
+        self._channels = LocalChannels()
         self._replies = LocalReplies()
-        self._cursor = itertools.count(1)
         self._work = asyncio.Event()
         self._closed = False
 
@@ -108,13 +110,14 @@ class LocalQueue:
         payload differs), overflow is rejected."""
         outcomes = []
         for queued in requests:
-            known = self._records.get(queued.request_id)
+            known = self._known(queued.request_id)
             if known is not None:
+                status, digest = known
                 # Digests are only computed for known ids: new requests pay nothing for the check.
-                if payload_digest(known.queued.request) != payload_digest(queued.request):
+                if digest != payload_digest(queued.request):
                     outcomes.append(conflicting(queued.request_id))
                 else:
-                    outcomes.append(SubmitOutcome(queued.request_id, known.status, created=False))
+                    outcomes.append(SubmitOutcome(queued.request_id, status, created=False))
                 continue
             size = request_bytes(queued)
             if self._queued >= self.max_size or self._queued_bytes + size > self._max_bytes:
@@ -127,6 +130,14 @@ class LocalQueue:
             self._enqueue(record)
             outcomes.append(SubmitOutcome(queued.request_id, RequestStatus.QUEUED, created=True))
         return outcomes
+
+    def _known(self, request_id: str) -> tuple[RequestStatus, str] | None:
+        """The status and payload digest of a known request, or None."""
+        record = self._records.get(request_id)
+        if record is not None:
+            return record.status, payload_digest(record.queued.request)
+        ended = self._ended.get(request_id)
+        return (ended.result.status, ended.digest) if ended is not None else None
 
     def _full(self, request_id: str) -> SubmitOutcome:
         limit = f"{self.max_size} requests or {self._max_bytes} bytes"
@@ -150,6 +161,9 @@ class LocalQueue:
         heapq.heappush(self._head, (*entry, group))
         provider = self._by_provider.setdefault(record.queued.route.provider, [])
         heapq.heappush(provider, (*entry, group))
+        if record.queued.deadline is not None and not record.attempts:
+            heapq.heappush(self._deadlines, (record.queued.deadline, record.token, rid))
+        heapq.heappush(self._enqueue_times, (record.queued.enqueued_at, record.token, rid))
         self._queued += 1
         self._work.set()
 
@@ -160,7 +174,9 @@ class LocalQueue:
         record.lease = ""
         record.attempts += 1
         record.retry_at = retry_at
-        heapq.heappush(self._retries, (retry_at, record.token, record.queued.request_id))
+        rid = record.queued.request_id
+        heapq.heappush(self._retries, (retry_at, record.token, rid))
+        heapq.heappush(self._enqueue_times, (record.queued.enqueued_at, record.token, rid))
         self._waiting_retry += 1
 
     def _unqueue(self, record: _Record) -> None:
@@ -240,6 +256,7 @@ class LocalQueue:
             record = self._records[rid]
             self._unqueue(record)
             record.status = RequestStatus.PROCESSING
+            self._processing += 1
             record.lease = token
             if record.attempts:
                 attempts[rid] = record.attempts
@@ -275,10 +292,8 @@ class LocalQueue:
         """Report the ids no longer held under `token`; leases never lapse in-process."""
         lost = []
         for rid in request_ids:
-            record = self._records.get(rid)
-            ended_by_holder = (
-                record is not None and record.status.is_final and record.lease == token
-            )
+            ended = self._ended.get(rid)
+            ended_by_holder = ended is not None and ended.lease == token
             if self._held(rid, token) is None and not ended_by_holder:
                 lost.append(rid)
         return lost
@@ -292,6 +307,7 @@ class LocalQueue:
             record = self._held(rid, token)
             if record is None:
                 continue
+            self._processing -= 1
             self._queued_bytes += request_bytes(record.queued)
             if retry_at is None:
                 self._enqueue(record)
@@ -305,13 +321,15 @@ class LocalQueue:
         requests never leased); True where the stored result is this holder's."""
         stored, fresh = [], []
         for queued, result in done:
-            record = self._records.get(queued.request_id)
+            rid = queued.request_id
+            record = self._records.get(rid)
             fresh.append(False)
-            if record is None or record.status.is_final:
+            if record is None:
                 # A repeat by the holder that ended it: True again, nothing published again.
-                stored.append(record is not None and bool(token) and record.lease == token)
+                ended = self._ended.get(rid)
+                stored.append(ended is not None and bool(token) and ended.lease == token)
                 continue
-            if token and self._held(queued.request_id, token) is None:
+            if token and self._held(rid, token) is None:
                 stored.append(False)
                 continue
             if not token:
@@ -320,14 +338,14 @@ class LocalQueue:
                     continue
                 # Ended without being leased (drain at shutdown): take it out of the count.
                 self._unqueue(record)
-            record.lease = token
-            record.status = result.status
-            record.result = result
-            record.finished_at = result.completed_at
-            read_here = self._replies.reader(queued.reply_to) is not None
-            skipped = {"", queued.reply_to} if read_here else {""}
-            for channel in {queued.request.result_channel, queued.reply_to} - skipped:
-                self._publish(channel, result)
+            else:
+                self._processing -= 1
+            del self._records[rid]
+            self._ended.add(rid, result, lease=token, digest=payload_digest(queued.request))
+            now = result.completed_at
+            self._publish(queued.request.result_channel, result, now=now, ttl=self._retention)
+            if self._replies.reader(queued.reply_to) is None:
+                self._publish(queued.reply_to, result, now=now, ttl=self._reply_ttl)
             stored.append(True)
             fresh[-1] = True
         self._replies.deliver(done, fresh)
@@ -337,72 +355,74 @@ class LocalQueue:
         """Results for `channel` go to `deliver` instead of onto the channel while open."""
         return self._replies.open(channel, deliver)
 
-    def _publish(self, name: str, result: ComparisonResult) -> None:
-        channel = self._channels.setdefault(name, _Channel())
-        channel.entries.append((next(self._cursor), result))
-        channel.last_publish = result.completed_at
-        channel.changed.set()
-        channel.changed = asyncio.Event()
+    def _publish(self, channel: str, result: ComparisonResult, *, now: float, ttl: float) -> None:
+        if channel:
+            self._channels.publish(channel, result, now=now, ttl=ttl)
 
     async def get(self, request_id: str) -> ComparisonResult | None:
         """The stored result, or a status-only result while the request is not done."""
+        ended = self._ended.get(request_id)
+        if ended is not None:
+            return ended.result
         record = self._records.get(request_id)
-        if record is None:
-            return None
-        if record.result is not None:
-            return record.result
-        return in_progress(record.queued, record.status)
+        return None if record is None else in_progress(record.queued, record.status)
+
+    async def ended_results(self, request_ids: Sequence[str]) -> dict[str, ComparisonResult]:
+        """The stored results of those of `request_ids` that have ended."""
+        found = ((rid, self._ended.get(rid)) for rid in request_ids)
+        return {rid: ended.result for rid, ended in found if ended is not None}
 
     async def read_channel(
         self, channel: str, *, cursor: str, timeout: float
     ) -> list[ChannelEntry]:
-        """Entries after `cursor`; waits up to `timeout` for the first when there are none."""
-        after = int(cursor) if cursor.isascii() and cursor.isdigit() else 0
-        state = self._channels.setdefault(channel, _Channel())
-        entries = [ChannelEntry(str(n), r) for n, r in state.entries if n > after]
-        if entries or timeout <= 0:
-            return entries
-        if self._closed:
-            # Returning nothing at once would let a reader loop spin; tell it why it must stop.
-            raise QueueUnavailableError("the in-process queue is closed: server shutting down")
-        try:
-            await asyncio.wait_for(state.changed.wait(), timeout)
-        except TimeoutError:
-            return []
-        return [ChannelEntry(str(n), r) for n, r in state.entries if n > after]
+        """Entries after `cursor`; waits up to `timeout` for the first when there are none.
+        Reading a channel that does not exist does not create it."""
+        return await self._channels.read(channel, cursor=cursor, timeout=timeout)
+
+    def follow(self, channel: str, *, cursor: str) -> AbstractContextManager[ChannelFollower]:
+        """A follower of `channel` from just after `cursor`."""
+        return nullcontext(self._channels.follow(channel, cursor))
 
     async def sweep(self, *, now: float) -> SweepResult:
-        """Take expired requests out of the queue and forget results past retention."""
+        """Take expired requests out of the queue and forget results and channels past
+        retention; only requests due (by deadline, by end time) are looked at."""
         expired = []
         token = f"local-{next(self._leases)}"
-        for record in list(self._records.values()):
-            if record.status == RequestStatus.QUEUED and _expires(record, now):
-                self._unqueue(record)
-                record.status = RequestStatus.PROCESSING
-                record.lease = token
-                expired.append(record.queued)
-            elif record.status.is_final and record.finished_at + self._retention < now:
-                del self._records[record.queued.request_id]
-        for name, channel in list(self._channels.items()):
-            if channel.entries and channel.last_publish + self._retention < now:
-                del self._channels[name]
+        while self._deadlines and self._deadlines[0][0] <= now:
+            _, entry_token, rid = heapq.heappop(self._deadlines)
+            if not self._is_live(rid, entry_token):
+                continue  # leased, ended or requeued since (a newer entry stands for it)
+            record = self._records[rid]
+            if not _expires(record, now):
+                continue  # attempted already: retried to the end, never EXPIRED
+            self._unqueue(record)
+            record.status = RequestStatus.PROCESSING
+            self._processing += 1
+            record.lease = token
+            expired.append(record.queued)
+        self._ended.forget_before(now - self._retention)
+        self._channels.forget_idle(now)
+        self._oldest_queued()  # drops stale entries from the front of the index
         return SweepResult(expired=expired, token=token)
+
+    def _oldest_queued(self) -> float | None:
+        while self._enqueue_times:
+            enqueued_at, token, rid = self._enqueue_times[0]
+            if self._is_live(rid, token):
+                return enqueued_at
+            heapq.heappop(self._enqueue_times)
+        return None
 
     async def stats(self, *, now: float) -> QueueStats:
         """Depth by status and the oldest queued age."""
-        counts = dict.fromkeys(RequestStatus, 0)
-        oldest = now
-        for record in self._records.values():
-            counts[record.status] += 1
-            if record.status == RequestStatus.QUEUED:
-                oldest = min(oldest, record.queued.enqueued_at)
+        oldest = self._oldest_queued()
         return QueueStats(
             queued=self._queued + self._waiting_retry,
-            processing=counts[RequestStatus.PROCESSING],
-            completed=counts[RequestStatus.COMPLETED],
-            failed=counts[RequestStatus.FAILED],
-            expired=counts[RequestStatus.EXPIRED],
-            oldest_queued_age_s=max(0.0, now - oldest),
+            processing=self._processing,
+            completed=self._ended.count(RequestStatus.COMPLETED),
+            failed=self._ended.count(RequestStatus.FAILED),
+            expired=self._ended.count(RequestStatus.EXPIRED),
+            oldest_queued_age_s=max(0.0, now - oldest) if oldest is not None else 0.0,
         )
 
     async def ping(self) -> None:
@@ -412,8 +432,7 @@ class LocalQueue:
         """Wake every waiter so loops can notice shutdown."""
         self._closed = True
         self._work.set()
-        for channel in self._channels.values():
-            channel.changed.set()
+        self._channels.close()
 
     def pending(self) -> list[QueuedRequest]:
         """Queued requests in queue order (used to end them at shutdown)."""

@@ -25,6 +25,7 @@ Layout under `{p}` (the prefix):
 * `{p}:wake`             list of wake tokens that idle replicas BLPOP
 * `{p}:meta`             hash of counters: `seq` (FIFO tie-break), `bytes` (queued bytes)
 * `{p}:chan:<channel>`   stream of results published on a result channel
+* `{p}:reader:<id>`      stream that wakes one replica's channel reader (`redis_channels`)
 
 Queue members (in `pending` and the group zsets) are `<16-digit sequence>:<request id>`: equal
 scores sort by member, and the sequence makes that order the order of submission.
@@ -114,6 +115,10 @@ class QueueKeys:
     def channel(self, channel: str) -> str:
         """The stream of one result channel."""
         return self.channel_prefix + channel
+
+    def reader_wake(self, reader_id: str) -> str:
+        """The stream whose entries wake the channel reader `reader_id` out of its XREAD."""
+        return f"{self.tag}:reader:{reader_id}"
 
     @property
     def request_prefix(self) -> str:

@@ -11,26 +11,28 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
+import os
+import socket
 import uuid
 from collections.abc import Awaitable, Callable, Collection, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any, TypeVar
 
-from redis.asyncio import ConnectionPool, Redis
+from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
+from redis.exceptions import MaxConnectionsError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from lps_server.core.config import Settings
 from lps_server.core.domain import ComparisonResult, ProviderName, QueuedRequest, RequestStatus
-from lps_server.core.errors import ConfigurationError, QueueUnavailableError
+from lps_server.core.errors import ConfigurationError, QueueBusyError, QueueUnavailableError
 from lps_server.queue.base import (
     CHANNEL_MAX_ENTRIES,
     RETRY_AFTER_FULL_S,
     ChannelEntry,
+    ChannelFollower,
     Lease,
     QueueStats,
     SubmitOutcome,
@@ -48,7 +50,9 @@ from lps_server.queue.codec import (
 )
 from lps_server.queue.ordering import queue_score, request_bytes
 from lps_server.queue.payload_digest import payload_digest
+from lps_server.queue.redis_channels import ChannelReader, read_now
 from lps_server.queue.redis_keys import ENDED_STATUSES, QueueKeys
+from lps_server.queue.redis_pools import BoundedPool, blocking_twin
 from lps_server.queue.redis_scripts import QueueScripts
 from lps_server.queue.replies import Deliver, LocalReplies
 
@@ -63,13 +67,13 @@ COMMAND_TIMEOUT_S = 2.0
 MAX_BLOCK_S = 10.0
 MIN_BLOCK_S = 0.01
 BLOCKING_TIMEOUT_S = MAX_BLOCK_S + COMMAND_TIMEOUT_S
+# Blocking calls of one replica: the dispatcher's BLPOP and the channel reader's XREAD, and spares.
+BLOCKING_CONNECTIONS = 4
 # close() waits at most this long for calls in progress.
 CLOSE_WAIT_S = COMMAND_TIMEOUT_S
 # Each lease takes at most this many expired requests besides its items; the caller ends them.
 LEASE_MAX_EXPIRED = 256
 SWEEP_BATCH = 1000
-CHANNEL_READ_COUNT = 500
-_CURSOR = re.compile(r"^\d+-\d+$")
 # Errors Redis answers with while it cannot serve writes (loading, out of memory, read-only
 # replica, failing cluster): for a client these mean "unavailable", not "bad request".
 _UNAVAILABLE_REPLIES = ("LOADING", "OOM", "READONLY", "MISCONF", "MASTERDOWN", "CLUSTERDOWN")
@@ -79,14 +83,6 @@ def _retry() -> Retry:
     # No retries inside redis-py: a call fails at once and the caller decides. The one retry we
     # do, after a connection turned out dead, is `RedisQueue._call`'s, where it can be logged.
     return Retry(NoBackoff(), 0)
-
-
-def _blocking_twin(client: Redis) -> Redis:
-    """A client to the same server whose read timeout outlasts a blocking call."""
-    pool = client.connection_pool
-    kwargs = {**pool.connection_kwargs, "socket_timeout": BLOCKING_TIMEOUT_S}
-    # from_pool: the client owns the pool, so closing the client closes its connections.
-    return Redis.from_pool(ConnectionPool(connection_class=pool.connection_class, **kwargs))
 
 
 class RedisQueue:
@@ -100,6 +96,7 @@ class RedisQueue:
         max_bytes: most bytes of queued requests (`request_bytes`).
         priority_aging_s: how far ahead of older work one priority step puts a request.
         retention_s: how long ended results and idle channels are kept.
+        reply_ttl_s: how long a streaming call's reply channel outlives its last result.
         blocking_client: the client for blocking reads (by default a twin of `client`).
     """
 
@@ -115,11 +112,14 @@ class RedisQueue:
         max_bytes: int = 1 << 30,
         priority_aging_s: float = 30.0,
         retention_s: float = 86_400.0,
+        reply_ttl_s: float = 300.0,
         blocking_client: Redis | None = None,
     ) -> None:
         self.max_size = max_size
         self._client = client
-        self._blocking = blocking_client or _blocking_twin(client)
+        self._blocking = blocking_client or blocking_twin(
+            client, max_connections=BLOCKING_CONNECTIONS, socket_timeout=BLOCKING_TIMEOUT_S
+        )
         self._keys = QueueKeys(prefix)
         self._scripts = QueueScripts.register(client)
         self._lease_s = lease_seconds
@@ -127,6 +127,7 @@ class RedisQueue:
         self._aging = priority_aging_s
         self._retention_ms = max(1, round(retention_s * 1000))
         self._retention_s = retention_s
+        self._reply_ttl_ms = max(1, round(reply_ttl_s * 1000))
         self._closed = False
         self._calls = 0  # calls between their `_closed` check and their end
         self._idle = asyncio.Event()
@@ -134,6 +135,9 @@ class RedisQueue:
         self._replies = LocalReplies()
         kwargs = client.connection_pool.connection_kwargs
         self._address = kwargs.get("path") or f"{kwargs.get('host')}:{kwargs.get('port')}"
+        self._channels = ChannelReader(
+            blocking=self._blocking, commands=client, keys=self._keys, guard=self._unavailable
+        )
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RedisQueue:
@@ -147,12 +151,16 @@ class RedisQueue:
         except ValueError as exc:
             raise ConfigurationError(f"LPS_REDIS_PREFIX is invalid: {exc}") from None
         try:
-            client = Redis.from_url(
+            pool = BoundedPool.from_url(
                 settings.redis_url,
+                max_connections=settings.redis_max_connections,
+                # CLIENT LIST then says which replica holds which connections.
+                client_name=f"lps:{socket.gethostname()}:{os.getpid()}",
                 socket_connect_timeout=CONNECT_TIMEOUT_S,
                 socket_timeout=COMMAND_TIMEOUT_S,
                 retry=_retry(),
             )
+            client = Redis.from_pool(pool)
         except ValueError as exc:
             raise ConfigurationError(f"LPS_REDIS_URL is invalid: {exc}") from None
         return cls(
@@ -163,6 +171,7 @@ class RedisQueue:
             max_bytes=settings.queue_max_bytes,
             priority_aging_s=settings.queue_priority_aging_seconds,
             retention_s=settings.result_retention_seconds,
+            reply_ttl_s=settings.reply_channel_ttl_seconds,
         )
 
     @contextmanager
@@ -175,6 +184,12 @@ class RedisQueue:
         self._idle.clear()
         try:
             yield
+        except MaxConnectionsError as exc:
+            pool = "LPS_REDIS_MAX_CONNECTIONS"
+            raise QueueBusyError(
+                f"redis connection pool of this replica is full ({exc}; {pool}); Redis at "
+                f"{self._address} may be fine: the replica is overloaded, retry shortly"
+            ) from exc
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
             raise QueueUnavailableError(f"redis at {self._address} unreachable: {exc}") from exc
         except ResponseError as exc:
@@ -204,7 +219,12 @@ class RedisQueue:
             with self._unavailable():
                 return await operation()
         except QueueUnavailableError as exc:
-            if self._closed or not isinstance(exc.__cause__, RedisConnectionError):
+            # A full pool is no dead connection: dropping idle connections would not help it.
+            if (
+                self._closed
+                or isinstance(exc, QueueBusyError)
+                or not isinstance(exc.__cause__, RedisConnectionError)
+            ):
                 raise
             log.info("redis connection failed (%s); retrying once on a new one", exc.__cause__)
         with self._unavailable():
@@ -335,7 +355,7 @@ class RedisQueue:
         is this holder's (stored now, or by an earlier call whose reply was lost)."""
         if not done:
             return []
-        args: list[Any] = [token, self._retention_ms, CHANNEL_MAX_ENTRIES]
+        args: list[Any] = [token, self._retention_ms, CHANNEL_MAX_ENTRIES, self._reply_ttl_ms]
         for queued, result in done:
             if not result.status.is_final:
                 raise ValueError(f"complete() needs a final status, got {result.status.value}")
@@ -378,37 +398,43 @@ class RedisQueue:
             return decode_result(result)
         return in_progress(decode_queued(payload), RequestStatus(status.decode()))
 
+    async def ended_results(self, request_ids: Sequence[str]) -> dict[str, ComparisonResult]:
+        """The stored results of those of `request_ids` that have ended, in one pipelined call."""
+        if not request_ids:
+            return {}
+
+        async def results() -> list[Any]:
+            async with self._client.pipeline(transaction=False) as pipe:
+                for rid in request_ids:
+                    pipe.hget(self._keys.request(rid), "result")
+                replies: list[Any] = await pipe.execute()
+                return replies
+
+        stored = await self._call(results)
+        return {
+            rid: decode_result(raw)
+            for rid, raw in zip(request_ids, stored, strict=True)
+            if raw is not None
+        }
+
+    def follow(self, channel: str, *, cursor: str) -> AbstractContextManager[ChannelFollower]:
+        """A follower of `channel` after `cursor`, read by this replica's one channel reader.
+
+        Raises:
+            QueueUnavailableError: the queue is closed.
+        """
+        return self._channels.follow(channel, cursor)
+
     async def read_channel(
         self, channel: str, *, cursor: str, timeout: float
     ) -> list[ChannelEntry]:
         """Entries after `cursor` (a stream entry id; anything else reads from the oldest);
-        waits up to `timeout` for the first when there are none."""
-        after = cursor if _CURSOR.match(cursor) else "0-0"
-        streams: dict[Any, Any] = {self._keys.channel(channel): after}
-        reply: Any
-        was_open = not self._closed
-        try:
-            with self._unavailable():
-                if timeout <= 0:
-                    reply = await self._client.xread(streams, count=CHANNEL_READ_COUNT)
-                else:
-                    block_ms = max(1, round(min(timeout, MAX_BLOCK_S) * 1000))
-                    reply = await self._blocking.xread(
-                        streams, count=CHANNEL_READ_COUNT, block=block_ms
-                    )
-        except QueueUnavailableError:
-            if was_open and self._closed:  # close() cut the read short: wake the reader
-                return []
-            raise
-        # RESP2 answers [[stream, entries]], RESP3 {stream: entries}; we read one stream.
-        per_stream = (
-            list(reply.values()) if isinstance(reply, dict) else [e for _, e in reply or []]
-        )
-        return [
-            ChannelEntry(entry_id.decode(), decode_result(fields[b"r"]))
-            for entries in per_stream
-            for entry_id, fields in entries
-        ]
+        waits up to `timeout` for the first when there are none (through the channel reader,
+        so a waiting read holds no connection of its own)."""
+        if timeout > 0:
+            with self.follow(channel, cursor=cursor) as follower:
+                return await follower.read(timeout)
+        return await self._call(lambda: read_now(self._client, self._keys.channel(channel), cursor))
 
     async def sweep(self, *, now: float) -> SweepResult:
         """Requeue lapsed leases at their original position, take expired queued requests out
@@ -464,6 +490,7 @@ class RedisQueue:
         """Close both connection pools; blocked reads end with them, later calls raise
         QueueUnavailableError."""
         self._closed = True
+        await self._channels.close()
         await self._blocking.aclose()
         # Calls already past their check (a cancelled task's last command, say) finish first: one
         # still waiting for a connection would otherwise open it in a closed pool and leave it open.

@@ -258,14 +258,22 @@ return out
 """
 
 # ARGV[5] token ('' = only requests never leased), ARGV[6] retention in ms, ARGV[7] approximate
-# channel length cap, then per result 6 values: id, status, encoded result, completed_at, channel,
-# second channel ('' for none). Returns per result 1 where this call stored it, 2 where the same
-# holder had stored it before (a repeated call: nothing is published again), 0 where the request
-# had ended otherwise, is unknown, or is not held under the token.
+# channel length cap, ARGV[8] reply channel TTL in ms, then per result 6 values: id, status,
+# encoded result, completed_at, channel, reply channel ('' for none). Returns per result 1 where
+# this call stored it, 2 where the same holder had stored it before (a repeated call: nothing is
+# published again), 0 where the request had ended otherwise, is unknown, or is not held under the
+# token. A reply channel serves one streaming call, so it expires soon after its last result
+# instead of after the retention.
 _COMPLETE = """
-local token, retention_ms, maxlen = ARGV[5], ARGV[6], ARGV[7]
+local token, retention_ms, maxlen, reply_ttl_ms = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
+local function publish(channel, result, ttl_ms)
+  if channel == '' then return end
+  local ckey = chan_prefix .. channel
+  redis.call('XADD', ckey, 'MAXLEN', '~', maxlen, '*', 'r', result)
+  redis.call('PEXPIRE', ckey, ttl_ms)
+end
 local out = {}
-for i = 8, #ARGV, 6 do
+for i = 9, #ARGV, 6 do
   local rid, status, result, completed_at = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   local r = load(rid)
   if not r then
@@ -285,13 +293,8 @@ for i = 8, #ARGV, 6 do
     redis.call('HSET', key, 'status', status, 'result', result, 'lease', token)
     redis.call('PEXPIRE', key, retention_ms)
     redis.call('ZADD', ended_prefix .. status, completed_at, rid)
-    for _, channel in ipairs({ARGV[i + 4], ARGV[i + 5]}) do
-      if channel ~= '' then
-        local ckey = chan_prefix .. channel
-        redis.call('XADD', ckey, 'MAXLEN', '~', maxlen, '*', 'r', result)
-        redis.call('PEXPIRE', ckey, retention_ms)
-      end
-    end
+    publish(ARGV[i + 4], result, retention_ms)
+    publish(ARGV[i + 5], result, reply_ttl_ms)
     out[#out + 1] = 1
   end
 end
