@@ -2,119 +2,42 @@
 
 from __future__ import annotations
 
-import dataclasses
 import time
-import uuid
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 from opentelemetry import trace
 from prometheus_client import CollectorRegistry
 
 from cj_client.batching import (
-    BatchConfig,
     BatchTags,
     CjSettings,
-    LLMBatchingMode,
     resolve_batching_mode,
 )
 from cj_client.client import LpsClient
 from cj_client.collector import CollectorLimits, WaveCollector
 from cj_client.errors import JournalError, TooManyFailuresError
 from cj_client.journal import JournalContents, PlannedWave, RunJournal
-from cj_client.judges import Judge
 from cj_client.metrics import CjMetrics
 from cj_client.models import ComparisonOutcome, ComparisonSubmission, EssayInput
 from cj_client.pairing import PairPlanner
 from cj_client.progress import ProgressSink, ProgressTracker
 from cj_client.request_ids import essays_digest
+from cj_client.run_options import (
+    AssessmentOptions,
+    AssessmentReport,
+    new_cj_batch_id,
+    options_record,
+)
 from cj_client.run_requests import RunRequests
-from cj_client.scoring import Outcome, ScaleFitter, Scores, max_score_change
-from cj_client.stats.run_statistics import RunStatistics
+from cj_client.scoring import Outcome, ScaleFitter, max_score_change
 from cj_client.stopping import StoppingRule
 from cj_client.tally import RunTally, judgement
 
-DEFAULT_INSTRUCTIONS = (
-    "You are an experienced teacher. Judge which essay is the better piece of writing: "
-    "argument, evidence, organisation and language."
-)
 SCORE_FEEDBACK_AFTER_WAVES = 2
 # Up to this many essays the progress display shows SSR after every wave (the reported scale
 # costs O(n^3), about 0.05 s at 500 essays); beyond it only an SSR target computes it per wave.
 PROGRESS_SSR_MAX_ESSAYS = 500
-
-
-def new_cj_batch_id() -> str:
-    """A fresh `cj_batch_id`, for runs that are not given one."""
-    return f"cj-{uuid.uuid4().hex[:12]}"
-
-
-@dataclass(frozen=True, slots=True)
-class AssessmentOptions:
-    """Options of one CJ run; `budget` defaults to five comparisons per essay (ten per essay
-    counting both sides). A run whose failed share of comparisons exceeds `max_failed_share`
-    ends with TooManyFailuresError; requests carry `request_ttl_s` as their TTL."""
-
-    budget: int | None = None
-    batch: BatchConfig = field(default_factory=BatchConfig)
-    provider: str = "mock"
-    model: str = ""
-    instructions: str = DEFAULT_INSTRUCTIONS
-    stability_threshold: float = 0.05
-    ssr_target: float | None = None
-    min_waves: int = 3
-    seed: int = 0
-    cj_batch_id: str = ""
-    bos_batch_id: str = ""
-    cj_source: str = "cj_assess"
-    max_failed_share: float = 0.05
-    request_ttl_s: float = 3600.0
-    # Several judges take the comparisons in turn (empty: `provider` and `model` judge all).
-    judges: tuple[Judge, ...] = ()
-    # Essays whose scores are fixed, putting the run on an earlier run's scale.
-    anchors: Mapping[str, float] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if self.budget is not None and self.budget < 1:
-            raise ValueError(f"budget must be at least 1 comparison, got {self.budget}")
-        if not 0.0 <= self.max_failed_share <= 1.0:
-            raise ValueError(f"max_failed_share must be in [0, 1], got {self.max_failed_share}")
-        if self.request_ttl_s <= 0:
-            raise ValueError(f"request_ttl_s must be positive, got {self.request_ttl_s}")
-
-    def budget_for(self, essays: int) -> int:
-        """The comparison budget for a run over `essays` essays."""
-        return 5 * essays if self.budget is None else self.budget
-
-
-@dataclass(frozen=True, slots=True)
-class AssessmentReport:
-    """What a run produced: scores best first, and the run's accounting.
-
-    `failed` counts ended comparisons without a judgement; `unfinished` those sent but without a
-    result when the run stopped (only an interrupted or failed run has any).
-    """
-
-    scores: Scores
-    effective_mode: LLMBatchingMode
-    batching_mode_override: LLMBatchingMode | None
-    cj_batch_id: str
-    requested: int
-    completed: int
-    failed: int
-    provider_calls: int
-    tokens: int
-    cost_usd: float
-    elapsed_s: float
-    waves: int
-    stop_reason: str
-    outcomes: tuple[ComparisonOutcome, ...]
-    unfinished: int = 0
-    complete: bool = True
-    statistics: RunStatistics | None = None
-    scoring_seconds: float = 0.0
 
 
 class Assessment:
@@ -297,7 +220,7 @@ class Assessment:
                 "essays_digest": self._essays_digest,
                 "essays": len(self._essays),
                 "source": self._source,
-                "options": _options_record(self._options),
+                "options": options_record(self._options),
             }
             self._journal = RunJournal.create(self._journal_dir, header)
             return
@@ -426,29 +349,3 @@ class Assessment:
         if self._journal is not None:
             self._journal.result(outcome)
         self._progress.result(outcome)
-
-
-def journaled_options(contents: JournalContents) -> AssessmentOptions:
-    """The options a journaled run began with.
-
-    Raises:
-        JournalError: the header does not hold them.
-    """
-    try:
-        record = dict(contents.header["options"])
-        override = record.pop("batch", {}).get("llm_batching_mode_override")
-        batch = BatchConfig(LLMBatchingMode(override) if override else None)
-        names = {f.name for f in dataclasses.fields(AssessmentOptions)}
-        values = {k: v for k, v in record.items() if k in names}
-        values["cj_batch_id"] = contents.header["cj_batch_id"]  # the id the run was given
-        values["judges"] = tuple(Judge(**judge) for judge in values.get("judges", ()))
-        return AssessmentOptions(**values, batch=batch)
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise JournalError(f"the journal's run options are unreadable: {exc}") from None
-
-
-def _options_record(options: AssessmentOptions) -> dict[str, Any]:
-    record = dataclasses.asdict(options)
-    override = options.batch.llm_batching_mode_override
-    record["batch"] = {"llm_batching_mode_override": override.value if override else None}
-    return record

@@ -7,9 +7,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from cj_client.assessment import AssessmentReport
 from cj_client.essay_files import load_essays as load_essays  # where callers found it
 from cj_client.report_fields import essay_fit_fields, statistics_fields
+from cj_client.run_options import AssessmentReport
 from cj_client.scale_plot import plot_scale
 
 RANKING_FIELDS = ("id", "rank", "score", "se", "comparisons", "infit", "outfit", "flags")

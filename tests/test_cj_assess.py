@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry
 from scipy.stats import spearmanr
 
 from cj_client import LpsClient
-from cj_client.assessment import Assessment, AssessmentOptions
+from cj_client.assessment import Assessment
 from cj_client.batching import (
     BatchConfig,
     BatchTags,
@@ -23,6 +23,7 @@ from cj_client.batching import (
 )
 from cj_client.cli import main as cj_main
 from cj_client.outputs import load_essays
+from cj_client.run_options import AssessmentOptions
 from lps_server.app import LpsApp
 from lps_server.core.domain import ProcessingMode
 from lps_server.providers.mock import quality

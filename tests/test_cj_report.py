@@ -13,8 +13,9 @@ from prometheus_client import CollectorRegistry
 from scipy.stats import spearmanr
 
 from cj_client import LpsClient
-from cj_client.assessment import Assessment, AssessmentOptions
+from cj_client.assessment import Assessment
 from cj_client.cli import main as cj_main
+from cj_client.run_options import AssessmentOptions
 from cj_client.synthetic_essays import generate_essays, write_jsonl
 from lps_server.app import LpsApp
 from lps_server.providers.mock import quality
@@ -141,15 +142,15 @@ async def test_anchored_essays_keep_their_scores(
 def test_judges_and_anchors_survive_a_resume_through_the_journal_header() -> None:
     import json as json_module
 
-    from cj_client.assessment import _options_record, journaled_options
     from cj_client.journal import JournalContents
     from cj_client.judges import Judge
+    from cj_client.run_options import journaled_options, options_record
 
     options = AssessmentOptions(
         judges=(Judge("mock", "judge-a"), Judge("mock")), anchors={"essay-0001": 1.5}
     )
     # The header goes to disk as JSON and comes back as plain lists and dicts.
-    record = json_module.loads(json_module.dumps(_options_record(options)))
+    record = json_module.loads(json_module.dumps(options_record(options)))
     back = journaled_options(JournalContents(header={"options": record, "cj_batch_id": "b"}))
     assert back.judges == options.judges
     assert dict(back.anchors) == {"essay-0001": 1.5}

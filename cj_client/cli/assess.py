@@ -18,13 +18,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from cj_client.anchors import AnchorFileError, check_anchors, load_anchors
-from cj_client.assessment import (
-    Assessment,
-    AssessmentOptions,
-    AssessmentReport,
-    journaled_options,
-    new_cj_batch_id,
-)
+from cj_client.assessment import Assessment
 from cj_client.batching import BatchConfig, CjSettings, LLMBatchingMode
 from cj_client.cli import exit_codes
 from cj_client.cli.common import (
@@ -48,6 +42,12 @@ from cj_client.judges import Judge
 from cj_client.metrics import CjMetrics
 from cj_client.models import PROVIDER_NAMES
 from cj_client.outputs import load_essays, ranking_rows, summary, write_outputs
+from cj_client.run_options import (
+    AssessmentOptions,
+    AssessmentReport,
+    journaled_options,
+    new_cj_batch_id,
+)
 
 # Flags that define a run: a resumed run keeps the ones it began with.
 RUN_FLAGS = ("mode", "budget", "provider", "model", "seed", "batch_id", "judge", "anchors")
