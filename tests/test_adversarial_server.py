@@ -32,9 +32,10 @@ from lps_server.core.config import Settings
 from lps_server.core.domain import ComparisonResult
 from lps_server.queue.redis_keys import QueueKeys
 from lps_server.queue.redis_queue import RedisQueue
+from tests.bundling_support import AppFactory, RecordingProvider
 from tests.fake_llm_servers import FakeOpenAI
 from tests.fault_rig import Launch, launcher, marked, results_of
-from tests.helpers import GatedMock, running_app, submission
+from tests.helpers import GatedMock, metric, running_app, submission, submit_all
 from tests.queue_support import judged, make_queued
 from tests.redis_server import RedisProcess
 
@@ -403,3 +404,25 @@ async def test_health_turns_not_serving_when_redis_dies_while_every_provider_is_
             killable_redis.start()
             provider.gate.set()
     assert told, "health still read SERVING 5 s after Redis went down"
+
+
+# --- Bugs fixed with their test -------------------------------------------------------------------
+
+
+async def test_a_request_whose_ttl_passes_while_its_bundle_fills_is_never_sent(
+    make_app: AppFactory,
+) -> None:
+    # The fill window (LPS_SERIAL_BUNDLE_MAX_WAIT_MS) holds leased requests; one whose TTL passes
+    # meanwhile must end EXPIRED, not be sent when the window closes.
+    provider = RecordingProvider()
+    app = await make_app(provider, serial_bundle_max_wait_ms=1500)
+    async with LpsClient(target=f"127.0.0.1:{app.grpc_port}", timeout=10) as client:
+        subs = [
+            submission(0, request_id="short", ttl_seconds=0.5),
+            submission(1, request_id="long"),
+        ]
+        outcomes = {o.request_id: o for o in await submit_all(client, subs)}
+    assert outcomes["short"].status == "expired", "sent to the provider after its TTL had passed"
+    assert outcomes["long"].status == "completed"
+    assert [k for call in provider.calls for k in call] == ["long"]
+    assert metric(app.registry, "llm_provider_queue_expiry_total", expiry_reason="ttl") == 1
