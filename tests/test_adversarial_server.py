@@ -27,7 +27,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from redis.asyncio import Redis
 from redis.exceptions import OutOfMemoryError
 
-from cj_client import LpsClient, LpsClientError
+from cj_client import LpsClient, LpsClientError, UnavailableError
 from lps_server.core.config import Settings
 from lps_server.core.domain import ComparisonResult
 from lps_server.queue.redis_keys import QueueKeys
@@ -426,3 +426,46 @@ async def test_a_request_whose_ttl_passes_while_its_bundle_fills_is_never_sent(
     assert outcomes["long"].status == "completed"
     assert [k for call in provider.calls for k in call] == ["long"]
     assert metric(app.registry, "llm_provider_queue_expiry_total", expiry_reason="ttl") == 1
+
+
+async def test_a_redis_url_naming_a_database_redis_lacks_is_unavailable_with_its_cause(
+    redis_proc: RedisProcess,
+) -> None:
+    # Redis has 16 databases by default: /99 is an operator's typo. Every call used to answer a
+    # bare INTERNAL and the processing loops restarted on an unexpected ResponseError.
+    url = f"redis://127.0.0.1:{redis_proc.port}/99"
+    async with (
+        running_app(queue_backend="redis", redis_url=url) as app,
+        LpsClient(target=f"127.0.0.1:{app.grpc_port}", timeout=10) as client,
+    ):
+        with pytest.raises(UnavailableError) as refused:
+            await client.submit(submission(1))
+        with pytest.raises(UnavailableError):
+            await client.queue_stats()
+        restarts = metric(app.registry, "llm_provider_processor_restarts_total")
+    assert "DB index is out of range" in str(refused.value)
+    assert restarts == 0, "a queue it cannot use is an outage, not a bug of the loops"
+
+
+async def test_a_full_redis_refuses_submissions_unavailable_not_internal(
+    killable_redis: RedisProcess,
+) -> None:
+    # docs/queue.md: with maxmemory-policy noeviction "a full Redis answers OOM (-> UNAVAILABLE)".
+    # redis-py parses that reply into OutOfMemoryError and drops the "OOM " from its message,
+    # so matching the message alone let it through as a bare INTERNAL.
+    observer = Redis.from_url(killable_redis.url)
+    async with (
+        running_app(queue_backend="redis", redis_url=killable_redis.url) as app,
+        LpsClient(target=f"127.0.0.1:{app.grpc_port}", timeout=10) as client,
+    ):
+        try:
+            used = (await observer.info("memory"))["used_memory"]
+            await observer.config_set("maxmemory-policy", "noeviction")
+            await observer.config_set("maxmemory", used + 100_000)
+            await fill_up(observer)
+            with pytest.raises(UnavailableError) as refused:
+                await client.submit(submission(1))
+        finally:
+            await observer.config_set("maxmemory", 0)
+            await observer.aclose()
+    assert "maxmemory" in str(refused.value), "the message names the cause"
