@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -27,9 +28,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from redis.asyncio import Redis
 from redis.exceptions import OutOfMemoryError
 
-from cj_client import LpsClient, LpsClientError, UnavailableError
+from cj_client import Ack, LpsClient, LpsClientError, UnavailableError
 from lps_server.core.config import Settings
 from lps_server.core.domain import ComparisonResult
+from lps_server.queue.codec import encode_result
 from lps_server.queue.redis_keys import QueueKeys
 from lps_server.queue.redis_queue import RedisQueue
 from tests.bundling_support import AppFactory, RecordingProvider
@@ -469,3 +471,49 @@ async def test_a_full_redis_refuses_submissions_unavailable_not_internal(
             await observer.config_set("maxmemory", 0)
             await observer.aclose()
     assert "maxmemory" in str(refused.value), "the message names the cause"
+
+
+async def test_one_unreadable_stored_result_does_not_hide_the_others_from_a_stream(
+    redis_url: str,
+) -> None:
+    # The stream's store look-ups go in one batch; one result this release cannot read (a newer
+    # release's error code, during a rolling deploy) used to fail the whole batch, so a
+    # reconnected client never received any of the others.
+    ids = [f"k{i}" for i in range(6)]
+    observer = Redis.from_url(redis_url)
+    try:
+        # Requests an earlier call submitted and that have ended; one result was written by a
+        # newer release, with an error code this one does not know.
+        for rid in ids:
+            result = completed_result(rid)
+            await observer.hset(
+                QueueKeys("lps").request(rid),
+                mapping={"status": "completed", "result": encode_result(result)},
+            )
+        newer = json.loads(encode_result(completed_result("k0")))
+        newer.update(
+            status="failed",
+            judgement=None,
+            failure={"code": "budget_exhausted", "message": "over budget"},
+        )
+        await observer.hset(
+            QueueKeys("lps").request("k0"),
+            mapping={"status": "failed", "result": json.dumps(newer)},
+        )
+    finally:
+        await observer.aclose()
+    arrived: list[str] = []
+    async with (
+        running_app(queue_backend="redis", redis_url=redis_url) as app,
+        LpsClient(target=f"127.0.0.1:{app.grpc_port}", timeout=10) as client,
+    ):
+        # The client reconnects and sends the same ids again: all known, looked up in the store.
+        subs = [submission(i, request_id=rid) for i, rid in enumerate(ids)]
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(4), aclosing(client.submit_many(subs)) as events:
+                async for event in events:
+                    if not isinstance(event, Ack):
+                        arrived.append(event.request_id)
+                        if len(arrived) == len(ids) - 1:
+                            break  # the unreadable one never comes: the call stays open
+    assert sorted(arrived) == ids[1:], "every readable result reached the stream"

@@ -430,11 +430,15 @@ class RedisQueue:
                 return replies
 
         stored = await self._call(results)
-        return {
-            rid: decode_result(raw)
-            for rid, raw in zip(request_ids, stored, strict=True)
-            if raw is not None
-        }
+        found: dict[str, ComparisonResult] = {}
+        for rid, raw in zip(request_ids, stored, strict=True):
+            if raw is None:
+                continue
+            try:
+                found[rid] = decode_result(raw)
+            except Exception as exc:  # a newer release's result must not hide the others
+                log.error("the stored result of %s is not one this release reads: %r", rid, exc)
+        return found
 
     def follow(self, channel: str, *, cursor: str) -> AbstractContextManager[ChannelFollower]:
         """A follower of `channel` after `cursor`, read by this replica's one channel reader.
