@@ -40,6 +40,7 @@ from tests.fault_rig import Launch, launcher, marked, results_of
 from tests.helpers import GatedMock, metric, running_app, submission, submit_all
 from tests.queue_support import judged, make_queued
 from tests.redis_server import RedisProcess
+from tests.test_startup import refused
 
 pytestmark = pytest.mark.redis
 SERIAL = {"LPS_QUEUE_PROCESSING_MODE": "serial_bundle"}
@@ -517,3 +518,15 @@ async def test_one_unreadable_stored_result_does_not_hide_the_others_from_a_stre
                         if len(arrived) == len(ids) - 1:
                             break  # the unreadable one never comes: the call stays open
     assert sorted(arrived) == ids[1:], "every readable result reached the stream"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variable", ["LPS_GRPC_HOST", "LPS_METRICS_HOST"])
+def test_a_host_that_cannot_be_listened_on_ends_the_start_in_one_line_with_port_zero(
+    variable: str,
+) -> None:
+    # Port 0 skipped the check of the host: gRPC then logged a line of its own and the message
+    # named LPS_GRPC_PORT; ports are 0 in every test and in many deployments.
+    line = refused("--port", "0", "--metrics-port", "0", **{variable: "256.1.1.1"})
+    assert variable in line, line
+    assert "256.1.1.1" in line, line
