@@ -140,10 +140,9 @@ def check_bindable(host: str, port: int, variables: str) -> None:
     """Raise ConfigurationError naming the cause when `host`:`port` cannot be listened on.
 
     gRPC reports a failed bind without its cause (and logs a line of its own), so the address is
-    tried here first with a plain socket. Port 0 always binds.
+    tried here first with a plain socket. With port 0 the host is still checked (the probe takes
+    any free port): a host that does not resolve or is not local fails there too.
     """
-    if port == 0:
-        return
     try:
         addresses = socket.getaddrinfo(
             host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE

@@ -191,6 +191,7 @@ class Processor:
             self._capacity.take(provider)
         try:
             await self._fill(lease, keeper)
+            self._take_out_expired(lease)
         except BaseException:
             await self._give_back(lease)
             await keeper.stop()
@@ -200,6 +201,19 @@ class Processor:
         task = asyncio.create_task(self._run_lease(lease, keeper, provider))
         self._in_flight.add(task)
         task.add_done_callback(self._in_flight.discard)
+
+    def _take_out_expired(self, lease: Lease) -> None:
+        """Move the items whose TTL passed while their bundle filled to `expired`: they end
+        EXPIRED instead of being sent. A retried item has cost a call and is sent however late."""
+        now = self._clock()
+        late = {
+            q.request_id
+            for q in lease.items
+            if q.is_expired(now) and not lease.attempts.get(q.request_id)
+        }
+        if late:
+            lease.expired.extend(q for q in lease.items if q.request_id in late)
+            lease.items[:] = [q for q in lease.items if q.request_id not in late]
 
     async def _give_back(self, lease: Lease) -> None:
         try:

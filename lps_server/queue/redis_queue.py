@@ -21,8 +21,14 @@ from typing import Any, TypeVar
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import (
+    ClusterDownError,
+    MaxConnectionsError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    ResponseError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import MaxConnectionsError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from lps_server.core.config import Settings
@@ -75,8 +81,21 @@ CLOSE_WAIT_S = COMMAND_TIMEOUT_S
 LEASE_MAX_EXPIRED = 256
 SWEEP_BATCH = 1000
 # Errors Redis answers with while it cannot serve writes (loading, out of memory, read-only
-# replica, failing cluster): for a client these mean "unavailable", not "bad request".
-_UNAVAILABLE_REPLIES = ("LOADING", "OOM", "READONLY", "MISCONF", "MASTERDOWN", "CLUSTERDOWN")
+# replica, failing cluster), or cannot serve this queue at all (LPS_REDIS_URL names a database
+# the server does not have): for a client these mean "unavailable", not "bad request", and never
+# a bare INTERNAL. redis-py turns some of these replies into their own classes and drops the
+# code from the message ("OOM command not allowed..." becomes OutOfMemoryError("command not
+# allowed...")), so both the classes and the messages are matched.
+_UNAVAILABLE_ERRORS = (OutOfMemoryError, ReadOnlyError, ClusterDownError)
+_UNAVAILABLE_REPLIES = (
+    "LOADING",
+    "OOM",
+    "READONLY",
+    "MISCONF",
+    "MASTERDOWN",
+    "CLUSTERDOWN",
+    "DB index is out of range",
+)
 
 
 def _retry() -> Retry:
@@ -193,7 +212,7 @@ class RedisQueue:
         except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
             raise QueueUnavailableError(f"redis at {self._address} unreachable: {exc}") from exc
         except ResponseError as exc:
-            if str(exc).startswith(_UNAVAILABLE_REPLIES):
+            if isinstance(exc, _UNAVAILABLE_ERRORS) or str(exc).startswith(_UNAVAILABLE_REPLIES):
                 raise QueueUnavailableError(
                     f"redis at {self._address} cannot serve the queue: {exc}"
                 ) from exc
@@ -411,11 +430,15 @@ class RedisQueue:
                 return replies
 
         stored = await self._call(results)
-        return {
-            rid: decode_result(raw)
-            for rid, raw in zip(request_ids, stored, strict=True)
-            if raw is not None
-        }
+        found: dict[str, ComparisonResult] = {}
+        for rid, raw in zip(request_ids, stored, strict=True):
+            if raw is None:
+                continue
+            try:
+                found[rid] = decode_result(raw)
+            except Exception as exc:  # a newer release's result must not hide the others
+                log.error("the stored result of %s is not one this release reads: %r", rid, exc)
+        return found
 
     def follow(self, channel: str, *, cursor: str) -> AbstractContextManager[ChannelFollower]:
         """A follower of `channel` after `cursor`, read by this replica's one channel reader.
