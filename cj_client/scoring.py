@@ -1,8 +1,9 @@
 """Bradley-Terry scoring of comparative-judgement outcomes, wave by wave.
 
 `ScaleFitter` is what a run uses: after each wave it refits from the previous scores (a few sparse
-Newton steps), and computes standard errors (a dense O(n^3) inverse) only when asked for them:
-by an SSR stopping target, and once for the final report. The statistics live in `cj_client.stats`.
+Newton steps), and computes standard errors only when asked for them: by an SSR stopping target
+(the Laplace approximation, a few dense O(n^3) factorisations), and once for the final report (the
+sampled posterior). The statistics live in `cj_client.stats`.
 """
 
 from __future__ import annotations
@@ -70,16 +71,17 @@ class ScaleFitter:
     """The scale of one run, refitted as judgements arrive.
 
     After each wave the scores are refitted from the previous ones under the current prior (a
-    few sparse Newton steps). The reported scale (`scores`, `ssr`, `statistics`) is the posterior
-    with the prior's spread estimated and integrated out (`cj_client.stats.posterior`); it costs a
-    few dense factorisations, so a run asks for it only for an SSR target and at the end, and the
-    spread it finds becomes the prior of later waves.
+    few sparse Newton steps). The reported scale (`scores`, `statistics`) is the posterior with
+    the prior's spread drawn alongside the scores (`cj_client.stats.sampler`, 450 Gibbs draws),
+    so a run asks for it at the end; `ssr` during a run comes from the posterior's Laplace
+    approximation (`cj_client.stats.posterior`, a few dense factorisations). The spread either
+    finds becomes the prior of later waves.
 
     Args:
         essay_ids: the essays (unique).
         anchors: essays whose scores are fixed, by id; they put the run on an earlier scale.
-        prior_sd: a fixed prior SD, reported with plain Laplace standard errors and the
-            classical SSR; None (the default) estimates the spread as above.
+        prior_sd: a fixed prior SD, reported at the mode with plain Laplace standard errors
+            and the classical SSR; None (the default) estimates the spread as above.
         estimate_bias: fit each judge's advantage for position A alongside the scores.
         clock: measures the time spent scoring (`seconds`).
 
