@@ -20,7 +20,8 @@ mode), and with anchors the centre from its normal one. Without anchors the cent
 each draw's compared scores are centred (the gauge).
 
 Draws are seeded by the judgements, so the same judgements always give the same report; the
-Monte Carlo error of a score is about a twentieth of its standard error.
+Monte Carlo error of a score is typically a twentieth of its standard error (at 200 essays:
+median 0.05 SE, at most about 0.27 SE against a chain of 8,000 draws; SEs within 3%, at most 16%).
 """
 
 from __future__ import annotations
