@@ -1,8 +1,9 @@
 """Bradley-Terry scoring of comparative-judgement outcomes, wave by wave.
 
 `ScaleFitter` is what a run uses: after each wave it refits from the previous scores (a few sparse
-Newton steps), and computes standard errors (a dense O(n^3) inverse) only when asked for them:
-by an SSR stopping target, and once for the final report. The statistics live in `cj_client.stats`.
+Newton steps), and computes standard errors only when asked for them: by an SSR stopping target
+(the Laplace approximation, a few dense O(n^3) factorisations), and once for the final report (the
+sampled posterior). The statistics live in `cj_client.stats`.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from cj_client.stats.fit import FitProblem, Prior, fit_scale
 from cj_client.stats.posterior import Posterior, posterior
 from cj_client.stats.reliability import posterior_reliability, scale_separation_reliability
 from cj_client.stats.run_statistics import RunStatistics, run_statistics
+from cj_client.stats.sampler import sampled_posterior
 from cj_client.stats.uncertainty import StandardErrors, standard_errors
 
 __all__ = [
@@ -69,16 +71,17 @@ class ScaleFitter:
     """The scale of one run, refitted as judgements arrive.
 
     After each wave the scores are refitted from the previous ones under the current prior (a
-    few sparse Newton steps). The reported scale (`scores`, `ssr`, `statistics`) is the posterior
-    with the prior's spread estimated and integrated out (`cj_client.stats.posterior`); it costs a
-    few dense factorisations, so a run asks for it only for an SSR target and at the end, and the
-    spread it finds becomes the prior of later waves.
+    few sparse Newton steps). The reported scale (`scores`, `statistics`) is the posterior with
+    the prior's spread drawn alongside the scores (`cj_client.stats.sampler`, 450 Gibbs draws),
+    so a run asks for it at the end; `ssr` during a run comes from the posterior's Laplace
+    approximation (`cj_client.stats.posterior`, a few dense factorisations). The spread either
+    finds becomes the prior of later waves.
 
     Args:
         essay_ids: the essays (unique).
         anchors: essays whose scores are fixed, by id; they put the run on an earlier scale.
-        prior_sd: a fixed prior SD, reported with plain Laplace standard errors and the
-            classical SSR; None (the default) estimates the spread as above.
+        prior_sd: a fixed prior SD, reported at the mode with plain Laplace standard errors
+            and the classical SSR; None (the default) estimates the spread as above.
         estimate_bias: fit each judge's advantage for position A alongside the scores.
         clock: measures the time spent scoring (`seconds`).
 
@@ -111,7 +114,7 @@ class ScaleFitter:
         self._clock = clock
         self.seconds = 0.0
         self._fit = self._timed(lambda: fit_scale(self._problem))
-        self._posterior: Posterior | None = None
+        self._posteriors: dict[bool, Posterior] = {}
 
     def current(self) -> dict[str, float]:
         """The latest fitted scores by essay id (the prior's centre before any judgement)."""
@@ -123,8 +126,10 @@ class ScaleFitter:
         return self.current()
 
     def ssr(self) -> float:
-        """Scale separation reliability of the reported scale, over the essays not anchored."""
-        return self.scores().ssr
+        """Scale separation reliability during a run, over the essays not anchored: from the
+        Laplace approximation of the posterior (a few factorisations, where the reported scale
+        costs hundreds of draws), for an SSR target and the progress display."""
+        return self._reliability(self._timed(lambda: self._report(sampled=False)))
 
     def scores(self) -> Scores:
         """The reported scale: scores with standard errors, best essay first."""
@@ -137,14 +142,16 @@ class ScaleFitter:
             ),
             key=lambda e: (-e.score, e.essay_id),
         )
+        return Scores(essays=tuple(essays), ssr=self._reliability(post))
+
+    def _reliability(self, post: Posterior) -> float:
         free = [i for i in range(len(self._ids)) if i not in self._problem.anchors]
         reliability = (
             posterior_reliability if self._estimate_prior else scale_separation_reliability
         )
-        ssr = reliability(
+        return reliability(
             post.conditional_scores[free].tolist(), post.conditional_ses[free].tolist()
         )
-        return Scores(essays=tuple(essays), ssr=ssr)
 
     def statistics(self, *, seed: int) -> RunStatistics:
         """Fit, split-half reliability and position bias of the reported scale."""
@@ -165,16 +172,18 @@ class ScaleFitter:
         start_bias = np.array([by_judge.get(judge, 0.0) for judge in design.judges])
         self._problem = replace(self._problem, design=design)
         self._fit = fit_scale(self._problem, start_scores=self._fit.scores, start_bias=start_bias)
-        self._posterior = None
+        self._posteriors = {}
 
-    def _report(self) -> Posterior:
-        if self._posterior is None:
+    def _report(self, *, sampled: bool = True) -> Posterior:
+        """The reported scale (`sampled`), or its Laplace approximation for SSR during a run."""
+        if sampled not in self._posteriors:
             if self._estimate_prior and self._problem.design.size:
-                self._posterior = posterior(self._problem, self._fit)
-                self._problem = replace(self._problem, prior=self._posterior.prior)
+                method = sampled_posterior if sampled else posterior
+                found = method(self._problem, self._fit)
+                self._problem = replace(self._problem, prior=found.prior)
             else:
                 errors = standard_errors(self._problem, self._fit)
-                self._posterior = Posterior(
+                found = Posterior(
                     scores=self._fit.scores,
                     ses=errors.scores,
                     conditional_scores=self._fit.scores,
@@ -185,7 +194,8 @@ class ScaleFitter:
                     mode=self._fit,
                     problem=self._problem,
                 )
-        return self._posterior
+            self._posteriors[sampled] = found
+        return self._posteriors[sampled]
 
     def _timed(self, work: Callable[[], _T]) -> _T:
         started = self._clock()

@@ -1,5 +1,7 @@
-"""The reported scale: the scores' posterior with the population's spread estimated and integrated
-out, in the manner of INLA (integrated nested Laplace approximation).
+"""The scores' posterior with the population's spread estimated and integrated out, in the manner
+of INLA (integrated nested Laplace approximation): the cheap approximation behind SSR during a run.
+The reported scale is sampled instead (`cj_client.stats.sampler`): this approximation shrinks
+about 10-20% too far, by a run-dependent amount (the spread's Laplace estimate runs low).
 
 Why not the maximum-likelihood scale: with ten or so comparisons per essay an essay that won most
 of its few comparisons lands far out, and adaptive pairing, which then keeps it among strong
