@@ -7,13 +7,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import random
 import resource
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -401,6 +402,17 @@ def test_a_target_port_out_of_range_is_an_input_mistake(
 # --- The embedded LPS --------------------------------------------------------------------------
 
 
+@pytest.fixture
+def lps_logger() -> Iterator[None]:
+    """Puts the `lps_server` logger back as it was: the embedded LPS of an in-process `cj assess`
+    takes it over for the rest of the process (its own handler, no propagation to the root), which
+    would hide LPS's logs from every later test."""
+    logger = logging.getLogger("lps_server")
+    saved = (list(logger.handlers), logger.level, logger.propagate)
+    yield
+    logger.handlers, logger.level, logger.propagate = saved
+
+
 @pytest.mark.redis
 @pytest.mark.xfail(
     strict=True,
@@ -408,6 +420,7 @@ def test_a_target_port_out_of_range_is_an_input_mistake(
     "LPS_QUEUE_BACKEND=redis exported it joins that Redis queue as a replica (LPS_AUTH_TOKENS "
     "makes it refuse cj itself), where docs/cj.md promises a local queue and the mock",
 )
+@pytest.mark.usefixtures("lps_logger")
 async def test_the_embedded_lps_keeps_to_a_local_queue_whatever_the_shell_exports(
     redis_url: str,
     tmp_path: Path,
@@ -434,6 +447,7 @@ async def test_the_embedded_lps_keeps_to_a_local_queue_whatever_the_shell_export
     reason="bug: a bad LPS_* value for the embedded LPS ends cj assess with a ConfigurationError "
     "traceback instead of one line naming the variable",
 )
+@pytest.mark.usefixtures("lps_logger")
 def test_a_bad_lps_setting_for_the_embedded_lps_is_one_line_naming_it(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
