@@ -134,8 +134,15 @@ class RunJournal:
 
     @classmethod
     def append(cls, directory: Path) -> RunJournal:
-        """The journal in `directory`, opened to continue it."""
-        return cls(journal_path(directory).open("a", encoding="utf-8"))
+        """The journal in `directory`, opened to continue it. A last line cut short by a crash
+        (which reading ignores) is dropped first: a record appended to it would be lost with it,
+        and the journal could no longer be read."""
+        path = journal_path(directory)
+        data = path.read_bytes()
+        if not data.endswith(b"\n"):
+            with path.open("r+b") as raw:
+                raw.truncate(data.rfind(b"\n") + 1)
+        return cls(path.open("a", encoding="utf-8"))
 
     def wave(self, wave: PlannedWave) -> None:
         """Record a wave before it is sent."""
