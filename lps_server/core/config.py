@@ -173,8 +173,8 @@ class Settings:
 
     @property
     def bundle_size(self) -> int:
-        """The most requests one provider call may carry in the configured mode."""
-        if self.queue_processing_mode == ProcessingMode.SERIAL_BUNDLE:
+        """The most requests one provider call (or batch line) may carry in the configured mode."""
+        if self.queue_processing_mode in (ProcessingMode.SERIAL_BUNDLE, ProcessingMode.BATCH_API):
             return self.serial_bundle_max_requests_per_call
         return 1
 

@@ -129,34 +129,61 @@ class BatchAccumulator:
             await self._unavailable(items, keeper.token)
             keeper.let_go(q.request_id for q in items)
             return
-        # The dispatcher's keeper stops when this returns; this one keeps the same leases. They
-        # were extended at most a beat ago, so they hold for two more beats at least.
-        lease_s = self._settings.queue_lease_seconds
-        own = LeaseKeeper(
-            queue=self._queue,
-            token=keeper.token,
-            lease_s=lease_s,
-            clock=self._clock,
-            request_ids=[q.request_id for q in items],
-            taken_at=self._clock() - lease_s / 3.0,
-        )
-        own.start()
+        # The dispatcher's keeper stops when this returns: keepers of the gatherings take over.
+        self._adopt(items, attempts, token=keeper.token, api=api)
         keeper.let_go(q.request_id for q in items)
+
+    def _adopt(
+        self,
+        items: Sequence[QueuedRequest],
+        attempts: Mapping[str, int],
+        *,
+        token: str,
+        api: BatchApi,
+    ) -> None:
+        """Add leased requests to their group's gathering, opening new ones as they fill, with a
+        lease keeper of their own in each."""
         group = items[0].group
-        gathering = self._gatherings.get(group)
-        if gathering is None:
-            gathering = self._gatherings[group] = _Gathering(group, opened_at=self._clock())
-            task = asyncio.create_task(self._gather(gathering, api))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-        gathering.keepers.append(own)
-        gathering.add(items, attempts, own)
-        if self._full(gathering, api):
-            gathering.ready.set()
+        rest = list(items)
+        while rest:
+            gathering = self._gatherings.get(group)
+            if gathering is None or self._room(gathering, api) == 0:
+                gathering = self._open_gathering(group, api)
+            room = self._room(gathering, api)
+            part, rest = rest[:room], rest[room:]
+            # Extended at most a beat ago, so the leases hold for two more beats at least.
+            lease_s = self._settings.queue_lease_seconds
+            own = LeaseKeeper(
+                queue=self._queue,
+                token=token,
+                lease_s=lease_s,
+                clock=self._clock,
+                request_ids=[q.request_id for q in part],
+                taken_at=self._clock() - lease_s / 3.0,
+            )
+            own.start()
+            gathering.keepers.append(own)
+            gathering.add(part, attempts, own)
+            if self._room(gathering, api) == 0:
+                gathering.ready.set()
+
+    def _open_gathering(self, group: str, api: BatchApi) -> _Gathering:
+        """A new gathering of `group`; a full one before it goes on to its submission."""
+        gathering = self._gatherings[group] = _Gathering(group, opened_at=self._clock())
+        task = asyncio.create_task(self._gather(gathering, api))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return gathering
+
+    def _room(self, gathering: _Gathering, api: BatchApi) -> int:
+        """How many more requests the gathering's job may take."""
+        if gathering.size >= api.max_bytes:
+            return 0
+        most = min(self._settings.batch_api_max_requests_per_batch, api.max_lines)
+        return max(0, most - len(gathering.items))
 
     def _full(self, gathering: _Gathering, api: BatchApi) -> bool:
-        most = min(self._settings.batch_api_max_requests_per_batch, api.max_lines)
-        return len(gathering.items) >= most or gathering.size >= api.max_bytes
+        return self._room(gathering, api) == 0
 
     async def _gather(self, gathering: _Gathering, api: BatchApi) -> None:
         try:
@@ -194,7 +221,10 @@ class BatchAccumulator:
         try:
             while not self._full(gathering, api):
                 lease = await self._queue.lease(
-                    now=self._clock(), group=gathering.group, max_items=limit, token=main.token
+                    now=self._clock(),
+                    group=gathering.group,
+                    max_items=min(limit, self._room(gathering, api)),
+                    token=main.token,
                 )
                 main.hold(lease.request_ids)
                 if lease.expired or lease.unreadable:
@@ -204,7 +234,13 @@ class BatchAccumulator:
                     main.let_go(ended + [u.request_id for u in lease.unreadable])
                 if not lease.items:
                     return
-                gathering.add(lease.items, lease.attempts, main)
+                # Requests handed over meanwhile may have filled the job: the rest go on.
+                room = self._room(gathering, api)
+                gathering.add(lease.items[:room], lease.attempts, main)
+                if over := lease.items[room:]:
+                    main.let_go(q.request_id for q in over)
+                    self._adopt(over, lease.attempts, token=main.token, api=api)
+                    return
         except QueueUnavailableError as exc:
             log.warning("stopped gathering a batch job, the queue is unavailable: %s", exc)
 
