@@ -132,10 +132,9 @@ def request_ttl_for(mode: LLMBatchingMode, ttl_s: float) -> float:
 
 def describe_job(job: BatchJobView, *, now: float) -> str:
     """One line about a batch job: its state, size and the provider's state."""
+    provider = f"provider batch {job.provider_batch_id}" if job.provider_batch_id else ""
     if job.provider_state:
-        provider = f"provider: {job.provider_state}"
-    else:
-        provider = f"provider batch {job.provider_batch_id}" if job.provider_batch_id else ""
+        provider += f" {job.provider_state}"
     counts = ", ".join(f"{v} {k}" for k, v in sorted(job.provider_counts.items()) if v)
     parts = [
         f"batch job {job.job_id}: {job.state}",

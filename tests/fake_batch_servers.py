@@ -25,6 +25,7 @@ import random
 import re
 import time
 from collections import Counter
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -101,8 +102,8 @@ class _Batch:
 class _FakeBatches(FakeHttpServer):
     """What both fakes share: scripts, the judge, counting."""
 
-    def __init__(self, *, api_key: str, seed: int = 7) -> None:
-        self.api_key = api_key
+    def __init__(self, *, api_key: str | Collection[str], seed: int = 7) -> None:
+        self.api_keys = {api_key} if isinstance(api_key, str) else set(api_key)
         self.problems: list[str] = []
         self.batches: dict[str, _Batch] = {}
         self.created: list[str] = []
@@ -153,7 +154,7 @@ class _FakeBatches(FakeHttpServer):
         return True
 
     def _check_key(self, presented: str | None) -> Response | None:
-        if presented != self.api_key:
+        if presented not in self.api_keys:
             return Response(401, {"error": {"type": "authentication_error", "message": "bad key"}})
         return None
 
@@ -161,7 +162,7 @@ class _FakeBatches(FakeHttpServer):
 class FakeOpenAIBatches(_FakeBatches):
     """OpenAI's files and batches endpoints."""
 
-    def __init__(self, *, api_key: str, seed: int = 7) -> None:
+    def __init__(self, *, api_key: str | Collection[str], seed: int = 7) -> None:
         self.files: dict[str, tuple[str, bytes]] = {}
         self._validator = FakeOpenAI(api_key=None)
         super().__init__(api_key=api_key, seed=seed)
@@ -409,7 +410,7 @@ _OPENAI_FINAL = ("completed", "failed", "expired", "cancelled")
 class FakeAnthropicBatches(_FakeBatches):
     """Anthropic's Message Batches endpoints."""
 
-    def __init__(self, *, api_key: str, seed: int = 7) -> None:
+    def __init__(self, *, api_key: str | Collection[str], seed: int = 7) -> None:
         self._validator = FakeAnthropic(api_key=None)
         super().__init__(api_key=api_key, seed=seed)
 

@@ -84,6 +84,8 @@ class FakeHttpServer:
 
     def __init__(self) -> None:
         self.requests: list[Request] = []
+        # Requests handled but left unanswered (`hang_next`), in the order they began to hang.
+        self.hanging: list[Request] = []
         self.base_root = ""
         self._server: asyncio.Server | None = None
         self._writers: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
@@ -168,6 +170,7 @@ class FakeHttpServer:
         for hang in self._hang:
             if hang[0] == method and hang[1].match(split.path):
                 self._hang.remove(hang)
+                self.hanging.append(request)
                 self.changed()
                 await reader.read()  # returns at EOF: the client gave up (or was killed)
                 return False

@@ -1,0 +1,98 @@
+"""Batch jobs survive the replica that made them: two `lps serve` processes on one private Redis,
+a fake OpenAI batch server, and the replica creating a job SIGKILLed at the worst moments: after
+the job was recorded but before the provider created its batch (the upload hangs), and after the
+provider created it but before its id was recorded (the create's answer never arrives). The other
+replica collects every result, exactly once, judged right, and no request is in two batches."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from cj_client import LpsClient
+from tests.fake_batch_servers import FakeOpenAIBatches, expected_winner
+from tests.fault_rig import Replica, marked
+from tests.helpers import results_on
+from tests.redis_server import RedisProcess
+
+pytestmark = pytest.mark.slow
+KEYS = {"a": "key-a", "b": "key-b"}
+ENV = {
+    "LPS_QUEUE_PROCESSING_MODE": "batch_api",
+    "LPS_SERIAL_BUNDLE_MAX_REQUESTS_PER_CALL": "3",
+    "LPS_BATCH_API_MAX_WAIT_MS": "100",
+    "LPS_BATCH_API_POLL_SECONDS": "0.1",
+    "LPS_QUEUE_LEASE_SECONDS": "2",
+    "LPS_QUEUE_SWEEP_INTERVAL_SECONDS": "0.5",
+    "LPS_OPENAI_TIMEOUT_SECONDS": "2",
+    "LPS_RETRY_BACKOFF_MS": "1",
+}
+WAIT_S = 40.0
+
+
+def batched_ids(fake: FakeOpenAIBatches) -> Counter[str]:
+    """How many created batches hold each request (by the marker in its line's prompt)."""
+    found: Counter[str] = Counter()
+    for batch in fake.batches.values():
+        for line in batch.lines:
+            prompt = line["body"]["messages"][1]["content"]
+            found.update(set(part.split("]")[0] for part in prompt.split("[item:")[1:]))
+    return found
+
+
+@pytest.mark.parametrize(
+    ("hang", "moment"),
+    [
+        ("/v1/files", "recorded, not yet created at the provider"),
+        ("/v1/batches", "created at the provider, its id not yet recorded"),
+    ],
+)
+async def test_a_replica_killed_while_creating_a_job_loses_nothing_and_pays_once(
+    killable_redis: RedisProcess, tmp_path: Path, hang: str, moment: str
+) -> None:
+    async with FakeOpenAIBatches(api_key=KEYS.values()) as fake:
+        fake.hang_next("POST", hang)
+        replicas = {
+            name: Replica(
+                name,
+                redis_url=killable_redis.url,
+                provider=fake,  # type: ignore[arg-type]
+                log_dir=tmp_path,
+                env=ENV,
+                api_key=key,
+            )
+            for name, key in KEYS.items()
+        }
+        try:
+            await asyncio.gather(*(r.started() for r in replicas.values()))
+            subs = [marked(f"kill-{i}", i, result_channel="kill") for i in range(9)]
+            async with LpsClient(target=replicas["a"].target, timeout=10) as client:
+                for sub in subs:
+                    await client.submit(sub)
+            # The creator is the replica whose request hangs: kill it right there.
+            await fake.wait_until(
+                lambda: bool(fake.hanging), timeout=WAIT_S, what=f"a job {moment}"
+            )
+            key = fake.hanging[0].headers["authorization"].removeprefix("Bearer ")
+            creator = next(name for name, k in KEYS.items() if k == key)
+            replicas[creator].kill()
+            survivor = replicas["b" if creator == "a" else "a"]
+            async with LpsClient(target=survivor.target, timeout=10) as client:
+                results = await asyncio.wait_for(results_on(client, "kill", len(subs)), WAIT_S)
+        finally:
+            for replica in replicas.values():
+                replica.kill()
+        assert fake.problems == []
+        in_batches = batched_ids(fake)
+    assert sorted(r.request_id for r in results) == sorted(s.request_id for s in subs)
+    assert Counter(r.request_id for r in results) == Counter({s.request_id: 1 for s in subs})
+    for result in results:
+        assert result.status == "completed", result
+        expected = "essay_a" if expected_winner(result.request_id) == "A" else "essay_b"
+        assert result.winner == expected
+    assert in_batches == Counter({s.request_id: 1 for s in subs}), "each request in one batch"
+    if hang == "/v1/batches":
+        assert "found batch" in survivor.log(), "the lost batch was found, not made again"
