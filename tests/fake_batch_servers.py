@@ -94,6 +94,8 @@ class _Batch:
     input_file_id: str = ""
     cancel_asked: float | None = None
     order: list[int] = field(default_factory=list)
+    # The state the last status request saw (a batch moves at most one state past it).
+    last: str = ""
 
     def elapsed(self) -> float:
         return time.monotonic() - self.started
@@ -152,6 +154,31 @@ class _FakeBatches(FakeHttpServer):
         if batch.script.outcome in ("expired", "cancelled") or batch.cancel_asked is not None:
             return number < batch.script.finished
         return True
+
+    def _page(
+        self, request: Request, *, cursor: str, extra: dict[str, Any] | None = None
+    ) -> Response:
+        """A page of the batches, newest first, after the one `cursor` names."""
+        newest = [self.batches[b] for b in reversed(self.created)]
+        after = request.query.get(cursor)
+        if after:
+            ids = [b.id for b in newest]
+            newest = newest[ids.index(after) + 1 :] if after in ids else []
+        limit = int(request.query.get("limit", "20"))
+        page = newest[:limit]
+        return Response(
+            200,
+            {
+                **(extra or {}),
+                "data": [self._object(b) for b in page],
+                "has_more": len(newest) > limit,
+                "first_id": page[0].id if page else None,
+                "last_id": page[-1].id if page else None,
+            },
+        )
+
+    def _object(self, batch: _Batch) -> dict[str, Any]:
+        raise NotImplementedError
 
     def _check_key(self, presented: str | None) -> Response | None:
         if presented not in self.api_keys:
@@ -253,28 +280,14 @@ class FakeOpenAIBatches(_FakeBatches):
                 404, {"error": {"type": "invalid_request_error", "message": "no batch"}}
             )
         self.polls[batch.id] += 1
-        return Response(200, self._object(batch))
+        shown = self._object(batch)
+        batch.last = shown["status" if "status" in shown else "processing_status"]
+        return Response(200, shown)
 
     async def _list(self, request: Request, _: re.Match[str]) -> Response:
         if denied := self._auth(request):
             return denied
-        newest = [self.batches[b] for b in reversed(self.created)]
-        after = request.query.get("after")
-        if after:
-            ids = [b.id for b in newest]
-            newest = newest[ids.index(after) + 1 :] if after in ids else []
-        limit = int(request.query.get("limit", "20"))
-        page = newest[:limit]
-        return Response(
-            200,
-            {
-                "object": "list",
-                "data": [self._object(b) for b in page],
-                "has_more": len(newest) > limit,
-                "first_id": page[0].id if page else None,
-                "last_id": page[-1].id if page else None,
-            },
-        )
+        return self._page(request, cursor="after", extra={"object": "list"})
 
     async def _cancel(self, request: Request, match: re.Match[str]) -> Response:
         if denied := self._auth(request):
@@ -285,19 +298,18 @@ class FakeOpenAIBatches(_FakeBatches):
         return Response(200, self._object(batch))
 
     def _status(self, batch: _Batch) -> tuple[str, int]:
-        """(status, state-change count) from the script and the time since creation."""
+        """(status, state-change count): where the script and the time since creation put the
+        batch, but never more than one state past the last one a status request saw."""
         step = batch.script.steps
-        if batch.cancel_asked is not None:
-            since = time.monotonic() - batch.cancel_asked
-            return ("cancelling", 4) if since < step else ("cancelled", 5)
-        n = int(batch.elapsed() / step)
         if batch.script.outcome == "failed":
-            return ("validating", 0) if n < 1 else ("failed", 1)
-        path = ["validating", "in_progress", "finalizing"]
-        if n < len(path):
-            return path[n], n
-        final = {"completed": "completed", "expired": "expired", "cancelled": "cancelled"}
-        return final[batch.script.outcome], len(path)
+            path = ["validating", "failed"]
+        else:
+            path = ["validating", "in_progress", "finalizing", batch.script.outcome]
+        n = min(int(batch.elapsed() / step), len(path) - 1)
+        if batch.cancel_asked is not None:  # cancelling from the cancel request on
+            path = ["cancelling", "cancelled"]
+            n = 1 if time.monotonic() - batch.cancel_asked >= step else 0
+        return _step(path, batch.last, n)
 
     def _object(self, batch: _Batch) -> dict[str, Any]:
         status, _ = self._status(batch)
@@ -465,27 +477,14 @@ class FakeAnthropicBatches(_FakeBatches):
         if batch is None:
             return Response(404, {"error": {"type": "not_found_error", "message": "no batch"}})
         self.polls[batch.id] += 1
-        return Response(200, self._object(batch))
+        shown = self._object(batch)
+        batch.last = shown["status" if "status" in shown else "processing_status"]
+        return Response(200, shown)
 
     async def _list(self, request: Request, _: re.Match[str]) -> Response:
         if denied := self._auth(request):
             return denied
-        newest = [self.batches[b] for b in reversed(self.created)]
-        after = request.query.get("after_id")
-        if after:
-            ids = [b.id for b in newest]
-            newest = newest[ids.index(after) + 1 :] if after in ids else []
-        limit = int(request.query.get("limit", "20"))
-        page = newest[:limit]
-        return Response(
-            200,
-            {
-                "data": [self._object(b) for b in page],
-                "has_more": len(newest) > limit,
-                "first_id": page[0].id if page else None,
-                "last_id": page[-1].id if page else None,
-            },
-        )
+        return self._page(request, cursor="after_id")
 
     async def _cancel(self, request: Request, match: re.Match[str]) -> Response:
         if denied := self._auth(request):
@@ -495,11 +494,19 @@ class FakeAnthropicBatches(_FakeBatches):
             batch.cancel_asked = time.monotonic()
         return Response(200, self._object(batch))
 
-    def _ended(self, batch: _Batch) -> bool:
+    def _state(self, batch: _Batch) -> str:
+        """in_progress (-> canceling) -> ended, never more than one state past the last one a
+        status request saw."""
         step = batch.script.steps
-        if batch.cancel_asked is not None:
-            return time.monotonic() - batch.cancel_asked >= step
-        return batch.elapsed() >= 2 * step
+        if batch.cancel_asked is not None:  # canceling from the cancel request on
+            path = ["canceling", "ended"]
+            n = 1 if time.monotonic() - batch.cancel_asked >= step else 0
+        else:
+            path, n = ["in_progress", "ended"], min(1, int(batch.elapsed() / (2 * step)))
+        return _step(path, batch.last, n)[0]
+
+    def _ended(self, batch: _Batch) -> bool:
+        return self._state(batch) == "ended"
 
     def _kind(self, batch: _Batch, number: int) -> str:
         if self._ran(batch, number):
@@ -521,7 +528,7 @@ class FakeAnthropicBatches(_FakeBatches):
             for number in range(len(batch.lines)):
                 counts[self._kind(batch, number)] += 1
         created = datetime.fromtimestamp(batch.created_at, UTC).isoformat().replace("+00:00", "Z")
-        state = "ended" if ended else ("canceling" if batch.cancel_asked else "in_progress")
+        state = self._state(batch)
         return {
             "id": batch.id,
             "type": "message_batch",
@@ -589,6 +596,13 @@ class FakeAnthropicBatches(_FakeBatches):
                 result = {"type": kind}
             lines.append({"custom_id": cid, "result": result})
         return Response(200, _jsonl(lines))
+
+
+def _step(path: list[str], last: str, target: int) -> tuple[str, int]:
+    """The state `target` of `path`, but at most one past `last`."""
+    seen = path.index(last) if last in path else -1
+    n = min(target, seen + 1)
+    return path[n], n
 
 
 def _jsonl(objects: list[dict[str, Any]]) -> bytes:

@@ -17,7 +17,8 @@ from cj_client.outputs import load_essays
 from cj_client.progress import RunProgress
 from lps_server.app import LpsApp
 from tests.batch_rig import BATCH, QUICK
-from tests.test_cj_assess import ESSAYS, _run_cli, truth_correlation
+from tests.cj_support import run_cj
+from tests.test_cj_assess import ESSAYS, truth_correlation
 from tests.test_diagnose import _diagnose_here
 
 BATCH_MODE = LLMBatchingMode.PROVIDER_BATCH_API
@@ -60,50 +61,49 @@ async def test_a_batch_api_run_ranks_like_the_truth_and_says_where_its_jobs_stan
     assert any(": submitted, " in n and "provider batch mockbatch_" in n for n in shown), shown
 
 
+@pytest.mark.slow
 async def test_cj_assess_runs_through_the_batch_api_with_an_embedded_server(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("CJ_LLM_BATCH_API_ALLOWED_PROVIDERS", "mock")
-    monkeypatch.setenv("LPS_MOCK_BATCH_LATENCY_MS", "100")
+    monkeypatch.setenv("LPS_MOCK_BATCH_LATENCY_MS", "1000")
     monkeypatch.setenv("LPS_BATCH_API_POLL_SECONDS", "0.05")
-    code = await _run_cli(
-        [
-            "assess",
-            str(ESSAYS),
-            "--out",
-            str(tmp_path),
-            "--mode",
-            "provider_batch_api",
-            "--budget",
-            "24",
-            "--quiet",
-        ]
+    # Its own process: the CLI's embedded server sets up logging for a process of its own.
+    code, _, err = await run_cj(
+        "assess",
+        str(ESSAYS),
+        "--out",
+        str(tmp_path),
+        "--mode",
+        "provider_batch_api",
+        "--budget",
+        "24",
     )
-    assert code == 0
+    assert code == 0, err
+    assert "batch job " in err, "the run said where its batch jobs stood"
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["effective_batching_mode"] == "provider_batch_api"
     assert summary["comparisons_completed"] == 24
 
 
+@pytest.mark.slow
 async def test_a_batch_api_run_that_is_not_allowed_says_so_and_falls_back(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("CJ_LLM_BATCH_API_ALLOWED_PROVIDERS", raising=False)
-    code = await _run_cli(
-        [
-            "assess",
-            str(ESSAYS),
-            "--out",
-            str(tmp_path),
-            "--mode",
-            "provider_batch_api",
-            "--budget",
-            "8",
-            "--quiet",
-        ]
+    code, _, err = await run_cj(
+        "assess",
+        str(ESSAYS),
+        "--out",
+        str(tmp_path),
+        "--mode",
+        "provider_batch_api",
+        "--budget",
+        "8",
+        "--quiet",
     )
-    assert code == 0
-    assert "provider_batch_api is not allowed for provider mock" in capsys.readouterr().err
+    assert code == 0, err
+    assert "provider_batch_api is not allowed for provider mock" in err
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["effective_batching_mode"] == "per_request"
 

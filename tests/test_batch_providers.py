@@ -9,7 +9,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pytest
 
@@ -48,6 +48,7 @@ class Rig:
     server: Fake
     api: BatchApi
     prices: PriceTable
+    states: list[str] = field(default_factory=list)
 
 
 @asynccontextmanager
@@ -96,12 +97,17 @@ def with_model(s: BatchSpec, flavour: str) -> BatchSpec:
 
 
 async def ended(r: Rig, batch_id: str) -> BatchStatus:
-    """Poll the batch as LPS would (every 5 ms here), within a deadline, until it has ended."""
+    """Poll the batch as LPS would (every 5 ms here), within a deadline, until it has ended;
+    the states seen, each once, in `r.states`."""
     deadline = time.monotonic() + 10
-    while not (status := await r.api.status(batch_id)).ended:
+    while True:
+        status = await r.api.status(batch_id)
+        if not r.states or r.states[-1] != status.state:
+            r.states.append(status.state)
+        if status.ended:
+            return status
         assert time.monotonic() < deadline, f"batch {batch_id} never ended: {status}"
         await asyncio.sleep(0.005)
-    return status
 
 
 def verdict(outcome: ItemOutcome) -> str:
@@ -119,6 +125,11 @@ async def test_a_completed_batch_answers_every_item_by_custom_id_and_index(flavo
         assert r.server.problems == []
         assert r.server.created == [batch_id]
     assert status.outcome == BatchOutcome.COMPLETED
+    if flavour == "openai":
+        assert r.states == ["validating", "in_progress", "finalizing", "completed"]
+    else:
+        assert r.states == ["in_progress", "ended"]
+        assert status.counts["succeeded"] == len(job.lines)
     assert set(found) == {line.custom_id for line in job.lines}
     share = (USAGE[0] // 3, USAGE[1] // 3)
     for line in job.lines:
@@ -172,6 +183,7 @@ async def test_an_expired_batch_keeps_its_finished_lines_and_expires_the_rest(fl
         status = await ended(r, batch_id)
         found = await r.api.results(batch_id, job, status)
     assert status.outcome == BatchOutcome.EXPIRED
+    assert r.states[-1] == ("expired" if flavour == "openai" else "ended")
     assert all(isinstance(o, ItemSuccess) for o in found[job.lines[0].custom_id])
     for line in job.lines[1:]:
         outcomes = found[line.custom_id]
@@ -192,6 +204,9 @@ async def test_a_cancelled_batch_keeps_its_finished_lines(flavour: str) -> None:
     assert cancelling.state in ("cancelling", "canceling")
     assert not cancelling.ended
     assert status.outcome == BatchOutcome.CANCELLED
+    assert r.states[-2:] == (
+        ["cancelling", "cancelled"] if flavour == "openai" else ["canceling", "ended"]
+    )
     for line in job.lines[:2]:
         assert all(isinstance(o, ItemSuccess) for o in found[line.custom_id])
     cancelled = found[job.lines[2].custom_id]
@@ -207,6 +222,7 @@ async def test_a_batch_failed_at_validation_says_why() -> None:
         status = await ended(r, batch_id)
         found = await r.api.results(batch_id, job, status)
     assert status.outcome == BatchOutcome.FAILED
+    assert r.states == ["validating", "failed"]
     assert "does not support batches" in status.error
     assert found == {}
 

@@ -96,3 +96,54 @@ async def test_a_replica_killed_while_creating_a_job_loses_nothing_and_pays_once
     assert in_batches == Counter({s.request_id: 1 for s in subs}), "each request in one batch"
     if hang == "/v1/batches":
         assert "found batch" in survivor.log(), "the lost batch was found, not made again"
+
+
+async def test_a_replica_killed_while_gathering_a_job_loses_nothing(
+    killable_redis: RedisProcess, tmp_path: Path
+) -> None:
+    """Killed with a job still gathering (its requests leased, nothing recorded): the leases
+    lapse, and the next replica gathers the requests into a job of its own."""
+    async with FakeOpenAIBatches(api_key=KEYS.values()) as fake:
+        slow = Replica(
+            "a",
+            redis_url=killable_redis.url,
+            provider=fake,  # type: ignore[arg-type]
+            log_dir=tmp_path,
+            env={**ENV, "LPS_BATCH_API_MAX_WAIT_MS": "600000"},
+            api_key=KEYS["a"],
+        )
+        survivor: Replica | None = None
+        try:
+            await slow.started()
+            subs = [marked(f"gather-{i}", i, result_channel="gather") for i in range(6)]
+            async with LpsClient(target=slow.target, timeout=10) as client:
+                for sub in subs:
+                    await client.submit(sub)
+                for _ in range(500):  # bounded: leased within milliseconds of the submission
+                    if (await client.queue_stats()).processing == len(subs):
+                        break
+                    await asyncio.sleep(0.01)
+                assert (await client.queue_stats()).processing == len(subs)
+            slow.kill()
+            survivor = Replica(
+                "b",
+                redis_url=killable_redis.url,
+                provider=fake,  # type: ignore[arg-type]
+                log_dir=tmp_path,
+                env=ENV,
+                api_key=KEYS["b"],
+            )
+            await survivor.started()
+            async with LpsClient(target=survivor.target, timeout=10) as client:
+                results = await asyncio.wait_for(results_on(client, "gather", len(subs)), WAIT_S)
+        finally:
+            slow.kill()
+            if survivor is not None:
+                survivor.kill()
+        assert fake.problems == []
+        assert len(fake.created) == 1
+        in_batches = batched_ids(fake)
+    assert Counter(r.request_id for r in results) == Counter({s.request_id: 1 for s in subs})
+    assert all(r.status == "completed" for r in results)
+    assert in_batches == Counter({s.request_id: 1 for s in subs})
+    assert "reclaimed" in survivor.log()

@@ -261,7 +261,7 @@ class LlmProviderServicer(svc_grpc.LlmProviderServiceServicer):
             if result.status == RequestStatus.PROCESSING:
                 # Waiting in a provider batch job? Then say where the job stands.
                 job = await self._queue.batch_jobs().of_request(request.request_id)
-                if job is not None:
+                if job is not None and job.is_open:  # not a job it was retried from
                     result = replace(result, batch_job=job.view())
             return svc.GetComparisonResponse(result=result_to_pb(result))
         raise AssertionError("unreachable")  # pragma: no cover

@@ -31,11 +31,11 @@ from lps_server.providers.batch_base import (
     expired_line,
 )
 from lps_server.providers.batch_http import HttpBatchApi, jsonl_objects
+from lps_server.providers.batch_http import text_of as _text
 
 BATCHES = "/v1/messages/batches"
 # How far around the attempt `find` looks, for clock skew between us and the provider.
 FIND_SKEW_S = 120.0
-LIST_PAGE = 100
 # How an `errored` line's error type maps to a failure: retried (overloaded, rate limited, API
 # errors) or not (the request itself was refused).
 _ERRORED = {
@@ -81,29 +81,17 @@ class AnthropicBatchApi(HttpBatchApi):
         """The one unclaimed batch of this job's size created in the attempt's window."""
         low, high = since - FIND_SKEW_S, since + self.call_timeout_s + FIND_SKEW_S
         candidates: list[tuple[float, str]] = []
-        after = ""
-        while True:
-            params: dict[str, Any] = {"limit": LIST_PAGE}
-            if after:
-                params["after_id"] = after
-            page = await self._http.json("GET", BATCHES, params=params)
-            batches = [b for b in page.get("data") or [] if isinstance(b, dict)]
-            for batch in batches:
-                created = _time(batch.get("created_at"))
-                counts = batch.get("request_counts")
-                size = (
-                    sum(v for v in counts.values() if isinstance(v, int))
-                    if isinstance(counts, dict)
-                    else -1
-                )
-                batch_id = _text(batch.get("id"))
-                if low <= created <= high and size == len(spec.lines) and batch_id:
-                    candidates.append((created, batch_id))
-            # Newest first: a page that reaches before the window ends the search.
-            oldest = min((_time(b.get("created_at")) for b in batches), default=0.0)
-            if not page.get("has_more") or not batches or oldest < low:
-                break
-            after = _text(page.get("last_id")) or _text(batches[-1].get("id"))
+        async for batch in self.listed(
+            BATCHES, cursor="after_id", since=low, created=lambda b: _time(b.get("created_at"))
+        ):
+            created = _time(batch.get("created_at"))
+            counts = batch.get("request_counts")
+            size = -1
+            if isinstance(counts, dict):
+                size = sum(v for v in counts.values() if isinstance(v, int))
+            batch_id = _text(batch.get("id"))
+            if low <= created <= high and size == len(spec.lines) and batch_id:
+                candidates.append((created, batch_id))
         for _, batch_id in sorted(candidates):
             if await claimed(batch_id) is None:
                 return batch_id
@@ -173,10 +161,6 @@ class AnthropicBatchApi(HttpBatchApi):
     async def cancel(self, batch_id: str) -> None:
         """Ask Anthropic to cancel the batch."""
         await self._http.call("POST", f"{BATCHES}/{batch_id}/cancel")
-
-
-def _text(value: object) -> str:
-    return value if isinstance(value, str) else ""
 
 
 def _time(value: object) -> float:

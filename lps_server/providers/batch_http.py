@@ -10,7 +10,7 @@ another attempt.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 import httpx
@@ -24,6 +24,8 @@ from lps_server.providers.http_provider import HttpProvider
 from lps_server.providers.http_settings import HttpProviderSettings
 from lps_server.providers.prompting import build_prompt
 
+# Batches listed per page when looking for one whose creation's answer was lost.
+LIST_PAGE = 100
 # Failures that prove a request never left this process.
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 
@@ -188,6 +190,30 @@ class HttpBatchApi:
         failure = error_for_status(self.name, response, secret=self._settings.api_key)
         return [failure.failure] * len(line.items)
 
+    async def listed(
+        self, path: str, *, cursor: str, since: float, created: Callable[[dict[str, Any]], float]
+    ) -> AsyncIterator[dict[str, Any]]:
+        """The provider's batches at `path`, newest first (a page at a time, `cursor` naming the
+        paging parameter), until a page reaches back before `since`."""
+        after = ""
+        while True:
+            params: dict[str, Any] = {"limit": LIST_PAGE}
+            if after:
+                params[cursor] = after
+            page = await self._http.json("GET", path, params=params)
+            batches = [b for b in page.get("data") or [] if isinstance(b, dict)]
+            for batch in batches:
+                yield batch
+            oldest = min((created(b) for b in batches), default=0.0)
+            if not page.get("has_more") or not batches or oldest < since:
+                return
+            after = text_of(page.get("last_id")) or text_of(batches[-1].get("id"))
+
     async def aclose(self) -> None:
         """Close the HTTP client."""
         await self._http.aclose()
+
+
+def text_of(value: object) -> str:
+    """A JSON value as text ("" when it is not a string)."""
+    return value if isinstance(value, str) else ""

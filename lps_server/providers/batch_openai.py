@@ -32,6 +32,7 @@ from lps_server.providers.batch_base import (
     expired_line,
 )
 from lps_server.providers.batch_http import HttpBatchApi, jsonl_objects
+from lps_server.providers.batch_http import text_of as _text
 from lps_server.providers.openai_compat import OpenAICompatibleProvider
 
 ENDPOINT = "/v1/chat/completions"
@@ -44,7 +45,6 @@ _ENDED = {
 }
 # `find` looks this far before the attempt (clock skew between us and the provider).
 FIND_SKEW_S = 300.0
-LIST_PAGE = 100
 
 
 class OpenAIBatchApi(HttpBatchApi):
@@ -106,22 +106,16 @@ class OpenAIBatchApi(HttpBatchApi):
 
     async def find(self, spec: BatchSpec, *, since: float, claimed: ClaimedBy) -> str | None:
         """The batch whose metadata names this job, among those created since `since`."""
-        after = ""
-        while True:
-            params: dict[str, Any] = {"limit": LIST_PAGE}
-            if after:
-                params["after"] = after
-            page = await self._http.json("GET", "/batches", params=params)
-            batches = [b for b in page.get("data") or [] if isinstance(b, dict)]
-            for batch in batches:
-                metadata = batch.get("metadata")
-                if isinstance(metadata, dict) and metadata.get(JOB_METADATA_KEY) == spec.job_id:
-                    return _text(batch.get("id")) or None
-            # Newest first: once past `since`, older pages cannot hold this job's batch.
-            oldest = min((_number(b.get("created_at")) for b in batches), default=0.0)
-            if not page.get("has_more") or not batches or oldest < since - FIND_SKEW_S:
-                return None
-            after = _text(batches[-1].get("id"))
+        async for batch in self.listed(
+            "/batches",
+            cursor="after",
+            since=since - FIND_SKEW_S,
+            created=lambda b: _number(b.get("created_at")),
+        ):
+            metadata = batch.get("metadata")
+            if isinstance(metadata, dict) and metadata.get(JOB_METADATA_KEY) == spec.job_id:
+                return _text(batch.get("id")) or None
+        return None
 
     async def status(self, batch_id: str) -> BatchStatus:
         """The batch's status, tallies and result files."""
@@ -193,10 +187,6 @@ class OpenAIBatchApi(HttpBatchApi):
     async def cancel(self, batch_id: str) -> None:
         """Ask OpenAI to cancel the batch."""
         await self._http.call("POST", f"/batches/{batch_id}/cancel")
-
-
-def _text(value: object) -> str:
-    return value if isinstance(value, str) else ""
 
 
 def _number(value: object) -> float:

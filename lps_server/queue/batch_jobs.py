@@ -135,6 +135,11 @@ class BatchJob:
         """Every request of the job, line by line."""
         return [rid for line in self.lines for rid in line.request_ids]
 
+    @property
+    def is_open(self) -> bool:
+        """True until the job has ended."""
+        return self.state != JobState.ENDED
+
     def view(self) -> BatchJobView:
         """What a status query shows of the job."""
         return BatchJobView(
