@@ -3,12 +3,7 @@
 See docs/library.md: `LpsClient` talks to LPS, `Assessment` runs a ranking through it.
 """
 
-from cj_client.assessment import (
-    Assessment,
-    AssessmentOptions,
-    AssessmentReport,
-    journaled_options,
-)
+from cj_client.assessment import Assessment
 from cj_client.batching import BatchConfig, CjSettings, LLMBatchingMode
 from cj_client.client import LpsClient
 from cj_client.collector import CollectorLimits
@@ -43,6 +38,7 @@ from cj_client.models import (
     QueueStatsView,
 )
 from cj_client.progress import RunProgress
+from cj_client.run_options import AssessmentOptions, AssessmentReport, journaled_options
 from cj_client.scoring import EssayScore, Scores
 
 __all__ = [

@@ -3,19 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import time
-import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from opentelemetry import trace
 from prometheus_client import CollectorRegistry
 
 from cj_client.batching import (
-    BatchConfig,
     BatchJobWatch,
     BatchTags,
     CjSettings,
@@ -32,81 +27,21 @@ from cj_client.models import ComparisonOutcome, ComparisonSubmission, EssayInput
 from cj_client.pairing import PairPlanner
 from cj_client.progress import ProgressSink, ProgressTracker
 from cj_client.request_ids import essays_digest
+from cj_client.run_options import (
+    AssessmentOptions,
+    AssessmentReport,
+    new_cj_batch_id,
+    options_record,
+)
 from cj_client.run_requests import RunRequests
-from cj_client.scoring import Outcome, Scores, fit_bradley_terry, max_score_change
+from cj_client.scoring import Outcome, ScaleFitter, max_score_change
 from cj_client.stopping import StoppingRule
 from cj_client.tally import RunTally, judgement
 
-DEFAULT_INSTRUCTIONS = (
-    "You are an experienced teacher. Judge which essay is the better piece of writing: "
-    "argument, evidence, organisation and language."
-)
 SCORE_FEEDBACK_AFTER_WAVES = 2
-
-
-def new_cj_batch_id() -> str:
-    """A fresh `cj_batch_id`, for runs that are not given one."""
-    return f"cj-{uuid.uuid4().hex[:12]}"
-
-
-@dataclass(frozen=True, slots=True)
-class AssessmentOptions:
-    """Options of one CJ run; `budget` defaults to five comparisons per essay (ten per essay
-    counting both sides). A run whose failed share of comparisons exceeds `max_failed_share`
-    ends with TooManyFailuresError; requests carry `request_ttl_s` as their TTL."""
-
-    budget: int | None = None
-    batch: BatchConfig = field(default_factory=BatchConfig)
-    provider: str = "mock"
-    model: str = ""
-    instructions: str = DEFAULT_INSTRUCTIONS
-    stability_threshold: float = 0.05
-    ssr_target: float | None = None
-    min_waves: int = 3
-    seed: int = 0
-    cj_batch_id: str = ""
-    bos_batch_id: str = ""
-    cj_source: str = "cj_assess"
-    max_failed_share: float = 0.05
-    request_ttl_s: float = 3600.0
-
-    def __post_init__(self) -> None:
-        if self.budget is not None and self.budget < 1:
-            raise ValueError(f"budget must be at least 1 comparison, got {self.budget}")
-        if not 0.0 <= self.max_failed_share <= 1.0:
-            raise ValueError(f"max_failed_share must be in [0, 1], got {self.max_failed_share}")
-        if self.request_ttl_s <= 0:
-            raise ValueError(f"request_ttl_s must be positive, got {self.request_ttl_s}")
-
-    def budget_for(self, essays: int) -> int:
-        """The comparison budget for a run over `essays` essays."""
-        return 5 * essays if self.budget is None else self.budget
-
-
-@dataclass(frozen=True, slots=True)
-class AssessmentReport:
-    """What a run produced: scores best first, and the run's accounting.
-
-    `failed` counts ended comparisons without a judgement; `unfinished` those sent but without a
-    result when the run stopped (only an interrupted or failed run has any).
-    """
-
-    scores: Scores
-    effective_mode: LLMBatchingMode
-    batching_mode_override: LLMBatchingMode | None
-    cj_batch_id: str
-    requested: int
-    completed: int
-    failed: int
-    provider_calls: int
-    tokens: int
-    cost_usd: float
-    elapsed_s: float
-    waves: int
-    stop_reason: str
-    outcomes: tuple[ComparisonOutcome, ...]
-    unfinished: int = 0
-    complete: bool = True
+# Up to this many essays the progress display shows SSR after every wave (the reported scale
+# costs O(n^3), about 0.05 s at 500 essays); beyond it only an SSR target computes it per wave.
+PROGRESS_SSR_MAX_ESSAYS = 500
 
 
 class Assessment:
@@ -190,6 +125,7 @@ class Assessment:
             provider=opts.provider,
             model=opts.model,
             ttl_s=ttl_s,
+            judges=opts.judges,
         )
         # A batch-API run says where its batch jobs stand (submitted, size, provider state).
         self.batch_jobs = (
@@ -207,7 +143,8 @@ class Assessment:
         self._tally = RunTally()
         # The wave being collected and its results so far (absorbed when it is complete).
         self._collecting: tuple[PlannedWave, dict[str, ComparisonOutcome]] | None = None
-        self._scores = fit_bradley_terry(list(self._essays), [])
+        self._fitter = ScaleFitter(list(self._essays), anchors=opts.anchors)
+        self._scores = self._fitter.current()
         self._waves = self._productive_waves = 0
         self._started = time.monotonic()
 
@@ -249,10 +186,11 @@ class Assessment:
         still being collected count too, and an incomplete run's scores include them."""
         wave, arrived = self._collecting or (PlannedWave(0, ()), {})
         results = [*self._tally.results, *arrived.values()]
-        scores = self._scores
         extra = [j for c in wave.comparisons if (j := judgement(c, arrived.get(c.request_id)))]
         if extra:
-            scores = self._fit([*self._tally.outcomes, *extra])
+            self._fit([*self._tally.outcomes, *extra])
+        scores = self._fitter.scores()
+        statistics = self._fitter.statistics(seed=self._options.seed)
         completed = [r for r in results if r.status == "completed"]
         bundles = {r.bundle_id for r in completed if r.bundle_id}
         unbundled = sum(1 for r in completed if not r.bundle_id)
@@ -273,6 +211,8 @@ class Assessment:
             outcomes=tuple(results),
             unfinished=self._tally.requested - len(results),
             complete=stop_reason in ("budget", "stable", "ssr_target"),
+            statistics=statistics,
+            scoring_seconds=self._fitter.seconds,
         )
 
     def _end(self, stop_reason: str) -> None:
@@ -291,7 +231,7 @@ class Assessment:
                 "essays_digest": self._essays_digest,
                 "essays": len(self._essays),
                 "source": self._source,
-                "options": _options_record(self._options),
+                "options": options_record(self._options),
             }
             self._journal = RunJournal.create(self._journal_dir, header)
             return
@@ -339,7 +279,7 @@ class Assessment:
         tally = self._tally
         ready = self._productive_waves >= SCORE_FEEDBACK_AFTER_WAVES
         pairs = self._planner.next_wave(
-            scores=self._scores.as_mapping() if ready else None,
+            scores=self._scores if ready else None,
             max_pairs=self.budget - tally.requested,
             retry=tally.retry,
         )
@@ -396,21 +336,25 @@ class Assessment:
             previous = self._scores
             self._scores = self._fit(self._tally.outcomes)
             if self._productive_waves > 1:
-                change = max_score_change(previous.as_mapping(), self._scores.as_mapping())
+                change = max_score_change(previous, self._scores)
         self._check_failed_share(final=False)
         if self._journal is not None:
             self._journal.sync()
-        self._progress.wave(wave.number, ssr=self._scores.ssr if self._productive_waves else None)
+        # SSR needs the reported scale (O(n^3)): for an SSR target, or cheaply for the display.
+        wanted = self._rule.ssr_target is not None or len(self._essays) <= PROGRESS_SSR_MAX_ESSAYS
+        ssr = self._fitter.ssr() if wanted and self._productive_waves else None
+        self._progress.wave(wave.number, ssr=ssr)
         return self._rule.should_stop(
             comparisons_done=self._tally.requested,
             waves_done=self._productive_waves,
             score_change=change,
-            ssr=self._scores.ssr,
+            ssr=ssr if self._rule.ssr_target is not None else None,
         )
 
-    def _fit(self, outcomes: list[Outcome]) -> Scores:
-        """The one place scores are fitted (after each wave with judgements)."""
-        return fit_bradley_terry(list(self._essays), outcomes)
+    def _fit(self, outcomes: list[Outcome]) -> dict[str, float]:
+        """The one place scores are fitted (after each wave with judgements): a warm-started
+        refit; the reported scale with its standard errors is computed only when asked for."""
+        return self._fitter.update(outcomes)
 
     def _check_failed_share(self, *, final: bool) -> None:
         limit = self._options.max_failed_share
@@ -424,28 +368,3 @@ class Assessment:
         if self._journal is not None:
             self._journal.result(outcome)
         self._progress.result(outcome)
-
-
-def journaled_options(contents: JournalContents) -> AssessmentOptions:
-    """The options a journaled run began with.
-
-    Raises:
-        JournalError: the header does not hold them.
-    """
-    try:
-        record = dict(contents.header["options"])
-        override = record.pop("batch", {}).get("llm_batching_mode_override")
-        batch = BatchConfig(LLMBatchingMode(override) if override else None)
-        names = {f.name for f in dataclasses.fields(AssessmentOptions)}
-        values = {k: v for k, v in record.items() if k in names}
-        values["cj_batch_id"] = contents.header["cj_batch_id"]  # the id the run was given
-        return AssessmentOptions(**values, batch=batch)
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise JournalError(f"the journal's run options are unreadable: {exc}") from None
-
-
-def _options_record(options: AssessmentOptions) -> dict[str, Any]:
-    record = dataclasses.asdict(options)
-    override = options.batch.llm_batching_mode_override
-    record["batch"] = {"llm_batching_mode_override": override.value if override else None}
-    return record

@@ -17,7 +17,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from cj_client.assessment import Assessment, AssessmentOptions
+from cj_client.assessment import Assessment
 from cj_client.backoff import Backoff, is_retryable
 from cj_client.batching import (
     BatchJobWatch,
@@ -31,6 +31,7 @@ from cj_client.errors import LpsClientError
 from cj_client.models import ComparisonOutcome, ComparisonSubmission, EssayInput, QueueStatsView
 from cj_client.pairing import Pair, PairPlanner
 from cj_client.request_ids import comparison_request_id
+from cj_client.run_options import AssessmentOptions
 
 BUNDLE_CALLS = "llm_provider_serial_bundle_calls_total"
 BUNDLE_ITEMS = "llm_provider_serial_bundle_items_per_call"

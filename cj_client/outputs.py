@@ -7,14 +7,16 @@ import json
 from pathlib import Path
 from typing import Any
 
-from cj_client.assessment import AssessmentReport
 from cj_client.essay_files import load_essays as load_essays  # where callers found it
+from cj_client.report_fields import essay_fit_fields, statistics_fields
+from cj_client.run_options import AssessmentReport
+from cj_client.scale_plot import plot_scale
 
-RANKING_FIELDS = ("id", "rank", "score", "se", "comparisons")
+RANKING_FIELDS = ("id", "rank", "score", "se", "comparisons", "infit", "outfit", "flags")
 
 
 def ranking_rows(report: AssessmentReport) -> list[dict[str, Any]]:
-    """One row per essay, best first."""
+    """One row per essay, best first; `flags` holds `misfit` and `anchor`, `;`-separated."""
     return [
         {
             "id": e.essay_id,
@@ -22,6 +24,7 @@ def ranking_rows(report: AssessmentReport) -> list[dict[str, Any]]:
             "score": round(e.score, 4),
             "se": round(e.se, 4),
             "comparisons": e.comparisons,
+            **essay_fit_fields(report.statistics, e.essay_id),
         }
         for rank, e in enumerate(report.scores.essays, start=1)
     ]
@@ -41,6 +44,8 @@ def summary(report: AssessmentReport) -> dict[str, Any]:
         "tokens": report.tokens,
         "cost_usd": round(report.cost_usd, 6),
         "ssr": round(report.scores.ssr, 4),
+        **statistics_fields(report.statistics),
+        "scoring_seconds": round(report.scoring_seconds, 3),
         "waves": report.waves,
         "stop_reason": report.stop_reason,
         "complete": report.complete,
@@ -61,29 +66,5 @@ def write_outputs(report: AssessmentReport, out: Path, *, plot: bool = False) ->
     (out / "summary.json").write_text(json.dumps(summary(report), indent=2) + "\n")
     written = [out / "ranking.csv", out / "ranking.json", out / "summary.json"]
     if plot:
-        written.append(_plot(rows, out / "scores.png"))
+        written.append(plot_scale(rows, out / "scores.png"))
     return written
-
-
-def _plot(rows: list[dict[str, Any]], path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display here: render straight to a file
-    import matplotlib.pyplot as plt
-
-    ordered = list(reversed(rows))
-    fig, ax = plt.subplots(figsize=(7, 0.35 * len(rows) + 1.2))
-    ax.errorbar(
-        [r["score"] for r in ordered],
-        range(len(ordered)),
-        xerr=[1.96 * r["se"] for r in ordered],
-        fmt="o",
-        capsize=3,
-    )
-    ax.set_yticks(range(len(ordered)), [r["id"] for r in ordered])
-    ax.set_xlabel("Bradley-Terry score (logits, 95% interval)")
-    ax.set_title("Comparative judgement ranking")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 import statistics
 from collections.abc import Mapping, Sequence
@@ -120,7 +121,16 @@ class PairPlanner:
         pairs: list[tuple[str, str]] = []
         while len(remaining) >= 2:
             first = remaining.pop(0)
-            best = min(range(len(remaining)), key=lambda k: cost(first, remaining[k]))
+            best, best_cost = 0, math.inf
+            for k, other in enumerate(remaining):
+                # Positions only grow along the order and every penalty is non-negative, so
+                # no partner further on can cost less than the distance alone: stop there.
+                # (Exactly the first cheapest partner, without scanning all n of them.)
+                if position[other] - position[first] >= best_cost:
+                    break
+                candidate = cost(first, other)
+                if candidate < best_cost:
+                    best, best_cost = k, candidate
             pairs.append((first, remaining.pop(best)))
         return pairs
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from cj_client.batching import BatchTags, request_metadata
 from cj_client.errors import JournalError
 from cj_client.journal import PlannedComparison, PlannedWave
+from cj_client.judges import Judge
 from cj_client.models import ComparisonSubmission, EssayInput
 from cj_client.pairing import Pair
 from cj_client.request_ids import comparison_request_id
@@ -24,6 +25,9 @@ class RunRequests:
     provider: str
     model: str
     ttl_s: float
+    # Several judges take the comparisons in turn, by comparison number (so a resumed run asks
+    # the same judge); empty: `provider` and `model` judge every comparison.
+    judges: tuple[Judge, ...] = ()
 
     def planned(self, pair: Pair, *, number: int, retry: bool) -> PlannedComparison:
         """Comparison `number` of the run, as the journal records it."""
@@ -57,13 +61,18 @@ class RunRequests:
                     f"the journal names essay {essay!r}, which the run does not have"
                 )
         batch_id = self.tags.cj_batch_id
+        judge = (
+            self.judges[number % len(self.judges)]
+            if self.judges
+            else Judge(self.provider, self.model)
+        )
         sub = ComparisonSubmission(
             essay_a=self.essays[pair.essay_a],
             essay_b=self.essays[pair.essay_b],
             correlation_id=f"{batch_id}:{pair.essay_a}:{pair.essay_b}",
             instructions=self.instructions,
-            provider=self.provider,
-            model=self.model,
+            provider=judge.provider,
+            model=judge.model,
             ttl_seconds=self.ttl_s,
             metadata=request_metadata(
                 self.tags,

@@ -38,15 +38,24 @@ class StoppingRule:
         comparisons_done: int,
         waves_done: int,
         score_change: float | None,
-        ssr: float,
+        ssr: float | None,
     ) -> StopReason | None:
-        """Reason to stop now, or None to carry on; ``score_change`` is None before two fits."""
+        """Reason to stop now, or None to carry on; ``score_change`` is None before two fits.
+
+        ``ssr`` costs a full computation of the standard errors, so a caller passes None when
+        there is no SSR target.
+
+        Raises:
+            ValueError: there is an SSR target but no SSR.
+        """
+        if self.ssr_target is not None and ssr is None:
+            raise ValueError("an SSR target needs the SSR")
         if comparisons_done >= self.max_comparisons:
             return "budget"
         if waves_done < self.min_waves:
             return None
         if score_change is not None and score_change <= self.stability_threshold:
             return "stable"
-        if self.ssr_target is not None and ssr >= self.ssr_target:
+        if self.ssr_target is not None and ssr is not None and ssr >= self.ssr_target:
             return "ssr_target"
         return None

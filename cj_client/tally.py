@@ -6,6 +6,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from cj_client.journal import PlannedComparison, PlannedWave
+from cj_client.judges import judge_label
 from cj_client.models import ComparisonOutcome
 from cj_client.pairing import Pair, PairPlanner
 from cj_client.scoring import Outcome
@@ -73,4 +74,8 @@ def judgement(planned: PlannedComparison, outcome: ComparisonOutcome | None) -> 
     if outcome is None or outcome.status != "completed" or not outcome.winner:
         return None
     a, b = planned.essay_a, planned.essay_b
-    return Outcome(a, b) if outcome.winner == "essay_a" else Outcome(b, a)
+    a_won = outcome.winner == "essay_a"
+    winner, loser = (a, b) if a_won else (b, a)
+    # Which side won and who judged feed the position-bias and per-judge statistics.
+    judge = judge_label(outcome.provider, outcome.model)
+    return Outcome(winner, loser, winner_was_a=a_won, judge=judge)

@@ -29,6 +29,8 @@ FIGURES = (
     "rss_mb_100k",
     "streams_per_replica",
     "streams_rss_mb",
+    "cj_2000_seconds",
+    "cj_2000_scoring_share",
 )
 
 

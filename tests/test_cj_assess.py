@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry
 from scipy.stats import spearmanr
 
 from cj_client import LpsClient
-from cj_client.assessment import Assessment, AssessmentOptions
+from cj_client.assessment import Assessment
 from cj_client.batching import (
     BatchConfig,
     BatchTags,
@@ -23,6 +23,7 @@ from cj_client.batching import (
 )
 from cj_client.cli import main as cj_main
 from cj_client.outputs import load_essays
+from cj_client.run_options import AssessmentOptions
 from lps_server.app import LpsApp
 from lps_server.core.domain import ProcessingMode
 from lps_server.providers.mock import quality
@@ -168,11 +169,15 @@ async def test_cj_assess_cli_writes_outputs(lps: LpsApp, tmp_path: Path) -> None
     assert code == 0
     ranking = json.loads((out / "ranking.json").read_text())
     assert [r["rank"] for r in ranking] == list(range(1, 17))
-    assert set(ranking[0]) == {"id", "rank", "score", "se", "comparisons"}
+    fields = ["id", "rank", "score", "se", "comparisons", "infit", "outfit", "flags"]
+    assert list(ranking[0]) == fields
     csv_header = (out / "ranking.csv").read_text().splitlines()[0]
-    assert csv_header == "id,rank,score,se,comparisons"
+    assert csv_header == ",".join(fields)
+    assert all(r["se"] > 0 and r["infit"] > 0 for r in ranking)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["comparisons_requested"] == 48
+    assert 0.0 <= summary["split_half_reliability"] <= 1.0
+    assert summary["position_bias_se"] > 0
     assert summary["effective_batching_mode"] == "per_request"
     assert (out / "scores.png").read_bytes()[:4] == b"\x89PNG"
 

@@ -10,9 +10,10 @@ import pytest
 from opentelemetry import trace
 
 from cj_client import LpsClient, NotFoundError, UnavailableError
-from cj_client.assessment import Assessment, AssessmentOptions
+from cj_client.assessment import Assessment
 from cj_client.cli import main as cj_main
 from cj_client.outputs import load_essays
+from cj_client.run_options import AssessmentOptions
 from lps_server.observability.spans import (
     RpcConventions,
     rpc_end_attributes,

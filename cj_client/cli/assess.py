@@ -17,13 +17,8 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from cj_client.assessment import (
-    Assessment,
-    AssessmentOptions,
-    AssessmentReport,
-    journaled_options,
-    new_cj_batch_id,
-)
+from cj_client.anchors import AnchorFileError, check_anchors, load_anchors
+from cj_client.assessment import Assessment
 from cj_client.batching import (
     BatchConfig,
     CjSettings,
@@ -49,12 +44,19 @@ from cj_client.cli.tracing import TracingConfigError, tracing_from_env
 from cj_client.collector import CollectorLimits
 from cj_client.errors import AssessmentError, InputError, JournalError
 from cj_client.journal import JournalContents, journal_path, read_journal
+from cj_client.judges import Judge
 from cj_client.metrics import CjMetrics
 from cj_client.models import PROVIDER_NAMES
 from cj_client.outputs import load_essays, ranking_rows, summary, write_outputs
+from cj_client.run_options import (
+    AssessmentOptions,
+    AssessmentReport,
+    journaled_options,
+    new_cj_batch_id,
+)
 
 # Flags that define a run: a resumed run keeps the ones it began with.
-RUN_FLAGS = ("mode", "budget", "provider", "model", "seed", "batch_id")
+RUN_FLAGS = ("mode", "budget", "provider", "model", "seed", "batch_id", "judge", "anchors")
 DEFAULT_MAX_FAILED_SHARE = AssessmentOptions().max_failed_share
 
 
@@ -124,6 +126,17 @@ def register(commands: Any) -> Handler:
         help="look up (and resend lost) comparisons after this long without a result (default 20)",
     )
     parser.add_argument("--plot", action="store_true", help="also write scores.png")
+    # Statistics: several judges, anchors (docs/cj.md).
+    parser.add_argument(
+        "--judge",
+        action="append",
+        type=_judge,
+        metavar="PROVIDER[:MODEL]",
+        help="a judge; repeat for several, who take the comparisons in turn (default: --provider)",
+    )
+    parser.add_argument(
+        "--anchors", type=Path, metavar="FILE", help="CSV id,score: essays whose scores are fixed"
+    )
     add_metrics_flags(parser)
     parser.add_argument("--quiet", action="store_true", help="no progress display")
     parser.add_argument(
@@ -154,8 +167,10 @@ def _plan(args: argparse.Namespace) -> tuple[Path, AssessmentOptions, JournalCon
                 seed=args.seed or 0,
                 cj_batch_id=args.batch_id or "",
                 max_failed_share=_given(args.max_failed_share, DEFAULT_MAX_FAILED_SHARE),
+                judges=tuple(args.judge or ()),
+                anchors=load_anchors(args.anchors) if args.anchors else {},
             )
-        except ValueError as exc:
+        except ValueError as exc:  # AnchorFileError included: one line naming the file
             raise InputError(str(exc)) from None
         return args.path, options, None
     given = [f"--{name.replace('_', '-')}" for name in RUN_FLAGS if getattr(args, name) is not None]
@@ -197,6 +212,11 @@ async def _assess(args: argparse.Namespace) -> int:
         raise InputError(str(exc)) from None
     path, options, resume = _plan(args)
     essays = load_essays(path)
+    if args.anchors:
+        try:
+            check_anchors(options.anchors, {e.id for e in essays}, args.anchors)
+        except AnchorFileError as exc:
+            raise InputError(str(exc)) from None
     if not options.cj_batch_id:
         # Known before the run starts: the Pushgateway groups the run's metrics by it.
         options = dataclasses.replace(options, cj_batch_id=new_cj_batch_id())
@@ -329,10 +349,19 @@ def _print_report(report: AssessmentReport, args: argparse.Namespace, *, essays:
         "provider_calls",
         "tokens",
         "ssr",
+        "split_half_reliability",
+        "position_bias_logit",
         "stop_reason",
         "elapsed_seconds",
     ):
-        print(f"  {key:<24} {facts[key]}")
+        print(f"  {key:<24} {facts.get(key)}")
+    print(f"  {'misfit_essays':<24} {len(facts.get('misfit_essays', []))} (flags in ranking.csv)")
+    if len(facts.get("judges", [])) > 1:
+        for judge in facts["judges"]:
+            print(
+                f"  judge {judge['judge']:<18} infit {judge['infit']}  agreement "
+                f"{judge['agreement_with_consensus']}  position bias {judge['position_bias_logit']}"
+            )
     for path in [*written, journal_path(args.out)]:
         print(f"wrote {path}")
     sys.stdout.flush()  # before any line on stderr, so that the cause of a failure comes last
@@ -389,3 +418,10 @@ def _show_embedded_warnings() -> None:
     logger.handlers = [handler]
     logger.setLevel(logging.WARNING)
     logger.propagate = False
+
+
+def _judge(spec: str) -> Judge:
+    try:
+        return Judge.parse(spec)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None

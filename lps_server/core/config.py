@@ -107,6 +107,9 @@ class Settings:
     mock_latency_jitter: float = field(default=0.1, metadata=between(0, 1))
     mock_error_rate: float = field(default=0.0, metadata=between(0, 1))
     mock_judge_temperature: float = field(default=0.1, metadata=above(0, 1000))
+    # A real judge's flaws (docs/cj.md): a logit for essay A; logit noise per place in a bundle.
+    mock_position_bias: float = field(default=0.0, metadata=between(-20, 20))
+    mock_bundle_position_noise: float = field(default=0.0, metadata=between(0, 20))
     mock_seed: int = 0
     mock_batch_latency_ms: float = field(default=3000.0, metadata=between(0, DAY_S * 1000))
     # Provider batch APIs (docs/batching.md, "Provider batch APIs").

@@ -53,6 +53,8 @@ class ProviderRegistry:
             jitter=settings.mock_latency_jitter,
             error_rate=settings.mock_error_rate,
             temperature=settings.mock_judge_temperature,
+            position_bias=settings.mock_position_bias,
+            bundle_position_noise=settings.mock_bundle_position_noise,
             rng=random.Random(settings.mock_seed),
         )
         providers: list[Provider] = [mock]

@@ -19,6 +19,7 @@ FIGURES = {
     "dispatch": ("dispatch_p50_ms", "dispatch_p99_ms", "dispatch_beside_slow_p99_ms"),
     "rss": ("rss_mb_100k",),
     "streams": ("streams_per_replica", "streams_rss_mb"),
+    "cj": ("cj_2000_seconds", "cj_2000_scoring_share"),
 }  # fmt: skip
 TARGETS = {
     "ceiling_ratio": (">=", 0.5),
@@ -30,6 +31,8 @@ TARGETS = {
     "dispatch_beside_slow_p99_ms": ("<=", 5.0),
     "rss_mb_100k": ("<=", 150.0),
     "streams_per_replica": (">=", 1000.0),
+    "cj_2000_seconds": ("<=", 120.0),
+    "cj_2000_scoring_share": ("<=", 0.2),
 }
 BUNDLE_MAX = 16
 BUNDLED = {
@@ -65,10 +68,12 @@ class Sizes:
     dispatch_low_n: int = 250
     rss_n: int = 100_000
     streams_n: int = 2_000
+    cj_essays: int = 2_000
 
 
 QUICK = Sizes(ceiling_n=200, ceiling_rounds=1, warmup_n=32, bundling_n=32, dispatch_n=100,
-              dispatch_low_n=25, rss_n=1_000, streams_n=500)  # fmt: skip
+              dispatch_low_n=25, rss_n=1_000, streams_n=500,
+              cj_essays=100)  # fmt: skip
 
 
 class BenchError(RuntimeError):
