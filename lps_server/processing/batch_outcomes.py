@@ -38,6 +38,9 @@ from lps_server.queue.unreadable import UnreadableRequest
 
 log = logging.getLogger(__name__)
 MODE = ProcessingMode.BATCH_API
+# A job's results are stored this many at a time: one script call each, none of them long enough
+# to hold Redis up for other replicas.
+STORE_CHUNK = 500
 
 
 def missing_line(job: BatchJob) -> ItemFailure:
@@ -147,7 +150,9 @@ class JobResults:
     ) -> Counter[str]:
         if not done:
             return Counter()
-        firsts = await self._queue.complete(done, token=job.token)
+        firsts: list[bool] = []
+        for start in range(0, len(done), STORE_CHUNK):
+            firsts += await self._queue.complete(done[start : start + STORE_CHUNK], token=job.token)
         ended = [pair for pair, first in zip(done, firsts, strict=True) if first]
         labels = {
             "provider": job.provider.value,
@@ -188,9 +193,11 @@ class JobResults:
             hint_cap_s=self._settings.retry_after_max_seconds,
             rng=self._rng,
         )
-        await self._queue.release(
-            [q.request_id for q, _ in retry], token=job.token, retry_at=now + delay
-        )
+        ids = [q.request_id for q, _ in retry]
+        for start in range(0, len(ids), STORE_CHUNK):
+            await self._queue.release(
+                ids[start : start + STORE_CHUNK], token=job.token, retry_at=now + delay
+            )
         codes = Counter(f.code.value for _, f in retry)
         model = self._providers.model_label(retry[0][0].route)
         for code, count in codes.items():
