@@ -26,7 +26,7 @@ KEY = "sk-batch-key"
 #: Batch settings that make a test take milliseconds, not minutes.
 QUICK: dict[str, Any] = {
     "batch_api_poll_seconds": 0.02,
-    "batch_api_max_wait_ms": 50,
+    "batch_api_max_wait_ms": 200,
     "mock_batch_latency_ms": 60.0,
     "retry_backoff_ms": 1,
     "serial_bundle_max_requests_per_call": 4,
