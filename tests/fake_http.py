@@ -91,6 +91,7 @@ class FakeHttpServer:
         self._writers: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
         self._changed = asyncio.Event()
         self._hang: list[tuple[str, re.Pattern[str]]] = []
+        self._delay: list[tuple[str, re.Pattern[str], float]] = []
         self._routes: list[tuple[str, re.Pattern[str], Handler]] = []
         for method, pattern, handler in self.routes():
             self._routes.append((method, re.compile(pattern + r"$"), handler))
@@ -111,6 +112,10 @@ class FakeHttpServer:
             writer.transport.close()
         await asyncio.gather(*self._writers, return_exceptions=True)
         await self._server.wait_closed()
+
+    def delay_next(self, method: str, pattern: str, seconds: float) -> None:
+        """Handle the next `method` request whose path matches, but answer it `seconds` later."""
+        self._delay.append((method, re.compile(pattern + r"$"), seconds))
 
     def hang_next(self, method: str, pattern: str) -> None:
         """Handle the next `method` request whose path matches, but never answer it."""
@@ -174,6 +179,13 @@ class FakeHttpServer:
                 self.changed()
                 await reader.read()  # returns at EOF: the client gave up (or was killed)
                 return False
+        for delay in self._delay:
+            if delay[0] == method and delay[1].match(split.path):
+                self._delay.remove(delay)
+                self.hanging.append(request)
+                self.changed()
+                await asyncio.sleep(delay[2])  # a provider slow to answer, by the script
+                break
         payload, kind = response.encoded()
         head = [
             f"HTTP/1.1 {response.status} {_REASONS.get(response.status, 'Status')}",

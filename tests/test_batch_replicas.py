@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from contextlib import aclosing
 from pathlib import Path
 
 import pytest
 
-from cj_client import LpsClient
+from cj_client import Ack, ComparisonSubmission, LpsClient
 from tests.fake_batch_servers import FakeOpenAIBatches, expected_winner
 from tests.fault_rig import Replica, marked
 from tests.helpers import results_on
@@ -31,6 +32,18 @@ ENV = {
     "LPS_RETRY_BACKOFF_MS": "1",
 }
 WAIT_S = 40.0
+
+
+async def queue_at_once(client: LpsClient, subs: list[ComparisonSubmission]) -> None:
+    """Queue `subs` in one stream message (one submission), reading only their acks."""
+    acks = 0
+    async with aclosing(client.submit_many(subs)) as events:
+        async for event in events:
+            assert isinstance(event, Ack), event
+            assert event.accepted, event
+            acks += 1
+            if acks == len(subs):
+                return
 
 
 def batched_ids(fake: FakeOpenAIBatches) -> Counter[str]:
@@ -147,3 +160,55 @@ async def test_a_replica_killed_while_gathering_a_job_loses_nothing(
     assert all(r.status == "completed" for r in results)
     assert in_batches == Counter({s.request_id: 1 for s in subs})
     assert "reclaimed" in survivor.log()
+
+
+async def test_a_replica_frozen_while_creating_leaves_the_batch_to_the_one_that_took_over(
+    killable_redis: RedisProcess, tmp_path: Path
+) -> None:
+    """The creator freezes (SIGSTOP) after the provider made the batch, longer than its claim;
+    the other replica takes the job over and finds the batch; the creator, thawed, gets the
+    provider's answer late and must neither record it nor cancel the batch now in use."""
+    async with FakeOpenAIBatches(api_key=KEYS.values()) as fake:
+        fake.delay_next("POST", "/v1/batches", 1.5)
+        replicas = {
+            name: Replica(
+                name,
+                redis_url=killable_redis.url,
+                provider=fake,  # type: ignore[arg-type]
+                log_dir=tmp_path,
+                # Six comparisons a line, leased at once: one job, on one replica.
+                env={
+                    **ENV,
+                    "LPS_OPENAI_TIMEOUT_SECONDS": "30",
+                    "LPS_SERIAL_BUNDLE_MAX_REQUESTS_PER_CALL": "6",
+                },
+                api_key=key,
+            )
+            for name, key in KEYS.items()
+        }
+        try:
+            await asyncio.gather(*(r.started() for r in replicas.values()))
+            subs = [marked(f"frozen-{i}", i, result_channel="frozen") for i in range(6)]
+            async with LpsClient(target=replicas["a"].target, timeout=10) as client:
+                await queue_at_once(client, subs)
+            await fake.wait_until(lambda: bool(fake.hanging), timeout=WAIT_S, what="a create")
+            key = fake.hanging[0].headers["authorization"].removeprefix("Bearer ")
+            creator = replicas[next(name for name, k in KEYS.items() if k == key)]
+            survivor = replicas["b" if creator.name == "a" else "a"]
+            creator.freeze()
+            # Thawed once the other replica has found the batch (it polls it then).
+            await fake.wait_until(
+                lambda: fake.polls[fake.created[0]] > 0, timeout=WAIT_S, what="the takeover"
+            )
+            creator.thaw()
+            async with LpsClient(target=survivor.target, timeout=10) as client:
+                results = await asyncio.wait_for(results_on(client, "frozen", len(subs)), WAIT_S)
+        finally:
+            for replica in replicas.values():
+                replica.kill()
+        assert fake.problems == []
+        assert len(fake.created) == 1
+        batch = fake.batches[fake.created[0]]
+        assert batch.cancel_asked is None, "the batch in use was not cancelled"
+    assert Counter(r.request_id for r in results) == Counter({s.request_id: 1 for s in subs})
+    assert all(r.status == "completed" for r in results), [r.error_message for r in results]

@@ -142,8 +142,12 @@ class JobCreator:
             ),
         )
         if not recorded:
-            # Another replica took the job over meanwhile and makes its own batch: this one is a
-            # duplicate. Cancelling it keeps the cost to what it ran so far.
+            # Another replica took the job over meanwhile. Unless it found this batch and uses
+            # it, it makes its own: this one is a duplicate, and cancelling it keeps the cost to
+            # what it ran so far (`find` passes over cancelled batches).
+            now_recorded = await claim.jobs.get(job.job_id)
+            if now_recorded is not None and now_recorded.provider_batch_id == batch_id:
+                return
             log.error(
                 "created batch %s for job %s after losing the job to another replica; "
                 "cancelling it",

@@ -6,9 +6,10 @@ params}]` (each `params` a synchronous Messages request body), `GET {base}/v1/me
 
 Message Batches carry no metadata, so `find` recognises a batch by what it can see: created within
 the window of the attempt whose answer was lost, holding as many requests as the job has lines,
-and not the batch of another job. Two jobs of the same size whose creations were both lost within
-the same minute cannot be told apart this way; the results then carry custom ids of the other job,
-which are not this job's, so its requests are retried rather than given another job's answers.
+not the batch of another job, and not cancelled. Two jobs of the same size whose creations were
+both lost within the same minute cannot be told apart this way; the results then carry custom ids
+of the other job, which are not this job's, so its requests are retried rather than given another
+job's answers.
 """
 
 from __future__ import annotations
@@ -90,6 +91,8 @@ class AnthropicBatchApi(HttpBatchApi):
             if isinstance(counts, dict):
                 size = sum(v for v in counts.values() if isinstance(v, int))
             batch_id = _text(batch.get("id"))
+            if batch.get("cancel_initiated_at"):
+                continue  # cancelled as a duplicate by the attempt that made it
             if low <= created <= high and size == len(spec.lines) and batch_id:
                 candidates.append((created, batch_id))
         for _, batch_id in sorted(candidates):

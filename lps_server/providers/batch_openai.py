@@ -43,6 +43,7 @@ _ENDED = {
     "expired": BatchOutcome.EXPIRED,
     "cancelled": BatchOutcome.CANCELLED,
 }
+_CANCELLED = ("cancelling", "cancelled")
 # `find` looks this far before the attempt (clock skew between us and the provider).
 FIND_SKEW_S = 300.0
 
@@ -113,6 +114,8 @@ class OpenAIBatchApi(HttpBatchApi):
             created=lambda b: _number(b.get("created_at")),
         ):
             metadata = batch.get("metadata")
+            if _text(batch.get("status")) in _CANCELLED:
+                continue  # cancelled as a duplicate by the attempt that made it
             if isinstance(metadata, dict) and metadata.get(JOB_METADATA_KEY) == spec.job_id:
                 return _text(batch.get("id")) or None
         return None
