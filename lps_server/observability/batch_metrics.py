@@ -68,6 +68,7 @@ class BatchMetrics:
             ["provider"],
             registry=registry,
         )
+        self._providers: list[str] = []
 
     def initialise(
         self, providers: Iterable[ProviderName], *, lps: LpsMetrics, also_per_request: bool
@@ -77,6 +78,7 @@ class BatchMetrics:
         own mode did not create; with `also_per_request` (a `batch_api` replica, which serves
         requests that cannot wait for a batch one per call) the `per_request` ones too."""
         mode = ProcessingMode.BATCH_API.value
+        self._providers = [p.value for p in providers]
         for provider in providers:
             name = provider.value
             for state in JOB_STATES:
@@ -97,14 +99,14 @@ class BatchMetrics:
             for label in modes:
                 lps.queue_wait.labels(queue_processing_mode=label, result=status)
 
-    def set_jobs(
-        self, providers: Iterable[ProviderName], counts: Mapping[tuple[str, str], int]
-    ) -> None:
-        """Publish the open jobs by state (from `BatchJobStore.counts`)."""
-        for provider in providers:
+    def set_jobs(self, counts: Mapping[tuple[str, str], int]) -> None:
+        """Publish the open jobs by state (from `BatchJobStore.counts`), of the providers this
+        replica uses and of any other a job in the store names."""
+        names = dict.fromkeys([*self._providers, *(p for p, _ in counts)])
+        for name in names:
             for state in JOB_STATES:
-                value = counts.get((provider.value, state), 0)
-                self.jobs.labels(provider=provider.value, state=state).set(max(0, value))
+                value = counts.get((name, state), 0)
+                self.jobs.labels(provider=name, state=state).set(max(0, value))
 
     def submitted(self, provider: ProviderName, *, lines: int, items: int) -> None:
         """Count one job the provider accepted."""

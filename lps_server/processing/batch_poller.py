@@ -104,7 +104,7 @@ class BatchPoller:
                 until=until,
             )
             self._working[job_id] = asyncio.create_task(self._work(job, claim))
-        self._metrics.set_jobs(self._apis.names(), await self._jobs.counts())
+        self._metrics.set_jobs(await self._jobs.counts())
 
     async def stop(self) -> None:
         """Stop the work under way; its claims lapse and other replicas go on."""
