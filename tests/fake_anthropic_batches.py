@@ -110,6 +110,10 @@ class FakeAnthropicBatches(FakeBatches):
         cancelled = batch.cancel_asked is not None or batch.script.outcome == "cancelled"
         return "canceled" if cancelled else "expired"
 
+    def _prompt(self, line: dict[str, Any]) -> str:
+        messages = line["params"]["messages"]
+        return "\n".join(m["content"] for m in messages if isinstance(m["content"], str))
+
     def _object(self, batch: Batch) -> dict[str, Any]:
         ended = self._ended(batch)
         counts = {

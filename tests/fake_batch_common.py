@@ -22,6 +22,11 @@ _ITEM = re.compile(r"\[item:([A-Za-z0-9_.:-]+)\]")
 USAGE = (900, 120)
 
 
+def marked_ids(prompt: str) -> list[str]:
+    """The request ids marked in a prompt's essays, in order (one a comparison)."""
+    return _ITEM.findall(prompt)
+
+
 def expected_winner(request_id: str) -> str:
     """The fake judge's verdict for a marked request: "A" or "B" by a hash of its id."""
     return "A" if hashlib.sha256(request_id.encode()).digest()[0] % 2 == 0 else "B"
@@ -163,6 +168,13 @@ class FakeBatches(FakeHttpServer):
 
     def _object(self, batch: Batch) -> dict[str, Any]:
         raise NotImplementedError
+
+    def _prompt(self, line: dict[str, Any]) -> str:
+        raise NotImplementedError
+
+    def line_requests(self, batch_id: str) -> list[list[str]]:
+        """The marked request ids of each line of a batch, lines in the order sent."""
+        return [marked_ids(self._prompt(line)) for line in self.batches[batch_id].lines]
 
     def _check_key(self, presented: str | None) -> Response | None:
         if presented not in self.api_keys:

@@ -140,6 +140,9 @@ class FakeOpenAIBatches(FakeBatches):
             n = 1 if time.monotonic() - batch.cancel_asked >= step else 0
         return advance(path, batch.last, n)
 
+    def _prompt(self, line: dict[str, Any]) -> str:
+        return "\n".join(m["content"] for m in line["body"]["messages"] if m["role"] == "user")
+
     def _object(self, batch: Batch) -> dict[str, Any]:
         status, _ = self._status(batch)
         total = len(batch.lines)

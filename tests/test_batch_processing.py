@@ -158,27 +158,26 @@ async def test_partial_failures_are_retried_in_a_later_batch_then_fail_with_the_
             counts, results = await results_of(client, subs, timeout=WAIT_S)
         assert fake.problems == []
         assert len(fake.created) == 2, "the retried line went into a second batch"
-        second = fake.batches[fake.created[1]].lines
-        assert [
-            len(line["body"]["messages"][1]["content"].split("Comparison ")) - 1 for line in second
-        ] == [2]
+        first, second = (fake.line_requests(b) for b in fake.created)
+    assert sorted(len(line) for line in first) == [2, 2, 2]
+    assert second == [first[1]]
     assert set(counts.values()) == {1}
-    refused = [results["pf-0"], results["pf-1"]]
+    refused = [results[rid] for rid in first[0]]
     assert all(r.status == "failed" and r.error_code == "provider_error" for r in refused)
     assert all("this model cannot judge" in r.error_message for r in refused)
     assert all("(after 1 attempt)" in r.error_message for r in refused)
-    retried = [results["pf-2"], results["pf-3"]]
+    retried = [results[rid] for rid in first[1]]
     assert all(r.status == "failed" and r.error_code == "provider_unavailable" for r in retried)
     assert all("server hiccup again" in r.error_message for r in retried)
     assert all("(after 2 attempts)" in r.error_message for r in retried)
-    for rid in ("pf-4", "pf-5"):
+    for rid in first[2]:
         result = results[rid]
         assert result.status == "completed"
         assert result.winner == ("essay_a" if expected_winner(rid) == "A" else "essay_b")
         # 450 prompt and 60 completion tokens each; gpt-4o-mini at 0.15 / 0.60 per Mtok, halved.
         assert result.cost_usd == pytest.approx(0.5 * (450 * 0.15 + 60 * 0.60) / 1e6)
     cost = metric(registry, "llm_provider_cost_dollars_total", provider="openai")
-    assert cost == pytest.approx(results["pf-4"].cost_usd + results["pf-5"].cost_usd)
+    assert cost == pytest.approx(sum(results[rid].cost_usd for rid in first[2]))
     assert metric(registry, "llm_provider_retries_total", provider="openai") == 2
 
 
@@ -229,7 +228,9 @@ async def test_a_cancelled_batch_keeps_its_finished_lines(flavour: str) -> None:
             fake.cancel(fake.created[0])  # an operator cancels it in the provider's console
             _, results = await collecting
         assert len(fake.created) == 1
-    finished, cancelled = [results["cx-0"], results["cx-1"]], [results["cx-2"], results["cx-3"]]
+        ran, cancelled_line = fake.line_requests(fake.created[0])
+    finished = [results[rid] for rid in ran]
+    cancelled = [results[rid] for rid in cancelled_line]
     assert all(r.status == "completed" for r in finished)
     assert all(r.status == "failed" and "cancelled" in r.error_message for r in cancelled)
 

@@ -49,10 +49,8 @@ async def queue_at_once(client: LpsClient, subs: list[ComparisonSubmission]) -> 
 def batched_ids(fake: FakeOpenAIBatches) -> Counter[str]:
     """How many created batches hold each request (by the marker in its line's prompt)."""
     found: Counter[str] = Counter()
-    for batch in fake.batches.values():
-        for line in batch.lines:
-            prompt = line["body"]["messages"][1]["content"]
-            found.update(set(part.split("]")[0] for part in prompt.split("[item:")[1:]))
+    for batch_id in fake.created:
+        found.update({rid for line in fake.line_requests(batch_id) for rid in line})
     return found
 
 
