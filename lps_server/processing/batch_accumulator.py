@@ -71,7 +71,6 @@ class _Gathering:
     size: int = 0
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     flush_now: bool = False
-    submitting: bool = False
 
     def add(
         self, items: Sequence[QueuedRequest], attempts: Mapping[str, int], keeper: LeaseKeeper
@@ -203,7 +202,6 @@ class BatchAccumulator:
             # Requests of the group leased from now on start the next gathering.
             if self._gatherings.get(gathering.group) is gathering:
                 del self._gatherings[gathering.group]
-        gathering.submitting = True
         try:
             await self._submit(gathering, api)
         except asyncio.CancelledError:
