@@ -30,6 +30,7 @@ from cj_client.essay_files import load_essays
 from cj_client.journal import JournalContents, read_journal
 from cj_client.models import (
     Ack,
+    BatchJobView,
     ComparisonOutcome,
     ComparisonSubmission,
     EssayInput,
@@ -48,6 +49,7 @@ __all__ = [
     "AssessmentOptions",
     "AssessmentReport",
     "BatchConfig",
+    "BatchJobView",
     "CjSettings",
     "CollectorLimits",
     "ComparisonOutcome",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -10,8 +11,11 @@ from opentelemetry import trace
 from prometheus_client import CollectorRegistry
 
 from cj_client.batching import (
+    BatchJobWatch,
     BatchTags,
     CjSettings,
+    LLMBatchingMode,
+    request_ttl_for,
     resolve_batching_mode,
 )
 from cj_client.client import LpsClient
@@ -104,7 +108,8 @@ class Assessment:
         self._progress = ProgressTracker(self.budget, progress or (lambda snapshot: None))
         # LPS ends every request by its TTL: results it still holds after that (and a margin)
         # are not coming.
-        limits = limits or CollectorLimits(result_deadline_s=opts.request_ttl_s + 120.0)
+        ttl_s = request_ttl_for(self.mode, opts.request_ttl_s)
+        limits = limits or CollectorLimits(result_deadline_s=ttl_s + 120.0)
         self._collector = WaveCollector(
             client,
             limits=limits,
@@ -119,8 +124,14 @@ class Assessment:
             instructions=opts.instructions,
             provider=opts.provider,
             model=opts.model,
-            ttl_s=opts.request_ttl_s,
+            ttl_s=ttl_s,
             judges=opts.judges,
+        )
+        # A batch-API run says where its batch jobs stand (submitted, size, provider state).
+        self.batch_jobs = (
+            BatchJobWatch(client.get, self._progress.notice)
+            if self.mode == LLMBatchingMode.PROVIDER_BATCH_API
+            else None
         )
         self._planner = PairPlanner(list(self._essays), seed=opts.seed)
         self._rule = StoppingRule(
@@ -302,7 +313,15 @@ class Assessment:
         """Send one wave's submissions and collect their results, in a `cj.wave` span."""
         attributes = {"cj.wave": number, "cj.wave.size": len(subs)}
         with self._tracer.start_as_current_span("cj.wave", attributes=attributes) as span:
-            done = await self._collector.collect(subs)
+            watch = None
+            if self.batch_jobs is not None and self._collecting is not None:
+                ids = [s.request_id for s in subs]
+                watch = asyncio.create_task(self.batch_jobs.follow(ids, self._collecting[1]))
+            try:
+                done = await self._collector.collect(subs)
+            finally:
+                if watch is not None:
+                    watch.cancel()
             span.set_attribute("cj.wave.results", len(done))
         return done
 

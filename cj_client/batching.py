@@ -1,11 +1,17 @@
-"""Batching modes: which mode a CJ batch runs in, and the metadata every request carries."""
+"""Batching modes: which mode a CJ batch runs in, the metadata every request carries, and, for
+provider batch APIs, the requests' TTL and where their batch jobs stand."""
 
 from __future__ import annotations
 
+import asyncio
 import os
-from collections.abc import Mapping
+import time
+from collections.abc import Awaitable, Callable, Container, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+
+from cj_client.errors import LpsClientError
+from cj_client.models import BatchJobView, ComparisonOutcome
 
 MAX_BUNDLE_HINT = 64
 
@@ -104,3 +110,94 @@ def request_metadata(
         "cj_llm_batching_mode": tags.mode.value,
         "preferred_bundle_size": str(max(1, min(MAX_BUNDLE_HINT, wave_size))),
     }
+
+
+#: How long a provider batch may take (both providers' window), and the margin added to it.
+BATCH_WINDOW_S = 86_400.0
+BATCH_TTL_MARGIN_S = 3600.0
+#: How often a batch-API run asks LPS where its batch job stands (first soon after a wave is
+#: sent, once LPS has had a moment to gather it into a job).
+BATCH_STATUS_INTERVAL_S = 2.0
+BATCH_STATUS_FIRST_S = 0.5
+
+
+def request_ttl_for(mode: LLMBatchingMode, ttl_s: float) -> float:
+    """The TTL a run's requests carry. `provider_batch_api` requests may wait a whole batch
+    window (LPS serves a request whose TTL is shorter than the window one per call instead), so
+    they get at least the window and a margin."""
+    if mode == LLMBatchingMode.PROVIDER_BATCH_API:
+        return max(ttl_s, BATCH_WINDOW_S + BATCH_TTL_MARGIN_S)
+    return ttl_s
+
+
+def describe_job(job: BatchJobView, *, now: float) -> str:
+    """One line about a batch job: its state, size and the provider's state."""
+    provider = f"provider batch {job.provider_batch_id}" if job.provider_batch_id else ""
+    if job.provider_state:
+        provider += f" {job.provider_state}"
+    counts = ", ".join(f"{v} {k}" for k, v in sorted(job.provider_counts.items()) if v)
+    parts = [
+        f"batch job {job.job_id}: {job.state}",
+        f"{_count(job.requests, 'request')} in {_count(job.lines, 'line')}",
+        provider + (f" ({counts})" if counts else ""),
+        f"submitted {now - job.submitted_at:.0f}s ago" if job.submitted_at else "",
+    ]
+    return ", ".join(p for p in parts if p)
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+class BatchJobWatch:
+    """Follows the provider batch jobs a wave's requests wait in: asks LPS about the first
+    request of the wave without a result (BATCH_STATUS_FIRST_S after the wave is sent, then
+    every BATCH_STATUS_INTERVAL_S) and reports each job when its state, provider state or
+    tallies change.
+
+    Args:
+        get: the status query (`LpsClient.get`).
+        report: told one line per change.
+        clock: Unix time source.
+    """
+
+    def __init__(
+        self,
+        get: Callable[[str], Awaitable[ComparisonOutcome]],
+        report: Callable[[str], None],
+        *,
+        clock: Callable[[], float] = time.time,
+        interval_s: float = BATCH_STATUS_INTERVAL_S,
+        first_s: float = BATCH_STATUS_FIRST_S,
+    ) -> None:
+        self._get = get
+        self._report = report
+        self._clock = clock
+        self._interval_s = interval_s
+        self._first_s = first_s
+        self.jobs: dict[str, BatchJobView] = {}
+
+    async def follow(self, request_ids: Sequence[str], done: Container[str]) -> None:
+        """Report the jobs of `request_ids` until cancelled (`done`: those with a result)."""
+        await asyncio.sleep(self._first_s)
+        while True:
+            waiting = next((rid for rid in request_ids if rid not in done), None)
+            if waiting is not None:
+                try:
+                    outcome = await self._get(waiting)
+                except LpsClientError:
+                    outcome = None  # progress only: the run's own calls report failures
+                if outcome is not None and outcome.batch_job is not None:
+                    self._seen(outcome.batch_job)
+            await asyncio.sleep(self._interval_s)  # a status query per interval, by design
+
+    def _seen(self, job: BatchJobView) -> None:
+        before = self.jobs.get(job.job_id)
+        self.jobs[job.job_id] = job
+        key = (job.state, job.provider_state, dict(job.provider_counts))
+        if before is None or key != (
+            before.state,
+            before.provider_state,
+            dict(before.provider_counts),
+        ):
+            self._report(describe_job(job, now=self._clock()))

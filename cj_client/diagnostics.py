@@ -19,16 +19,24 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from cj_client.assessment import Assessment
 from cj_client.backoff import Backoff, is_retryable
-from cj_client.batching import BatchTags, CjSettings, request_metadata, resolve_batching_mode
+from cj_client.batching import (
+    BatchJobWatch,
+    BatchTags,
+    CjSettings,
+    request_metadata,
+    resolve_batching_mode,
+)
 from cj_client.client import LpsClient
 from cj_client.errors import LpsClientError
-from cj_client.models import ComparisonSubmission, EssayInput, QueueStatsView
+from cj_client.models import ComparisonOutcome, ComparisonSubmission, EssayInput, QueueStatsView
 from cj_client.pairing import Pair, PairPlanner
 from cj_client.request_ids import comparison_request_id
 from cj_client.run_options import AssessmentOptions
 
 BUNDLE_CALLS = "llm_provider_serial_bundle_calls_total"
 BUNDLE_ITEMS = "llm_provider_serial_bundle_items_per_call"
+BATCH_JOBS_ENDED = "llm_provider_batch_jobs_ended_total"
+BATCH_RESULT = "llm_provider_batch_result_seconds"
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
@@ -233,6 +241,8 @@ async def execute(
         "failed": sum(o.status == "failed" for o in outcomes),
         "expired": sum(o.status == "expired" for o in outcomes),
         **bundle_figures(before, after),
+        "batch_jobs": batch_jobs(outcomes, assessment.batch_jobs),
+        **batch_job_figures(before, after),
         "cj_counters": cj_counters,
         "tokens": report.tokens,
         "cost_usd": round(report.cost_usd, 6),
@@ -240,6 +250,45 @@ async def execute(
         "correlation_ids_matched": all(o.correlation_id in sent for o in outcomes),
         "trace_ids_present": bool(outcomes) and all(o.trace_id for o in outcomes),
         "elapsed_seconds": round(report.elapsed_s, 3),
+    }
+
+
+def batch_jobs(
+    outcomes: Sequence[ComparisonOutcome], watch: BatchJobWatch | None
+) -> list[dict[str, Any]]:
+    """The run's provider batch jobs: from its results (a batch result's bundle id is
+    `<job id>-<line>`) and what the run saw of each while it waited."""
+    jobs: dict[str, dict[str, Any]] = {}
+    for outcome in outcomes:
+        if outcome.processing_mode != "batch_api" or "-" not in outcome.bundle_id:
+            continue
+        job_id = outcome.bundle_id.rpartition("-")[0]
+        job = jobs.setdefault(job_id, {"job_id": job_id, "requests": 0, "lines": set()})
+        job["requests"] += 1
+        job["lines"].add(outcome.bundle_id)
+        job[outcome.status] = job.get(outcome.status, 0) + 1
+    seen = watch.jobs if watch is not None else {}
+    for job_id, job in jobs.items():
+        job["lines"] = len(job["lines"])
+        if (view := seen.get(job_id)) is not None:
+            job["provider_batch_id"] = view.provider_batch_id
+            job["last_seen_state"] = view.state
+            job["last_seen_provider_state"] = view.provider_state
+    return list(jobs.values())
+
+
+def batch_job_figures(before: Samples, after: Samples) -> dict[str, Any]:
+    """The server's batch-job figures recorded between the scrapes: jobs ended by outcome, and
+    the mean time from submission to results."""
+    ended: dict[str, float] = {}
+    for (_, labels), value in _delta(before, after, BATCH_JOBS_ENDED).items():
+        outcome = dict(labels)["outcome"]
+        ended[outcome] = ended.get(outcome, 0.0) + value
+    total = sum(_delta(before, after, f"{BATCH_RESULT}_sum").values())
+    count = sum(_delta(before, after, f"{BATCH_RESULT}_count").values())
+    return {
+        "batch_jobs_ended": {k: int(v) for k, v in sorted(ended.items())},
+        "batch_result_seconds_mean": round(total / count, 3) if count else None,
     }
 
 

@@ -59,6 +59,22 @@ class Ack:
 
 
 @dataclass(frozen=True, slots=True)
+class BatchJobView:
+    """The provider batch job a request waits in, as LPS reports it: LPS's `state` (`recorded`,
+    `creating`, `submitted`, `collecting`), the provider's own state and tallies."""
+
+    job_id: str
+    state: str
+    provider_batch_id: str = ""
+    provider_state: str = ""
+    requests: int = 0
+    lines: int = 0
+    recorded_at: float = 0.0
+    submitted_at: float = 0.0
+    provider_counts: Mapping[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
 class ComparisonOutcome:
     """A result: `status` is queued, processing, completed, failed or expired."""
 
@@ -82,6 +98,8 @@ class ComparisonOutcome:
     bundle_index: int = 0
     bundle_size: int = 0
     processing_mode: str = ""
+    # Only while the request waits in a provider batch job (a status query's answer).
+    batch_job: BatchJobView | None = None
 
     @property
     def is_final(self) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 from collections.abc import Callable
 from wsgiref.simple_server import WSGIServer
@@ -12,14 +13,19 @@ from opentelemetry import trace
 from prometheus_client import CollectorRegistry
 
 from lps_server.core.config import Settings
+from lps_server.core.domain import ProcessingMode
 from lps_server.edge.grpc_edge import GrpcEdge
+from lps_server.observability.batch_metrics import BatchMetrics
 from lps_server.observability.metrics import LabelSpace, LpsMetrics
 from lps_server.observability.metrics_http import start_metrics_endpoint
 from lps_server.observability.queue_gauges import QueueGauges, QueueReading
+from lps_server.processing.batch_accumulator import Endings
+from lps_server.processing.batch_processing import BatchProcessing
 from lps_server.processing.intake import Intake
 from lps_server.processing.processor import Processor
 from lps_server.providers import ProviderRegistry
 from lps_server.providers.base import RETRYABLE_CODES
+from lps_server.providers.batch_registry import BatchApis
 from lps_server.queue import LocalQueue, QueueBackend, make_queue
 
 log = logging.getLogger(__name__)
@@ -51,6 +57,7 @@ class LpsApp:
         self.settings = settings
         self.registry = registry or CollectorRegistry()
         self.metrics = LpsMetrics(self.registry)
+        self.batch_metrics: BatchMetrics | None = None
         self.queue = queue or make_queue(settings)
         self.providers = providers or ProviderRegistry.from_settings(
             settings, on_circuit_state=self.metrics.set_circuit_state
@@ -66,6 +73,7 @@ class LpsApp:
         self.queue_gauges = QueueGauges(self._read_queue)
         self.queue_gauges.register(self.registry)
         self._clock = clock
+        self.batch_apis = self._batch_apis()
         self.intake = Intake(
             queue=self.queue, providers=self.providers, settings=settings, clock=clock
         )
@@ -79,6 +87,7 @@ class LpsApp:
             # Health follows processing: NOT_SERVING while it cannot run or reach the queue. A
             # draining edge ignores it (NOT_SERVING for good).
             on_serving=self._set_serving,
+            batches=self._batch_path(),
         )
         self.edge = GrpcEdge(
             settings=settings,
@@ -93,6 +102,34 @@ class LpsApp:
         self.metrics_port: int | None = None
         self._metrics_http: WSGIServer | None = None
         self._processor_task: asyncio.Task[None] | None = None
+
+    def _batch_apis(self) -> BatchApis | None:
+        """The batch APIs, when some requests can take the batch path; their series at 0."""
+        settings = self.settings
+        batch_mode = settings.queue_processing_mode == ProcessingMode.BATCH_API
+        if not (batch_mode or settings.batch_api_providers):
+            return None
+        apis = BatchApis.from_registry(self.providers, settings, clock=self._clock)
+        used = [p for p in apis.names() if batch_mode or p.value in settings.batch_api_providers]
+        self.batch_metrics = BatchMetrics(self.registry)
+        self.batch_metrics.initialise(used, lps=self.metrics, also_per_request=batch_mode)
+        return apis
+
+    def _batch_path(self) -> Callable[[Endings], BatchProcessing] | None:
+        apis, metrics = self.batch_apis, self.batch_metrics
+        if apis is None or metrics is None:
+            return None
+        return lambda endings: BatchProcessing(
+            queue=self.queue,
+            providers=self.providers,
+            apis=apis,
+            settings=self.settings,
+            metrics=self.metrics,
+            batch_metrics=metrics,
+            endings=endings,
+            clock=self._clock,
+            rng=random.Random(),
+        )
 
     async def _read_queue(self) -> QueueReading:
         stats = await self.queue.stats(now=self._clock())
@@ -111,6 +148,8 @@ class LpsApp:
         # SERVING first: from then on the processor reports every change.
         await self.edge.set_serving(True)
         self._processor_task = asyncio.create_task(self.processor.run())
+        if self.processor.batches is not None:
+            self.processor.batches.start()
         log.info(
             "lps listening grpc=%s:%d metrics=%s backend=%s mode=%s",
             self.settings.grpc_host,
@@ -132,6 +171,7 @@ class LpsApp:
         queued work stays in Redis for other replicas and only the bundles in flight are finished.
         """
         grace = self.settings.shutdown_grace_seconds if grace is None else grace
+        stop_by = time.monotonic() + grace
         await self.edge.begin_drain()
         self.intake.close()
         if self._processor_task is not None:
@@ -142,6 +182,11 @@ class LpsApp:
                 self.processor.stop()
                 self.processor.cancel_in_flight()
                 await asyncio.wait({self._processor_task}, timeout=STREAM_FLUSH_GRACE_S)
+        if self.processor.batches is not None:
+            # In-process jobs are finished (or cancelled) now; shared ones are left to others.
+            await self.processor.batches.stop(
+                drain=isinstance(self.queue, LocalQueue), grace=stop_by - time.monotonic()
+            )
         if isinstance(self.queue, LocalQueue) and (leftover := self.queue.pending()):
             await self.processor.abandon(
                 leftover, "server shut down before this request was processed; submit it again"
@@ -151,6 +196,8 @@ class LpsApp:
         self.queue_gauges.detach()
         await self.queue.close()
         await self.providers.aclose()
+        if self.batch_apis is not None:
+            await self.batch_apis.aclose()
         if self._metrics_http is not None:
             self._metrics_http.shutdown()
             self._metrics_http.server_close()

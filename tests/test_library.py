@@ -20,6 +20,7 @@ PUBLIC = [
     "AssessmentOptions",
     "AssessmentReport",
     "BatchConfig",
+    "BatchJobView",
     "CjSettings",
     "CollectorLimits",
     "ComparisonOutcome",

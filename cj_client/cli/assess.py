@@ -19,7 +19,13 @@ from prometheus_client import CollectorRegistry
 
 from cj_client.anchors import AnchorFileError, check_anchors, load_anchors
 from cj_client.assessment import Assessment
-from cj_client.batching import BatchConfig, CjSettings, LLMBatchingMode
+from cj_client.batching import (
+    BatchConfig,
+    CjSettings,
+    LLMBatchingMode,
+    request_ttl_for,
+    resolve_batching_mode,
+)
 from cj_client.cli import exit_codes
 from cj_client.cli.common import (
     Handler,
@@ -226,17 +232,27 @@ async def _assess(args: argparse.Namespace) -> int:
     limits = CollectorLimits(
         server_timeout_s=args.server_timeout,
         stall_s=args.stall_timeout,
-        result_deadline_s=options.request_ttl_s + 120.0,
+        result_deadline_s=request_ttl_for(
+            resolve_batching_mode(settings, options.batch, provider=options.provider),
+            options.request_ttl_s,
+        )
+        + 120.0,  # LPS ends a request by its TTL
     )
     async with AsyncExitStack() as stack:
         stack.push_async_callback(export.close)
         if tracing is not None:
             stack.push_async_callback(asyncio.to_thread, tracing.shutdown)
-        override = options.batch.llm_batching_mode_override
+        effective = resolve_batching_mode(settings, options.batch, provider=options.provider)
+        wanted = options.batch.llm_batching_mode_override or settings.llm_batching_mode
+        if wanted != effective:
+            say(
+                f"cj assess: {wanted.value} is not allowed for provider {options.provider} "
+                f"(CJ_LLM_BATCH_API_ALLOWED_PROVIDERS); using {effective.value}"
+            )
         outcome: list[AssessmentReport] = []
         target = args.target or await _embedded_lps(
             stack,
-            override or settings.llm_batching_mode,
+            effective,
             finished=lambda: bool(outcome) and outcome[0].complete,
             traced=tracing is not None,
         )
@@ -358,19 +374,24 @@ def _given(value: float | None, default: float) -> float:
 async def _embedded_lps(
     stack: AsyncExitStack, mode: LLMBatchingMode, *, finished: Callable[[], bool], traced: bool
 ) -> str:
-    """Start an in-process LPS for this run; serial_bundle runs get a bundling server. It stops
+    """Start an in-process LPS for this run; serial_bundle runs get a bundling server and
+    provider_batch_api runs a batch_api server (gathering 200 ms, polling every second unless
+    LPS_BATCH_API_* say otherwise). It stops
     with the run; unless the run `finished`, whatever it still holds never reaches a provider.
     A traced run's LPS exports its spans as service `lps`, joining the run's trace."""
     from lps_server.app import LpsApp
     from lps_server.core.config import Settings
     from lps_server.core.domain import ProcessingMode
 
-    processing = (
-        ProcessingMode.SERIAL_BUNDLE
-        if mode == LLMBatchingMode.SERIAL_BUNDLE
-        else ProcessingMode.PER_REQUEST
-    )
+    processing = {
+        LLMBatchingMode.SERIAL_BUNDLE: ProcessingMode.SERIAL_BUNDLE,
+        LLMBatchingMode.PROVIDER_BATCH_API: ProcessingMode.BATCH_API,
+    }.get(mode, ProcessingMode.PER_REQUEST)
     env = {k: v for k, v in os.environ.items() if k.startswith("LPS_")}
+    if processing == ProcessingMode.BATCH_API:
+        # A server of one run: its waves need no long gathering, and are worth a quick look.
+        env.setdefault("LPS_BATCH_API_MAX_WAIT_MS", "200")
+        env.setdefault("LPS_BATCH_API_POLL_SECONDS", "1")
     settings = Settings.from_env(
         env, grpc_host="127.0.0.1", grpc_port=0, queue_processing_mode=processing
     )

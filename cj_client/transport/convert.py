@@ -5,6 +5,7 @@ from __future__ import annotations
 from cj_client.models import (
     PROVIDER_NAMES,
     Ack,
+    BatchJobView,
     ComparisonOutcome,
     ComparisonSubmission,
     FieldViolation,
@@ -84,6 +85,21 @@ def outcome_from_pb(msg: pb.ComparisonResult) -> ComparisonOutcome:
         processing_mode=_enum_name(
             pb.QueueProcessingMode, msg.queue_processing_mode, "QUEUE_PROCESSING_MODE_"
         ),
+        batch_job=_batch_job(msg.batch_job) if msg.HasField("batch_job") else None,
+    )
+
+
+def _batch_job(msg: pb.BatchJobStatus) -> BatchJobView:
+    return BatchJobView(
+        job_id=msg.job_id,
+        state=msg.state,
+        provider_batch_id=msg.provider_batch_id,
+        provider_state=msg.provider_state,
+        requests=msg.requests,
+        lines=msg.lines,
+        recorded_at=msg.recorded_at.ToNanoseconds() / 1e9,
+        submitted_at=msg.submitted_at.ToNanoseconds() / 1e9,
+        provider_counts=dict(msg.provider_counts),
     )
 
 

@@ -14,13 +14,46 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 
-from lps_server.core.domain import Overrides, ProcessingMode, Route
+from lps_server.core.domain import Overrides, ProcessingMode, ProviderName, Route
 
 BATCHING_MODE_KEY = "cj_llm_batching_mode"
 PREFERRED_BUNDLE_SIZE_KEY = "preferred_bundle_size"
 MAX_BUNDLE_SIZE = 64
+#: The CJ hint that asks for a provider batch API (honoured for LPS_BATCH_API_PROVIDERS).
+BATCH_API_HINT = "provider_batch_api"
+#: The providers' batch completion window (OpenAI's `24h`; Anthropic ends a batch after 24 h).
+BATCH_COMPLETION_WINDOW_S = 86_400.0
+# What marks a batch group's key, after the limit: not a hex digit, so no plain key has it.
+_BATCH_MARK = "batch-"
+
+
+def takes_batch_path(
+    metadata: Mapping[str, str],
+    provider: ProviderName,
+    *,
+    mode: ProcessingMode,
+    batch_providers: Collection[str],
+    ttl_s: float | None,
+) -> bool:
+    """Whether a request goes through its provider's batch API rather than a synchronous call.
+
+    Every request does in `batch_api` mode; in the other modes a request whose
+    `cj_llm_batching_mode` is `provider_batch_api` does when LPS_BATCH_API_PROVIDERS lists its
+    provider. A request whose own TTL is shorter than the batch completion window cannot be
+    promised a batch result in time, so it is served per request instead.
+    """
+    if ttl_s is not None and ttl_s < BATCH_COMPLETION_WINDOW_S:
+        return False
+    if mode == ProcessingMode.BATCH_API:
+        return True
+    return metadata.get(BATCHING_MODE_KEY) == BATCH_API_HINT and provider.value in batch_providers
+
+
+def is_batch_group(key: str) -> bool:
+    """True for the compatibility key of requests that take the batch path."""
+    return key.split(":", 1)[-1].startswith(_BATCH_MARK)
 
 
 def bundle_limit(metadata: Mapping[str, str], *, mode: ProcessingMode, max_per_call: int) -> int:
@@ -39,14 +72,20 @@ def bundle_limit(metadata: Mapping[str, str], *, mode: ProcessingMode, max_per_c
 
 
 def compatibility_key(
-    route: Route, overrides: Overrides, metadata: Mapping[str, str], *, limit: int
+    route: Route,
+    overrides: Overrides,
+    metadata: Mapping[str, str],
+    *,
+    limit: int,
+    batch: bool = False,
 ) -> str:
     """A stable key, equal for exactly the requests that may share a bundle.
 
     The key starts with the bundle limit (`"8:..."`) so a queue backend can read it without the
-    request body.
+    request body; requests that take the batch path have keys of their own (`"8:batch-..."`),
+    and the limit is then the number of comparisons per batch line.
     """
-    return _key(
+    key = _key(
         route.provider.value,
         route.model,
         overrides.temperature,
@@ -55,6 +94,10 @@ def compatibility_key(
         metadata.get(BATCHING_MODE_KEY, ""),
         limit,
     )
+    if not batch:
+        return key
+    limit_part, digest = key.split(":", 1)
+    return f"{limit_part}:{_BATCH_MARK}{digest}"
 
 
 @functools.lru_cache(maxsize=1024)

@@ -14,11 +14,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, TypeVar
 
-from lps_server.core.domain import ProcessingMode
+from lps_server.core.domain import ProcessingMode, ProviderName
 from lps_server.core.errors import ConfigurationError
 
 T = TypeVar("T")
 MAX_BUNDLE_SIZE = 64
+# OpenAI's limit of requests per batch, the lower of the two providers' (Anthropic: 100,000).
+MAX_BATCH_REQUESTS = 50_000
 # Below 64 KiB ordinary requests stop fitting in a message; gRPC cannot go past 2 GiB.
 MESSAGE_BYTES_RANGE = (64 * 1024, 1024 * 1024 * 1024)
 HOUR_S = 3600.0
@@ -109,6 +111,14 @@ class Settings:
     mock_position_bias: float = field(default=0.0, metadata=between(-20, 20))
     mock_bundle_position_noise: float = field(default=0.0, metadata=between(0, 20))
     mock_seed: int = 0
+    mock_batch_latency_ms: float = field(default=3000.0, metadata=between(0, DAY_S * 1000))
+    # Provider batch APIs (docs/batching.md, "Provider batch APIs").
+    batch_api_providers: tuple[str, ...] = ()
+    batch_api_max_requests_per_batch: int = field(
+        default=10_000, metadata=between(1, MAX_BATCH_REQUESTS)
+    )
+    batch_api_max_wait_ms: int = field(default=5000, metadata=between(0, DAY_S * 1000))
+    batch_api_poll_seconds: float = field(default=30.0, metadata=above(0, DAY_S))
     auth_tokens: tuple[str, ...] = field(default=(), repr=False)
     tls_cert: str = ""
     tls_key: str = ""
@@ -149,9 +159,9 @@ class Settings:
         checks = [
             (self.queue_backend in ("local", "redis"), "LPS_QUEUE_BACKEND must be local or redis"),
             (
-                self.queue_processing_mode != ProcessingMode.BATCH_API,
-                "LPS_QUEUE_PROCESSING_MODE batch_api is not available yet; "
-                "use per_request or serial_bundle",
+                set(self.batch_api_providers) <= {p.value for p in ProviderName},
+                "LPS_BATCH_API_PROVIDERS must list providers among "
+                + ", ".join(p.value for p in ProviderName),
             ),
             (bool(self.tls_cert) == bool(self.tls_key), "LPS_TLS_CERT and LPS_TLS_KEY go together"),
             (
@@ -166,8 +176,8 @@ class Settings:
 
     @property
     def bundle_size(self) -> int:
-        """The most requests one provider call may carry in the configured mode."""
-        if self.queue_processing_mode == ProcessingMode.SERIAL_BUNDLE:
+        """The most requests one provider call (or batch line) may carry in the configured mode."""
+        if self.queue_processing_mode in (ProcessingMode.SERIAL_BUNDLE, ProcessingMode.BATCH_API):
             return self.serial_bundle_max_requests_per_call
         return 1
 
@@ -203,4 +213,7 @@ _TYPE_PARSERS: dict[Any, Callable[[str], Any]] = {
     "float": float,
     "ProcessingMode": ProcessingMode,
 }
-_PARSERS: dict[str, Callable[[str], Any]] = {"auth_tokens": _tokens}
+_PARSERS: dict[str, Callable[[str], Any]] = {
+    "auth_tokens": _tokens,
+    "batch_api_providers": _tokens,
+}

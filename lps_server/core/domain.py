@@ -199,6 +199,25 @@ class BundleFacts:
 
 
 @dataclass(frozen=True, slots=True)
+class BatchJobView:
+    """Where the provider batch job a request waits in stands, as a status query shows it.
+
+    `state` is LPS's (`recorded`, `creating`, `submitted`, `collecting`, `ended`), while
+    `provider_state` and `provider_counts` are the provider's own words and tallies.
+    """
+
+    job_id: str
+    state: str
+    provider_batch_id: str = ""
+    provider_state: str = ""
+    requests: int = 0
+    lines: int = 0
+    recorded_at: float = 0.0
+    submitted_at: float = 0.0
+    provider_counts: Mapping[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
 class ComparisonResult:
     """What the server knows about a request: its status and, once ended, its outcome."""
 
@@ -217,3 +236,5 @@ class ComparisonResult:
     trace_id: str = ""
     metadata: Mapping[str, str] = field(default_factory=dict)
     bundle: BundleFacts | None = None
+    # Only on a status query while the request waits in a provider batch job; never stored.
+    batch_job: BatchJobView | None = None

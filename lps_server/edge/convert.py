@@ -127,6 +127,23 @@ def result_to_pb(result: ComparisonResult) -> pb.ComparisonResult:
         msg.bundle_index = result.bundle.index
         msg.bundle_size = result.bundle.size
         msg.queue_processing_mode = MODE_TO_PB[result.bundle.mode]
+    if result.batch_job is not None:
+        job = result.batch_job
+        msg.batch_job.CopyFrom(
+            pb.BatchJobStatus(
+                job_id=job.job_id,
+                state=job.state,
+                provider_batch_id=job.provider_batch_id,
+                provider_state=job.provider_state,
+                requests=job.requests,
+                lines=job.lines,
+                provider_counts=dict(job.provider_counts),
+            )
+        )
+        if job.recorded_at:
+            msg.batch_job.recorded_at.CopyFrom(timestamp_pb(job.recorded_at))
+        if job.submitted_at:
+            msg.batch_job.submitted_at.CopyFrom(timestamp_pb(job.submitted_at))
     return msg
 
 

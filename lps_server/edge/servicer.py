@@ -8,6 +8,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractContextManager, aclosing, asynccontextmanager, nullcontext
+from dataclasses import replace
 from typing import Any
 
 import grpc
@@ -19,7 +20,7 @@ from generated.lps.v1 import comparison_pb2 as pb
 from generated.lps.v1 import llm_provider_service_pb2 as svc
 from generated.lps.v1 import llm_provider_service_pb2_grpc as svc_grpc
 from lps_server.core.config import Settings
-from lps_server.core.domain import QueuedRequest
+from lps_server.core.domain import QueuedRequest, RequestStatus
 from lps_server.core.errors import (
     FieldViolation,
     InvalidRequestError,
@@ -257,6 +258,11 @@ class LlmProviderServicer(svc_grpc.LlmProviderServiceServicer):
             result = await self._queue.get(request.request_id)
             if result is None:
                 raise UnknownRequestError(f"no request with id {request.request_id!r} is known")
+            if result.status == RequestStatus.PROCESSING:
+                # Waiting in a provider batch job? Then say where the job stands.
+                job = await self._queue.batch_jobs().of_request(request.request_id)
+                if job is not None and job.is_open:  # not a job it was retried from
+                    result = replace(result, batch_job=job.view())
             return svc.GetComparisonResponse(result=result_to_pb(result))
         raise AssertionError("unreachable")  # pragma: no cover
 

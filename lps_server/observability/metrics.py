@@ -18,7 +18,7 @@ LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 1
 #: provider's answer was dropped).
 LEASE_LOST_STAGES = ("before_call", "after_call")
 UNREADABLE_REASONS = ("undecodable", "unroutable")
-PROCESSOR_LOOPS = ("dispatch", "sweep")
+PROCESSOR_LOOPS = ("dispatch", "sweep", "batch")
 # Queued work can wait as long as its TTL (an hour by default), far past any call's latency.
 QUEUE_WAIT_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 

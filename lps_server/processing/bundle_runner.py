@@ -83,6 +83,9 @@ class BundleRunner:
         self._clock = clock
         self._rng = rng
         self._mode = settings.queue_processing_mode
+        if self._mode == ProcessingMode.BATCH_API:
+            # In batch_api mode only requests that cannot wait for a batch come here, one a call.
+            self._mode = ProcessingMode.PER_REQUEST
 
     async def run(
         self, items: list[QueuedRequest], *, keeper: LeaseKeeper, attempts: Mapping[str, int]

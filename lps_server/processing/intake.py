@@ -6,9 +6,14 @@ import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 
-from lps_server.core.bundling import bundle_limit, compatibility_key
+from lps_server.core.bundling import (
+    BATCH_COMPLETION_WINDOW_S,
+    bundle_limit,
+    compatibility_key,
+    takes_batch_path,
+)
 from lps_server.core.config import Settings
-from lps_server.core.domain import ComparisonRequest, QueuedRequest
+from lps_server.core.domain import ComparisonRequest, ProcessingMode, QueuedRequest
 from lps_server.core.errors import ShuttingDownError
 from lps_server.providers import ProviderRegistry
 from lps_server.queue.base import QueueBackend, SubmitOutcome
@@ -49,19 +54,33 @@ class Intake:
     ) -> QueuedRequest:
         """The queued form of a request: its route, compatibility key, bundle limit and deadline."""
         now = self._clock()
+        settings = self._settings
         route = self._providers.resolve(request.overrides)
+        batch = takes_batch_path(
+            request.metadata,
+            route.provider,
+            mode=settings.queue_processing_mode,
+            batch_providers=settings.batch_api_providers,
+            ttl_s=request.ttl_seconds,
+        )
+        # A batch line carries a bundle as in serial mode; a request that cannot wait for a batch
+        # in batch_api mode is served one per call.
         limit = bundle_limit(
             request.metadata,
-            mode=self._settings.queue_processing_mode,
-            max_per_call=self._settings.serial_bundle_max_requests_per_call,
+            mode=ProcessingMode.SERIAL_BUNDLE if batch else settings.queue_processing_mode,
+            max_per_call=settings.serial_bundle_max_requests_per_call,
         )
         ttl = request.ttl_seconds
         if ttl is None:
-            ttl = self._settings.queue_default_ttl_seconds
+            ttl = settings.queue_default_ttl_seconds
+            if batch:  # a batch may take its whole window: the default must not cut it short
+                ttl = max(ttl, BATCH_COMPLETION_WINDOW_S + settings.batch_api_max_wait_ms / 1000)
         return QueuedRequest(
             request=request,
             route=route,
-            group=compatibility_key(route, request.overrides, request.metadata, limit=limit),
+            group=compatibility_key(
+                route, request.overrides, request.metadata, limit=limit, batch=batch
+            ),
             bundle_limit=limit,
             enqueued_at=now,
             deadline=now + ttl,

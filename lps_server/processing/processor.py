@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 
 from opentelemetry import trace
 
+from lps_server.core.bundling import is_batch_group
 from lps_server.core.config import Settings
 from lps_server.core.domain import (
     BundleFacts,
@@ -30,6 +31,8 @@ from lps_server.core.domain import (
 from lps_server.core.errors import QueueUnavailableError
 from lps_server.observability.metrics import LpsMetrics
 from lps_server.observability.tracing import tracer_for
+from lps_server.processing.batch_accumulator import Endings
+from lps_server.processing.batch_processing import BatchProcessing
 from lps_server.processing.bundle_runner import BundleRunner
 from lps_server.processing.capacity import ProviderCapacity
 from lps_server.processing.leases import LeaseKeeper
@@ -57,6 +60,7 @@ class Processor:
         clock: Unix time source.
         rng: randomness for backoff jitter.
         on_serving: told whether the processor can work, on every change (health).
+        batches: builds the batch path, for requests that take it.
     """
 
     def __init__(
@@ -70,6 +74,7 @@ class Processor:
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
         on_serving: ServingListener | None = None,
+        batches: Callable[[Endings], BatchProcessing] | None = None,
     ) -> None:
         self._queue = queue
         self._settings = settings
@@ -89,6 +94,8 @@ class Processor:
             providers.names(), settings.max_concurrent_calls, on_room=self._queue_changed
         )
         self._health = Health(on_serving)
+        # The batch path (docs/batching.md), given the ways this processor ends what leases find.
+        self.batches = batches(Endings(self.expire, self._end_unreadable)) if batches else None
         self._in_flight: set[asyncio.Task[None]] = set()
         self._stopping = asyncio.Event()
         self._draining = False
@@ -368,7 +375,9 @@ class Processor:
                 [u.request_id for u in lease.unreadable] + [q.request_id for q in lease.expired]
             )
             if lease.items:
-                await self._runner.run(lease.items, keeper=keeper, attempts=lease.attempts)
+                batch = self.batches if is_batch_group(lease.group) else None
+                runner = batch or self._runner
+                await runner.run(lease.items, keeper=keeper, attempts=lease.attempts)
         except asyncio.CancelledError:
             await self._release_unfinished(keeper)
             raise

@@ -8,7 +8,9 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from lps_server.core.domain import ComparisonResult, ProviderName, QueuedRequest, RequestStatus
+from lps_server.queue.batch_jobs import BatchJobStore
 from lps_server.queue.replies import Deliver
+from lps_server.queue.unreadable import UnreadableRequest as UnreadableRequest
 
 # Shared by both backends: how many results a channel keeps, and how long a client told "queue
 # full" should wait before trying again.
@@ -32,25 +34,6 @@ class SubmitOutcome:
     rejected: str = ""
     retry_after: float = 0.0
     conflict: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class UnreadableRequest:
-    """A leased request whose stored payload this server cannot decode or route (corrupt, or
-    written by a newer release). It must be ended FAILED by its holder, never retried: every
-    replica of this release would fail on it the same way.
-
-    The channels and correlation id are what could still be read from the payload ("" when
-    nothing could), so that the submitter can be told.
-    """
-
-    request_id: str
-    reason: str
-    routable: bool = False
-    result_channel: str = ""
-    reply_to: str = ""
-    correlation_id: str = ""
-    enqueued_at: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,6 +220,10 @@ class QueueBackend(Protocol):
 
     async def stats(self, *, now: float) -> QueueStats:
         """Depth by status and oldest queued age."""
+        ...
+
+    def batch_jobs(self) -> BatchJobStore:
+        """The batch jobs kept beside the queue, in the same backend."""
         ...
 
     async def ping(self) -> None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
@@ -33,6 +33,7 @@ from lps_server.queue.base import (
     conflicting,
     in_progress,
 )
+from lps_server.queue.local_batch_jobs import LocalBatchJobs
 from lps_server.queue.local_channels import LocalChannels
 from lps_server.queue.local_ended import EndedRequests
 from lps_server.queue.ordering import queue_score, request_bytes
@@ -104,6 +105,7 @@ class LocalQueue:
         self._replies = LocalReplies()
         self._work = asyncio.Event()
         self._closed = False
+        self._batch_jobs = LocalBatchJobs(self)
 
     async def submit(self, requests: Sequence[QueuedRequest]) -> list[SubmitOutcome]:
         """Enqueue new requests; known ids return their status (or a conflict when their
@@ -433,6 +435,24 @@ class LocalQueue:
         self._closed = True
         self._work.set()
         self._channels.close()
+
+    def batch_jobs(self) -> LocalBatchJobs:
+        """The batch jobs kept beside this queue."""
+        return self._batch_jobs
+
+    def hand_over(self, held: Mapping[str, str], to: str) -> list[str]:
+        """Move requests held under their tokens (`held`) under the token `to`, all or nothing:
+        the ids not held are returned, and then nothing moved."""
+        missing = [rid for rid, token in held.items() if self._held(rid, token) is None]
+        if not missing:
+            for rid in held:
+                self._records[rid].lease = to
+        return missing
+
+    def held_by(self, request_ids: Sequence[str], token: str) -> dict[str, QueuedRequest]:
+        """The queued form of those requests held under `token`."""
+        records = ((rid, self._held(rid, token)) for rid in request_ids)
+        return {rid: r.queued for rid, r in records if r is not None}
 
     def pending(self) -> list[QueuedRequest]:
         """Queued requests in queue order (used to end them at shutdown)."""

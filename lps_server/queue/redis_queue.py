@@ -56,6 +56,7 @@ from lps_server.queue.codec import (
 )
 from lps_server.queue.ordering import queue_score, request_bytes
 from lps_server.queue.payload_digest import payload_digest
+from lps_server.queue.redis_batch_jobs import RedisBatchJobs
 from lps_server.queue.redis_channels import ChannelReader, read_now
 from lps_server.queue.redis_keys import ENDED_STATUSES, QueueKeys
 from lps_server.queue.redis_pools import BoundedPool, blocking_twin
@@ -152,6 +153,9 @@ class RedisQueue:
         self._idle = asyncio.Event()
         self._idle.set()
         self._replies = LocalReplies()
+        self._batch_jobs = RedisBatchJobs(
+            client=client, keys=self._keys, call=self._call, retention_s=retention_s
+        )
         kwargs = client.connection_pool.connection_kwargs
         self._address = kwargs.get("path") or f"{kwargs.get('host')}:{kwargs.get('port')}"
         self._channels = ChannelReader(
@@ -490,10 +494,13 @@ class RedisQueue:
                 for status in ENDED_STATUSES:
                     pipe.zcard(keys.ended(status))
                 pipe.zrange(keys.enqueued, 0, 0, withscores=True)
+                pipe.hget(self._batch_jobs.keys.meta, "requests")  # held by batch jobs
                 replies: list[Any] = await pipe.execute()
                 return replies
 
-        waiting, delayed, processing, completed, failed, expired, oldest = await self._call(counts)
+        replies = await self._call(counts)
+        waiting, delayed, processing, completed, failed, expired, oldest = replies[:7]
+        processing += int(replies[7] or 0)
         queued = waiting + delayed
         oldest_at = oldest[0][1] if oldest else now
         return QueueStats(
@@ -504,6 +511,10 @@ class RedisQueue:
             expired=expired,
             oldest_queued_age_s=max(0.0, now - oldest_at),
         )
+
+    def batch_jobs(self) -> RedisBatchJobs:
+        """The batch jobs kept beside this queue."""
+        return self._batch_jobs
 
     async def ping(self) -> None:
         """Raise QueueUnavailableError when Redis does not answer."""

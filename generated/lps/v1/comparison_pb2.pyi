@@ -127,7 +127,7 @@ class _QueueProcessingModeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Q
     QUEUE_PROCESSING_MODE_SERIAL_BUNDLE: _QueueProcessingMode.ValueType  # 2
     """QUEUE_PROCESSING_MODE_SERIAL_BUNDLE makes one provider call per bundle of compatible requests."""
     QUEUE_PROCESSING_MODE_BATCH_API: _QueueProcessingMode.ValueType  # 3
-    """QUEUE_PROCESSING_MODE_BATCH_API uses a provider's asynchronous batch API (reserved for a later release)."""
+    """QUEUE_PROCESSING_MODE_BATCH_API sends requests through their provider's asynchronous batch API."""
 
 class QueueProcessingMode(_QueueProcessingMode, metaclass=_QueueProcessingModeEnumTypeWrapper):
     """QueueProcessingMode is how the server turns queued requests into provider calls."""
@@ -139,7 +139,7 @@ QUEUE_PROCESSING_MODE_PER_REQUEST: QueueProcessingMode.ValueType  # 1
 QUEUE_PROCESSING_MODE_SERIAL_BUNDLE: QueueProcessingMode.ValueType  # 2
 """QUEUE_PROCESSING_MODE_SERIAL_BUNDLE makes one provider call per bundle of compatible requests."""
 QUEUE_PROCESSING_MODE_BATCH_API: QueueProcessingMode.ValueType  # 3
-"""QUEUE_PROCESSING_MODE_BATCH_API uses a provider's asynchronous batch API (reserved for a later release)."""
+"""QUEUE_PROCESSING_MODE_BATCH_API sends requests through their provider's asynchronous batch API."""
 Global___QueueProcessingMode: _TypeAlias = QueueProcessingMode  # noqa: Y015
 
 class _ErrorCode:
@@ -498,6 +498,7 @@ class ComparisonResult(_message.Message):
     BUNDLE_INDEX_FIELD_NUMBER: _builtins.int
     BUNDLE_SIZE_FIELD_NUMBER: _builtins.int
     QUEUE_PROCESSING_MODE_FIELD_NUMBER: _builtins.int
+    BATCH_JOB_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """request_id identifies the request."""
     correlation_id: _builtins.str
@@ -548,6 +549,10 @@ class ComparisonResult(_message.Message):
     def request_metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """request_metadata is the request's metadata enriched with resolved_provider, resolved_model and queue_processing_mode."""
 
+    @_builtins.property
+    def batch_job(self) -> Global___BatchJobStatus:
+        """batch_job describes the provider batch job the request waits in; set only by GetComparison while the request is in one."""
+
     def __init__(
         self,
         *,
@@ -569,13 +574,94 @@ class ComparisonResult(_message.Message):
         bundle_index: _builtins.int = ...,
         bundle_size: _builtins.int = ...,
         queue_processing_mode: Global___QueueProcessingMode.ValueType = ...,
+        batch_job: Global___BatchJobStatus | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["completed_at", b"completed_at", "error", b"error", "judgement", b"judgement", "outcome", b"outcome", "requested_at", b"requested_at", "response_time", b"response_time", "token_usage", b"token_usage"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["batch_job", b"batch_job", "completed_at", b"completed_at", "error", b"error", "judgement", b"judgement", "outcome", b"outcome", "requested_at", b"requested_at", "response_time", b"response_time", "token_usage", b"token_usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bundle_id", b"bundle_id", "bundle_index", b"bundle_index", "bundle_size", b"bundle_size", "completed_at", b"completed_at", "correlation_id", b"correlation_id", "cost_estimate_usd", b"cost_estimate_usd", "error", b"error", "judgement", b"judgement", "model", b"model", "outcome", b"outcome", "provider", b"provider", "queue_processing_mode", b"queue_processing_mode", "request_id", b"request_id", "request_metadata", b"request_metadata", "requested_at", b"requested_at", "response_time", b"response_time", "status", b"status", "token_usage", b"token_usage", "trace_id", b"trace_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_job", b"batch_job", "bundle_id", b"bundle_id", "bundle_index", b"bundle_index", "bundle_size", b"bundle_size", "completed_at", b"completed_at", "correlation_id", b"correlation_id", "cost_estimate_usd", b"cost_estimate_usd", "error", b"error", "judgement", b"judgement", "model", b"model", "outcome", b"outcome", "provider", b"provider", "queue_processing_mode", b"queue_processing_mode", "request_id", b"request_id", "request_metadata", b"request_metadata", "requested_at", b"requested_at", "response_time", b"response_time", "status", b"status", "token_usage", b"token_usage", "trace_id", b"trace_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_outcome: _TypeAlias = _typing.Literal["judgement", "error"]  # noqa: Y015
     _WhichOneofArgType_outcome: _TypeAlias = _typing.Literal["outcome", b"outcome"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_outcome) -> _WhichOneofReturnType_outcome | None: ...
 
 Global___ComparisonResult: _TypeAlias = ComparisonResult  # noqa: Y015
+
+@_typing.final
+class BatchJobStatus(_message.Message):
+    """BatchJobStatus tells where a provider batch job stands."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class ProviderCountsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    PROVIDER_BATCH_ID_FIELD_NUMBER: _builtins.int
+    PROVIDER_STATE_FIELD_NUMBER: _builtins.int
+    REQUESTS_FIELD_NUMBER: _builtins.int
+    LINES_FIELD_NUMBER: _builtins.int
+    RECORDED_AT_FIELD_NUMBER: _builtins.int
+    SUBMITTED_AT_FIELD_NUMBER: _builtins.int
+    PROVIDER_COUNTS_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    """job_id is LPS's id of the job; a batch result's bundle_id is "<job_id>-<line>"."""
+    state: _builtins.str
+    """state is LPS's state of the job: "recorded", "creating", "submitted", "collecting" or "ended"."""
+    provider_batch_id: _builtins.str
+    """provider_batch_id is the provider's id of the batch, once created."""
+    provider_state: _builtins.str
+    """provider_state is the provider's own state of the batch, for example "in_progress"."""
+    requests: _builtins.int
+    """requests counts the comparison requests in the job."""
+    lines: _builtins.int
+    """lines counts the job's lines (provider requests, each one bundle of comparisons)."""
+    @_builtins.property
+    def recorded_at(self) -> _timestamp_pb2.Timestamp:
+        """recorded_at is when the job was recorded, before anything was sent to the provider."""
+
+    @_builtins.property
+    def submitted_at(self) -> _timestamp_pb2.Timestamp:
+        """submitted_at is when the provider accepted the batch."""
+
+    @_builtins.property
+    def provider_counts(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """provider_counts are the provider's tallies of the batch's lines, by the provider's own names."""
+
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+        state: _builtins.str = ...,
+        provider_batch_id: _builtins.str = ...,
+        provider_state: _builtins.str = ...,
+        requests: _builtins.int = ...,
+        lines: _builtins.int = ...,
+        recorded_at: _timestamp_pb2.Timestamp | None = ...,
+        submitted_at: _timestamp_pb2.Timestamp | None = ...,
+        provider_counts: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["recorded_at", b"recorded_at", "submitted_at", b"submitted_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id", "lines", b"lines", "provider_batch_id", b"provider_batch_id", "provider_counts", b"provider_counts", "provider_state", b"provider_state", "recorded_at", b"recorded_at", "requests", b"requests", "state", b"state", "submitted_at", b"submitted_at"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchJobStatus: _TypeAlias = BatchJobStatus  # noqa: Y015
