@@ -414,12 +414,6 @@ def lps_logger() -> Iterator[None]:
 
 
 @pytest.mark.redis
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: the embedded LPS (no --target) takes every LPS_* variable of the shell, so with "
-    "LPS_QUEUE_BACKEND=redis exported it joins that Redis queue as a replica (LPS_AUTH_TOKENS "
-    "makes it refuse cj itself), where docs/cj.md promises a local queue and the mock",
-)
 @pytest.mark.usefixtures("lps_logger")
 async def test_the_embedded_lps_keeps_to_a_local_queue_whatever_the_shell_exports(
     redis_url: str,
@@ -442,11 +436,6 @@ async def test_the_embedded_lps_keeps_to_a_local_queue_whatever_the_shell_export
         await store.aclose()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a bad LPS_* value for the embedded LPS ends cj assess with a ConfigurationError "
-    "traceback instead of one line naming the variable",
-)
 @pytest.mark.usefixtures("lps_logger")
 def test_a_bad_lps_setting_for_the_embedded_lps_is_one_line_naming_it(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
@@ -457,6 +446,44 @@ def test_a_bad_lps_setting_for_the_embedded_lps_is_one_line_naming_it(
     assert "Traceback" not in out + err
     assert len(err.strip().splitlines()) == 1
     assert "LPS_MOCK_ERROR_RATE" in err
+
+
+@pytest.mark.usefixtures("lps_logger")
+def test_the_embedded_lps_takes_the_mock_settings_and_ignores_a_servers_own(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # What a shell that runs `lps serve` exports: each would make the embedded server refuse
+    # cj (tokens, TLS files that are not there), leave the process (Redis) or spend money.
+    monkeypatch.setenv("LPS_AUTH_TOKENS", "secret")
+    monkeypatch.setenv("LPS_TLS_CERT", str(tmp_path / "missing.pem"))
+    monkeypatch.setenv("LPS_TLS_KEY", str(tmp_path / "missing.key"))
+    monkeypatch.setenv("LPS_QUEUE_BACKEND", "redis")
+    monkeypatch.setenv("LPS_REDIS_URL", "redis://127.0.0.1:1/0")
+    monkeypatch.setenv("LPS_OPENAI_API_KEY", "sk-not-to-be-used")
+    monkeypatch.setenv("LPS_MOCK_MODEL", "mock-from-the-shell")  # honoured: it tunes the mock
+    out = tmp_path / "run"
+    code, _, err = _cj(capsys, "assess", str(ESSAYS), "--out", str(out), "--budget", "8", "--quiet")
+    assert code == 0, err
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["comparisons_completed"] == 8
+    assert [j["judge"] for j in summary["judges"]] == ["mock:mock-from-the-shell"]
+
+
+@pytest.mark.usefixtures("lps_logger")  # only a safety net for later tests, should this fail
+def test_an_in_process_cj_assess_leaves_the_lps_server_logger_as_it_found_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    logger = logging.getLogger("lps_server")
+    before = (list(logger.handlers), logger.level, logger.propagate)
+    code, _, err = _cj(
+        capsys, "assess", str(ESSAYS), "--out", str(tmp_path / "run"), "--budget", "8", "--quiet"
+    )
+    assert code == 0, err
+    assert (list(logger.handlers), logger.level, logger.propagate) == before
+    # And so a program that embeds cj still sees LPS's logs through its own handlers.
+    with caplog.at_level(logging.WARNING):
+        logging.getLogger("lps_server.app").warning("after the run")
+    assert [r.getMessage() for r in caplog.records] == ["after the run"]
 
 
 # --- Never lie ---------------------------------------------------------------------------------
@@ -514,12 +541,6 @@ async def test_a_rate_limited_run_reports_its_refusals_at_most_once_a_wave() -> 
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: `cj assess --show-results | head -1` dies of BrokenPipeError (traceback, exit 1) "
-    "before it writes ranking.csv and summary.json, while the journal already says the run "
-    "finished, so it cannot be resumed to write them",
-)
 def test_a_closed_stdout_loses_neither_the_outputs_nor_a_clean_exit(tmp_path: Path) -> None:
     out = tmp_path / "run"
     read_end, write_end = os.pipe()
@@ -550,11 +571,6 @@ def _diagnose(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[st
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: diagnose takes --server-timeout nan (type=float, unchecked), and then waits for "
-    "a server that is down forever",
-)
 def test_diagnose_refuses_a_server_timeout_that_is_not_a_number() -> None:
     try:
         done = _diagnose(
@@ -568,11 +584,6 @@ def test_diagnose_refuses_a_server_timeout_that_is_not_a_number() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: diagnose --json (or dry-run --requests) where no file can be written ends in a "
-    "traceback, for execute after the batch was run and paid for",
-)
 async def test_diagnose_names_an_output_file_it_cannot_write(start_lps: Start) -> None:
     app = await start_lps(serve_metrics=True)
     proc = await asyncio.create_subprocess_exec(
@@ -587,12 +598,6 @@ async def test_diagnose_names_an_output_file_it_cannot_write(start_lps: Start) -
     assert "/dev/null/summary.json" in err
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: diagnose ends a run with too many failed comparisons with exit 3, which its help "
-    "says means 'refused by the server' (cj assess uses 5), naming a --max-failed-share flag "
-    "diagnose does not have",
-)
 async def test_diagnose_tells_too_many_failures_from_a_refusal(start_lps: Start) -> None:
     app = await start_lps(mock_error_rate=1.0, queue_max_retries=0, serve_metrics=True)
     proc = await asyncio.create_subprocess_exec(
