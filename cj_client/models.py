@@ -90,6 +90,9 @@ class ComparisonOutcome:
     model: str = ""
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    # Parts of prompt_tokens the provider's prompt cache read and wrote (priced apart).
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
     cost_usd: float = 0.0
     response_time_s: float = 0.0
     trace_id: str = ""

@@ -12,6 +12,7 @@ from wsgiref.simple_server import WSGIServer
 from opentelemetry import trace
 from prometheus_client import CollectorRegistry
 
+from lps_server.budgets import BudgetStore, make_budget_store
 from lps_server.core.config import Settings
 from lps_server.core.domain import ProcessingMode
 from lps_server.edge.grpc_edge import GrpcEdge
@@ -42,6 +43,7 @@ class LpsApp:
         queue: a queue backend (built from settings by default).
         providers: a provider registry (built from settings by default).
         clock: Unix time source.
+        budgets: where rate budgets are kept (beside the queue, from settings, by default).
     """
 
     def __init__(
@@ -53,12 +55,14 @@ class LpsApp:
         queue: QueueBackend | None = None,
         providers: ProviderRegistry | None = None,
         clock: Callable[[], float] = time.time,
+        budgets: BudgetStore | None = None,
     ) -> None:
         self.settings = settings
         self.registry = registry or CollectorRegistry()
         self.metrics = LpsMetrics(self.registry)
         self.batch_metrics: BatchMetrics | None = None
         self.queue = queue or make_queue(settings)
+        self.budgets = budgets or make_budget_store(settings)
         self.providers = providers or ProviderRegistry.from_settings(
             settings, on_circuit_state=self.metrics.set_circuit_state
         )
@@ -88,6 +92,7 @@ class LpsApp:
             # draining edge ignores it (NOT_SERVING for good).
             on_serving=self._set_serving,
             batches=self._batch_path(),
+            budgets=self.budgets,
         )
         self.edge = GrpcEdge(
             settings=settings,
@@ -195,6 +200,7 @@ class LpsApp:
         await self.edge.stop(STREAM_FLUSH_GRACE_S)
         self.queue_gauges.detach()
         await self.queue.close()
+        await self.budgets.close()
         await self.providers.aclose()
         if self.batch_apis is not None:
             await self.batch_apis.aclose()

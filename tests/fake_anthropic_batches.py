@@ -12,7 +12,7 @@ from typing import Any
 
 from tests.fake_batch_common import USAGE, Batch, FakeBatches, advance, jsonl
 from tests.fake_http import Handler, Request, Response
-from tests.fake_llm_servers import FakeAnthropic
+from tests.fake_llm_servers import FakeAnthropic, block_text
 
 
 class FakeAnthropicBatches(FakeBatches):
@@ -112,7 +112,7 @@ class FakeAnthropicBatches(FakeBatches):
 
     def _prompt(self, line: dict[str, Any]) -> str:
         messages = line["params"]["messages"]
-        return "\n".join(m["content"] for m in messages if isinstance(m["content"], str))
+        return "\n".join(block_text(m["content"]) for m in messages)
 
     def _object(self, batch: Batch) -> dict[str, Any]:
         ended = self._ended(batch)
@@ -158,9 +158,7 @@ class FakeAnthropicBatches(FakeBatches):
             cid, params = entry["custom_id"], entry["params"]
             kind = self._kind(batch, number)
             if kind == "succeeded":
-                prompt = "\n".join(
-                    m["content"] for m in params["messages"] if isinstance(m["content"], str)
-                )
+                prompt = "\n".join(block_text(m["content"]) for m in params["messages"])
                 _, answer = self._line_answer(batch, number, prompt)
                 block = (
                     {"type": "text", "text": answer}

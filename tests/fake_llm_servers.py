@@ -9,6 +9,10 @@ answers every numbered comparison in the prompt, after `latency_s`.
 For the fault tests it also counts what it was asked, per item: an essay that carries the marker
 `[item:<id>]` is one comparison of item `<id>` (`asked()`), and every call records which API key
 asked (`RecordedCall.key`) and when it arrived and was answered.
+
+With an `economy` (`tests/fake_rate_limits.py`) a server counts tokens its own way, caches prompts
+and enforces rate limits as the vendor does (429 with Retry-After, rate-limit headers); its usage
+then reports its own counts instead of the fixed `usage`.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+from tests.fake_rate_limits import FakeEconomy, fake_tokens, retry_after_headers
 
 ANTHROPIC_VERSION = "2023-06-01"
 _COMPARISON = re.compile(r"^Comparison (\d+):$", re.MULTILINE)
@@ -42,6 +48,7 @@ class Reply:
         answer: the structured answer to wrap in a normal response (default: the judge's).
         content: OpenAI only: the message content string, sent as is.
         hang: never answer; wait until the client hangs up.
+        usage: the usage object to report, in the API's shape (default: from `usage`).
     """
 
     status: int = 200
@@ -51,6 +58,7 @@ class Reply:
     answer: object = None
     content: str | None = None
     hang: bool = False
+    usage: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -111,6 +119,7 @@ class FakeLlmServer:
     """
 
     path = ""
+    flavour = ""
 
     def __init__(
         self,
@@ -119,8 +128,10 @@ class FakeLlmServer:
         usage: tuple[int, int] = (1003, 250),
         latency_s: float = 0.0,
         also_accept: tuple[str, ...] = (),
+        economy: FakeEconomy | None = None,
     ) -> None:
         self.api_key = api_key
+        self.economy = economy
         self.also_accept = also_accept
         self.usage = usage
         self.latency_s = latency_s
@@ -210,6 +221,14 @@ class FakeLlmServer:
         if reply.hang:
             await reader.read()  # returns at EOF: the client gave up
             return False
+        admitted = self._admit(body) if self.economy is not None else None
+        if admitted is not None and admitted[0] is None:
+            # Refused at arrival, as providers do: at once, counting nothing.
+            await self._respond(writer, 429, self._error_body("rate_limit_error", "rate limited"),
+                                admitted[1])  # fmt: skip
+            call.answered.set()
+            self._changed.set()
+            return True
         if self.latency_s > 0:
             await asyncio.sleep(self.latency_s)  # a slow provider: the answer takes this long
         auth_error = self._auth_problem(headers)
@@ -232,9 +251,21 @@ class FakeLlmServer:
                 answer = reply.answer
                 if answer is None and reply.content is None:
                     answer = default_answer(call.comparisons)
-                payload = json.dumps(self._wrap(body, answer, reply.content)).encode()
+                usage = reply.usage
+                if admitted is not None:
+                    usage, limit_headers = self._finish(admitted, answer, reply.content)
+                    extra = {**limit_headers, **extra}
+                payload = json.dumps(self._wrap(body, answer, reply.content, usage)).encode()
         if reply.raw is not None and not auth_error and status < 400:
             payload = reply.raw
+        await self._respond(writer, status, payload, extra)
+        call.answered.set()
+        self._changed.set()
+        return True
+
+    async def _respond(
+        self, writer: asyncio.StreamWriter, status: int, payload: bytes, extra: dict[str, str]
+    ) -> None:
         head = [
             f"HTTP/1.1 {status} {_REASONS.get(status, 'Status')}",
             "Content-Type: application/json",
@@ -243,9 +274,37 @@ class FakeLlmServer:
         ]
         writer.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + payload)
         await writer.drain()
-        call.answered.set()
-        self._changed.set()
-        return True
+
+    def _admit(self, body: object) -> tuple[Any, dict[str, str]]:
+        """Count the prompt and charge the limits at arrival: (admitted call, headers) with the
+        call as (charge, prompt counts), or (None, the 429's headers)."""
+        assert self.economy is not None
+        economy = self.economy
+        now = time.time()
+        body = body if isinstance(body, dict) else {}
+        prompt = economy.prompt(self.flavour, body)
+        if economy.limits is None:
+            return (None, prompt), {}
+        charge, wait = economy.limits.admit(economy.charge(self.flavour, body, prompt), now)
+        if charge is None:
+            return None, {**retry_after_headers(self.flavour, wait),
+                          **economy.headers(self.flavour, now)}  # fmt: skip
+        return (charge, prompt), {}
+
+    def _finish(
+        self, admitted: tuple[Any, dict[str, str]], answer: object, content: str | None
+    ) -> tuple[dict[str, Any], dict[str, str]]:
+        """The usage of an answered call by the fake's count, and its rate-limit headers."""
+        assert self.economy is not None
+        (charge, (total, read, written)), _ = admitted
+        output = fake_tokens(content if content is not None else json.dumps(answer))
+        if charge is not None and "output_tokens" in charge.counts:
+            charge.counts["output_tokens"] = output  # Anthropic counts what was produced
+        usage = self._usage(total, read, written, output)
+        return usage, self.economy.headers(self.flavour, time.time())
+
+    def _usage(self, total: int, read: int, written: int, output: int) -> dict[str, Any]:
+        raise NotImplementedError
 
     def _error_body(self, kind: str, message: str) -> bytes:
         return json.dumps({"error": {"type": kind, "message": message}}).encode()
@@ -262,7 +321,13 @@ class FakeLlmServer:
     def _problems(self, method: str, path: str, headers: dict[str, str], body: object) -> list[str]:
         raise NotImplementedError
 
-    def _wrap(self, body: dict[str, Any], answer: object, content: str | None) -> dict[str, Any]:
+    def _wrap(
+        self,
+        body: dict[str, Any],
+        answer: object,
+        content: str | None,
+        usage: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
         raise NotImplementedError
 
 
@@ -270,9 +335,18 @@ class FakeOpenAI(FakeLlmServer):
     """`POST /v1/chat/completions` with a strict `json_schema` response format."""
 
     path = "/v1/chat/completions"
+    flavour = "openai"
 
     def _base_url(self, root: str) -> str:
         return root + "/v1"
+
+    def _usage(self, total: int, read: int, written: int, output: int) -> dict[str, Any]:
+        return {
+            "prompt_tokens": total,
+            "completion_tokens": output,
+            "total_tokens": total + output,
+            "prompt_tokens_details": {"cached_tokens": read},
+        }
 
     def _prompt(self, body: dict[str, Any]) -> str:
         messages = body.get("messages")
@@ -324,7 +398,13 @@ class FakeOpenAI(FakeLlmServer):
         problems.extend(_strict_schema_problems(spec.get("schema"), "schema"))
         return problems
 
-    def _wrap(self, body: dict[str, Any], answer: object, content: str | None) -> dict[str, Any]:
+    def _wrap(
+        self,
+        body: dict[str, Any],
+        answer: object,
+        content: str | None,
+        usage: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
         prompt_tokens, completion_tokens = self.usage
         return {
             "id": f"chatcmpl-{len(self.calls)}",
@@ -341,7 +421,8 @@ class FakeOpenAI(FakeLlmServer):
                     "finish_reason": "stop",
                 }
             ],
-            "usage": {
+            "usage": usage
+            or {
                 "prompt_tokens": prompt_tokens,
                 "completion_tokens": completion_tokens,
                 "total_tokens": prompt_tokens + completion_tokens,
@@ -353,16 +434,25 @@ class FakeAnthropic(FakeLlmServer):
     """`POST /v1/messages` with a forced tool whose input is the answer."""
 
     path = "/v1/messages"
+    flavour = "anthropic"
 
     def _base_url(self, root: str) -> str:
         return root
+
+    def _usage(self, total: int, read: int, written: int, output: int) -> dict[str, Any]:
+        return {
+            "input_tokens": total - read - written,
+            "cache_creation_input_tokens": written,
+            "cache_read_input_tokens": read,
+            "output_tokens": output,
+        }
 
     def _prompt(self, body: dict[str, Any]) -> str:
         messages = body.get("messages")
         if not isinstance(messages, list):
             return ""
         return "\n".join(
-            m["content"] for m in messages if isinstance(m, dict) and isinstance(m["content"], str)
+            block_text(m["content"]) for m in messages if isinstance(m, dict) and "content" in m
         )
 
     def _auth_problem(self, headers: dict[str, str]) -> str:
@@ -382,8 +472,8 @@ class FakeAnthropic(FakeLlmServer):
             problems.append("model must be a non-empty string")
         if not _positive_int(body.get("max_tokens")):
             problems.append("max_tokens is required, a positive integer")
-        if "system" in body and not isinstance(body["system"], str):
-            problems.append("system must be a string")
+        if "system" in body and not _text_content(body["system"]):
+            problems.append("system must be a string or a list of text blocks")
         if "temperature" in body and not _number_in(body["temperature"], 0.0, 1.0):
             problems.append("temperature must be in 0..1")
         messages = body.get("messages")
@@ -393,6 +483,8 @@ class FakeAnthropic(FakeLlmServer):
             isinstance(m, dict) and m.get("role") in ("user", "assistant") for m in messages
         ):
             problems.append("message roles must be user or assistant")
+        elif not all(_text_content(m.get("content")) for m in messages):
+            problems.append("message content must be a string or a list of text blocks")
         elif messages[0].get("role") != "user":
             problems.append("the first message must be the user's")
         tools = body.get("tools")
@@ -417,7 +509,13 @@ class FakeAnthropic(FakeLlmServer):
             problems.append("response_format is not a Messages API field")
         return problems
 
-    def _wrap(self, body: dict[str, Any], answer: object, content: str | None) -> dict[str, Any]:
+    def _wrap(
+        self,
+        body: dict[str, Any],
+        answer: object,
+        content: str | None,
+        usage: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
         prompt_tokens, completion_tokens = self.usage
         choice = body.get("tool_choice") or {}
         blocks: list[dict[str, Any]] = []
@@ -434,8 +532,31 @@ class FakeAnthropic(FakeLlmServer):
             "model": body.get("model"),
             "content": blocks,
             "stop_reason": "tool_use" if content is None else "end_turn",
-            "usage": {"input_tokens": prompt_tokens, "output_tokens": completion_tokens},
+            "usage": usage or {"input_tokens": prompt_tokens, "output_tokens": completion_tokens},
         }
+
+
+def _text_content(content: object) -> bool:
+    """A Messages API text field: a string, or text blocks (with cache_control only ephemeral)."""
+    if isinstance(content, str):
+        return True
+    if not isinstance(content, list) or not content:
+        return False
+    return all(
+        isinstance(b, dict)
+        and b.get("type") == "text"
+        and isinstance(b.get("text"), str)
+        and set(b) <= {"type", "text", "cache_control"}
+        and b.get("cache_control", {"type": "ephemeral"}) == {"type": "ephemeral"}
+        for b in content
+    )
+
+
+def block_text(content: object) -> str:
+    """The text of a message's content: a string, or Anthropic's list of text blocks."""
+    if isinstance(content, list):
+        return "\n".join(str(b.get("text", "")) for b in content if isinstance(b, dict))
+    return content if isinstance(content, str) else ""
 
 
 def _common(method: str, path: str, expected: str, headers: dict[str, str]) -> list[str]:

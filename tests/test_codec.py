@@ -84,7 +84,7 @@ results = st.builds(
     ),
     provider=st.none() | st.sampled_from(ProviderName),
     model=text,
-    token_usage=st.builds(TokenUsage, st.integers(0, 1 << 40), st.integers(0, 1 << 40)),
+    token_usage=st.builds(TokenUsage, *[st.integers(0, 1 << 40)] * 4),
     cost_usd=floats,
     response_time_s=floats,
     requested_at=floats,

@@ -75,6 +75,8 @@ def outcome_from_pb(msg: pb.ComparisonResult) -> ComparisonOutcome:
         model=msg.model,
         prompt_tokens=usage.prompt_tokens,
         completion_tokens=usage.completion_tokens,
+        cache_read_tokens=usage.cache_read_tokens,
+        cache_write_tokens=usage.cache_write_tokens,
         cost_usd=msg.cost_estimate_usd,
         response_time_s=msg.response_time.ToNanoseconds() / 1e9,
         trace_id=msg.trace_id,

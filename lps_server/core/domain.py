@@ -177,15 +177,27 @@ class Failure:
 
 @dataclass(frozen=True, slots=True)
 class TokenUsage:
-    """Tokens attributed to one comparison."""
+    """Tokens attributed to one comparison.
+
+    `prompt_tokens` counts every input token, cached ones included; `cache_read_tokens` (read
+    from the provider's prompt cache) and `cache_write_tokens` (written to it) are the parts of
+    `prompt_tokens` priced differently, so no token is counted twice.
+    """
 
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
 
     @property
     def total_tokens(self) -> int:
         """Prompt plus completion tokens."""
         return self.prompt_tokens + self.completion_tokens
+
+    @property
+    def uncached_input_tokens(self) -> int:
+        """Input tokens at the plain input price: the prompt less what the cache read or wrote."""
+        return max(0, self.prompt_tokens - self.cache_read_tokens - self.cache_write_tokens)
 
 
 @dataclass(frozen=True, slots=True)

@@ -114,6 +114,8 @@ def result_to_pb(result: ComparisonResult) -> pb.ComparisonResult:
                 prompt_tokens=usage.prompt_tokens,
                 completion_tokens=usage.completion_tokens,
                 total_tokens=usage.total_tokens,
+                cache_read_tokens=usage.cache_read_tokens,
+                cache_write_tokens=usage.cache_write_tokens,
             )
         )
     if result.response_time_s:

@@ -28,6 +28,10 @@ PROCESSED_STATUSES = ("completed", "failed")
 EXPIRY_REASONS = ("ttl", "cleanup")
 #: Token kinds of `llm_provider_tokens_used_total{type}`.
 TOKEN_TYPES = ("input", "output", "cache_read", "cache_write")
+#: What a rate budget limits (`llm_provider_rate_limit_budget*{limit}`): core.rates.RATE_KINDS.
+BUDGET_LIMITS = ("requests", "tokens", "input_tokens", "output_tokens")
+# Waiting for budget lasts from nothing to a whole limit period (a minute) and beyond.
+BUDGET_WAIT_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 #: Why a submitted request was refused (`llm_provider_submissions_rejected_total{reason}`).
 REJECTION_REASONS = (
     "invalid_request",
@@ -155,6 +159,32 @@ class LpsMetrics:
             ["reason"],
             registry=registry,
         )
+        self.rate_limited = Counter(
+            "llm_provider_rate_limited_total",
+            "Provider responses with HTTP 429 (rate limited)",
+            ["provider", "model"],
+            registry=registry,
+        )
+        self.budget_wait = Histogram(
+            "llm_provider_rate_limit_wait_seconds",
+            "Time a bundle waited for rate budget before its call was granted (0: no wait)",
+            ["provider", "model"],
+            buckets=BUDGET_WAIT_BUCKETS,
+            registry=registry,
+        )
+        self.budget_use = Gauge(
+            "llm_provider_rate_limit_budget_use_ratio",
+            "Share of the rate budget granted in the current window, per limited kind",
+            ["provider", "model", "limit"],
+            registry=registry,
+        )
+        self.budget_limit = Gauge(
+            "llm_provider_rate_limit_budget",
+            "The rate budget in force per window (configured or announced by the provider; "
+            "0: none)",
+            ["provider", "model", "limit"],
+            registry=registry,
+        )
         self.processor_restarts = Counter(
             "llm_provider_processor_restarts_total",
             "Restarts of a processing loop after it failed unexpectedly",
@@ -210,6 +240,11 @@ class LpsMetrics:
                     self.provider_retries.labels(error_code=code.value, **labels)
                 self.response_duration.labels(**labels)
                 self.cost.labels(**labels)
+                self.rate_limited.labels(**labels)
+                self.budget_wait.labels(**labels)
+                for limit in BUDGET_LIMITS:
+                    self.budget_use.labels(limit=limit, **labels)
+                    self.budget_limit.labels(limit=limit, **labels)
                 if space.mode == ProcessingMode.SERIAL_BUNDLE:
                     self.serial_bundle_calls.labels(**labels)
                     self.serial_bundle_items.labels(**labels)
@@ -260,6 +295,14 @@ class LpsMetrics:
         ):
             if count:
                 self.tokens.labels(type=kind, **labels).inc(count)
+
+    def record_budget(
+        self, labels: Mapping[str, str], *, used: Sequence[int], limits: Sequence[int]
+    ) -> None:
+        """Publish a rate budget's window: the budget per kind and the share of it granted."""
+        for kind, count, limit in zip(BUDGET_LIMITS, used, limits, strict=True):
+            self.budget_limit.labels(limit=kind, **labels).set(limit)
+            self.budget_use.labels(limit=kind, **labels).set(count / limit if limit else 0.0)
 
     def record_rejection(self, reason: str) -> None:
         """Count one refused submission (`reason` from REJECTION_REASONS)."""

@@ -225,6 +225,10 @@ class ProviderCallSpan:
             {
                 "gen_ai.usage.input_tokens": sum(u.prompt_tokens for u in usage),
                 "gen_ai.usage.output_tokens": sum(u.completion_tokens for u in usage),
+                "gen_ai.usage.cache_read.input_tokens": sum(u.cache_read_tokens for u in usage),
+                "gen_ai.usage.cache_creation.input_tokens": sum(
+                    u.cache_write_tokens for u in usage
+                ),
             }
         )
         if failure is not None:

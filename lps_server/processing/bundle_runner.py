@@ -30,6 +30,7 @@ from lps_server.core.domain import (
     ProcessingMode,
     ProviderName,
     QueuedRequest,
+    TokenUsage,
 )
 from lps_server.observability.metrics import LpsMetrics
 from lps_server.observability.spans import BundleSpans, provider_call_span
@@ -38,13 +39,12 @@ from lps_server.processing.leases import LeaseKeeper
 from lps_server.processing.results import completed, failed
 from lps_server.processing.retries import GaveUp, retry_delay, settle
 from lps_server.providers import (
-    ComparisonItem,
     ItemFailure,
     ItemOutcome,
     Provider,
     ProviderRegistry,
 )
-from lps_server.providers.base import ItemSuccess, ProviderCallError
+from lps_server.providers.base import ItemSuccess, ProviderCallError, comparison_items
 from lps_server.providers.registry import UnknownProviderError
 from lps_server.queue.base import QueueBackend
 
@@ -88,12 +88,18 @@ class BundleRunner:
             self._mode = ProcessingMode.PER_REQUEST
 
     async def run(
-        self, items: list[QueuedRequest], *, keeper: LeaseKeeper, attempts: Mapping[str, int]
+        self,
+        items: list[QueuedRequest],
+        *,
+        keeper: LeaseKeeper,
+        attempts: Mapping[str, int],
+        call: Provider | None = None,
     ) -> None:
         """Make one attempt at a bundle of compatible, unexpired requests held by `keeper`:
         results for what ended, the queue again for what will be retried.
 
-        `attempts` counts each item's earlier failed attempts (absent: none).
+        `attempts` counts each item's earlier failed attempts (absent: none). `call` is the
+        provider to call when it is not the registry's own (a call granted rate budget).
         """
         route = items[0].route
         model_label = self._providers.model_label(route)
@@ -114,7 +120,7 @@ class BundleRunner:
             for i, q in enumerate(items)
         }
         try:
-            provider = self._providers.get(route.provider)
+            provider = call or self._providers.get(route.provider)
         except UnknownProviderError as exc:
             failure = Failure(ErrorCode.CONFIGURATION, str(exc))
             now = self._clock()
@@ -133,6 +139,16 @@ class BundleRunner:
                 await self._attempt(items, provider, facts, spans, keeper, attempts, labels)
         finally:
             spans.close()
+
+    async def refuse(self, items: list[QueuedRequest], reason: str, *, keeper: LeaseKeeper) -> None:
+        """End requests that no provider call could carry FAILED, without calling: splitting
+        cannot make one comparison smaller (`reason` says what it exceeds)."""
+        route = items[0].route
+        labels = {"provider": route.provider.value, "model": self._providers.model_label(route)}
+        failure = Failure(ErrorCode.PROVIDER_ERROR, f"comparison not sent: {reason}")
+        now = self._clock()
+        done = [(q, failed(q, failure, now, BundleFacts(mode=self._mode))) for q in items]
+        await self._store(done, labels, keeper)
 
     async def _attempt(
         self,
@@ -217,15 +233,7 @@ class BundleRunner:
         self, provider: Provider, pending: Sequence[QueuedRequest], attempt: int
     ) -> _Call:
         route = pending[0].route
-        items = [
-            ComparisonItem(
-                key=q.request_id,
-                essay_a=q.request.essay_a,
-                essay_b=q.request.essay_b,
-                instructions=q.request.instructions,
-            )
-            for q in pending
-        ]
+        items = comparison_items(pending)
         with provider_call_span(
             self._tracer,
             route=route,
@@ -297,16 +305,22 @@ class BundleRunner:
             )
             for status in by_status
         }
-        prompt = completion = 0
+        usage = TokenUsage()
         cost = 0.0
         for queued, result in ended:
             waits[result.status.value].observe(max(0.0, result.completed_at - queued.enqueued_at))
-            prompt += result.token_usage.prompt_tokens
-            completion += result.token_usage.completion_tokens
+            usage = _plus(usage, result.token_usage)
             cost += result.cost_usd
         if ended:
             _log_stored(ended, by_status)
-        self._metrics.record_tokens(labels, input=prompt, output=completion)
+        # Each kind once: `input` is the prompt less what the cache read or wrote.
+        self._metrics.record_tokens(
+            labels,
+            input=usage.uncached_input_tokens,
+            output=usage.completion_tokens,
+            cache_read=usage.cache_read_tokens,
+            cache_write=usage.cache_write_tokens,
+        )
         self._metrics.cost.labels(**labels).inc(cost)
 
     def _backoff(self, attempt: int, failures: Sequence[ItemFailure]) -> float:
@@ -319,6 +333,15 @@ class BundleRunner:
             hint_cap_s=self._settings.retry_after_max_seconds,
             rng=self._rng,
         )
+
+
+def _plus(a: TokenUsage, b: TokenUsage) -> TokenUsage:
+    return TokenUsage(
+        a.prompt_tokens + b.prompt_tokens,
+        a.completion_tokens + b.completion_tokens,
+        a.cache_read_tokens + b.cache_read_tokens,
+        a.cache_write_tokens + b.cache_write_tokens,
+    )
 
 
 def _final_failure(outcome: ItemFailure, attempts: int) -> Failure:

@@ -5,7 +5,9 @@ Two loops run under supervision: the dispatcher (lease, fill, start a bundle) an
 after any exception, logged with its cause, and health reads NOT_SERVING while the dispatcher
 cannot run or the queue backend cannot be reached. Each bundle's leases are kept alive by a
 `LeaseKeeper` from the moment they are taken; each provider's room (`ProviderCapacity`) decides
-what may be leased, so one provider's slowness never delays another's work.
+what may be leased, so one provider's slowness never delays another's work. A leased bundle is
+granted rate budget before it starts (`BudgetGate`): while its provider waits for budget, the
+bundle is back in the queue and the provider is left out of leases.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from collections.abc import Callable, Sequence
 
 from opentelemetry import trace
 
+from lps_server.budgets import BudgetStore, LocalBudgetStore
 from lps_server.core.bundling import is_batch_group
 from lps_server.core.config import Settings
 from lps_server.core.domain import (
@@ -33,6 +36,7 @@ from lps_server.observability.metrics import LpsMetrics
 from lps_server.observability.tracing import tracer_for
 from lps_server.processing.batch_accumulator import Endings
 from lps_server.processing.batch_processing import BatchProcessing
+from lps_server.processing.budget_wait import Admission, BudgetGate
 from lps_server.processing.bundle_runner import BundleRunner
 from lps_server.processing.capacity import ProviderCapacity
 from lps_server.processing.leases import LeaseKeeper
@@ -61,6 +65,7 @@ class Processor:
         rng: randomness for backoff jitter.
         on_serving: told whether the processor can work, on every change (health).
         batches: builds the batch path, for requests that take it.
+        budgets: where rate budgets are kept (in this process by default).
     """
 
     def __init__(
@@ -75,6 +80,7 @@ class Processor:
         rng: random.Random | None = None,
         on_serving: ServingListener | None = None,
         batches: Callable[[Endings], BatchProcessing] | None = None,
+        budgets: BudgetStore | None = None,
     ) -> None:
         self._queue = queue
         self._settings = settings
@@ -92,6 +98,13 @@ class Processor:
         )
         self._capacity = ProviderCapacity(
             providers.names(), settings.max_concurrent_calls, on_room=self._queue_changed
+        )
+        self._providers = frozenset(providers.names())
+        self._gate = BudgetGate(
+            store=budgets or LocalBudgetStore(),
+            providers=providers,
+            metrics=metrics,
+            on_open=self._queue_changed,
         )
         self._health = Health(on_serving)
         # The batch path (docs/batching.md), given the ways this processor ends what leases find.
@@ -152,13 +165,14 @@ class Processor:
         """Lease what providers with room can take, fill it, and start it; until stopped."""
         failures = 0
         while not self._stopping.is_set():
-            if self._capacity.all_full():
-                await self._wait_for_work_or_stop(timeout=IDLE_WAIT_S, queue=False)
+            exclude = self._excluded()
+            if self._capacity.all_full() or exclude >= self._providers:
+                await self._wait_for_work_or_stop(timeout=self._room_wait(), queue=False)
                 continue
             now = self._clock()
             try:
                 lease = await self._queue.lease(
-                    now=now, max_items=self._settings.bundle_size, exclude=self._capacity.full()
+                    now=now, max_items=self._settings.bundle_size, exclude=exclude
                 )
             except QueueUnavailableError as exc:
                 failures += 1
@@ -172,16 +186,27 @@ class Processor:
                 await self._give_back(lease)
                 return
             if not lease.request_ids:
-                if self._draining and not self._in_flight and lease.next_retry_at is None:
+                idle = not self._in_flight and not self._gate.paused()
+                if self._draining and idle and lease.next_retry_at is None:
                     return
                 await self._wait_for_work_or_stop(timeout=self._idle_wait(lease, now))
                 continue
             await self._start(lease, taken_at=now)
 
     def _idle_wait(self, lease: Lease, now: float) -> float:
+        wait = self._room_wait()
         if lease.next_retry_at is None:
-            return IDLE_WAIT_S
-        return min(IDLE_WAIT_S, max(MIN_WAIT_S, lease.next_retry_at - now))
+            return wait
+        return min(wait, max(MIN_WAIT_S, lease.next_retry_at - now))
+
+    def _excluded(self) -> frozenset[ProviderName]:
+        """Providers not to lease for now: no room, or waiting for rate budget."""
+        return self._capacity.full() | self._gate.paused()
+
+    def _room_wait(self) -> float:
+        """How long to wait for room at most: until a provider's budget pause ends."""
+        opens_in = self._gate.next_open_in()
+        return IDLE_WAIT_S if opens_in is None else min(IDLE_WAIT_S, max(MIN_WAIT_S, opens_in))
 
     async def _start(self, lease: Lease, *, taken_at: float) -> None:
         keeper = LeaseKeeper(
@@ -199,15 +224,34 @@ class Processor:
         try:
             await self._fill(lease, keeper)
             self._take_out_expired(lease)
+            # Batch jobs are not sent into the synchronous rate limits: they have their own.
+            admission = (
+                Admission(list(lease.items))
+                if is_batch_group(lease.group)
+                else await self._gate.admit(lease.items)
+            )
+            await self._put_back(admission, lease, keeper)
         except BaseException:
             await self._give_back(lease)
             await keeper.stop()
             if provider is not None:
                 self._capacity.give_back(provider)
             raise
-        task = asyncio.create_task(self._run_lease(lease, keeper, provider))
+        task = asyncio.create_task(self._run_lease(lease, keeper, provider, admission))
         self._in_flight.add(task)
         task.add_done_callback(self._in_flight.discard)
+
+    async def _put_back(self, admission: Admission, lease: Lease, keeper: LeaseKeeper) -> None:
+        """Keep only the admitted items in the bundle; give what waits back to the queue."""
+        ids = [q.request_id for q in admission.put_back]
+        lease.items[:] = admission.items
+        if not ids:
+            return
+        try:
+            await self._queue.release(ids, token=lease.token)
+        except QueueUnavailableError as exc:
+            log.warning("could not give back %d request(s); they lapse: %s", len(ids), exc)
+        keeper.let_go(ids)
 
     def _take_out_expired(self, lease: Lease) -> None:
         """Move the items whose TTL passed while their bundle filled to `expired`: they end
@@ -366,7 +410,11 @@ class Processor:
             log.error("could not release %d leases; they will lapse and be reclaimed", len(held))
 
     async def _run_lease(
-        self, lease: Lease, keeper: LeaseKeeper, provider: ProviderName | None
+        self,
+        lease: Lease,
+        keeper: LeaseKeeper,
+        provider: ProviderName | None,
+        admission: Admission,
     ) -> None:
         try:
             await self._end_unreadable(lease.unreadable, token=lease.token)
@@ -374,10 +422,16 @@ class Processor:
             keeper.let_go(
                 [u.request_id for u in lease.unreadable] + [q.request_id for q in lease.expired]
             )
+            for queued, reason in admission.too_large:
+                await self._runner.refuse([queued], reason, keeper=keeper)
             if lease.items:
                 batch = self.batches if is_batch_group(lease.group) else None
-                runner = batch or self._runner
-                await runner.run(lease.items, keeper=keeper, attempts=lease.attempts)
+                if batch is not None:
+                    await batch.run(lease.items, keeper=keeper, attempts=lease.attempts)
+                else:
+                    await self._runner.run(
+                        lease.items, keeper=keeper, attempts=lease.attempts, call=admission.call
+                    )
         except asyncio.CancelledError:
             await self._release_unfinished(keeper)
             raise

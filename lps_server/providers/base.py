@@ -6,7 +6,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from lps_server.core.domain import ErrorCode, Essay, Judgement, Overrides, ProviderName, TokenUsage
+from lps_server.core.domain import (
+    ErrorCode,
+    Essay,
+    Judgement,
+    Overrides,
+    ProviderName,
+    QueuedRequest,
+    TokenUsage,
+)
 
 #: Failure codes that a later attempt may cure.
 RETRYABLE_CODES = frozenset(
@@ -27,6 +35,19 @@ class ComparisonItem:
     essay_a: Essay
     essay_b: Essay
     instructions: str
+
+
+def comparison_items(queued: Sequence[QueuedRequest]) -> list[ComparisonItem]:
+    """The items a provider judges for queued requests (keyed by request id)."""
+    return [
+        ComparisonItem(
+            key=q.request_id,
+            essay_a=q.request.essay_a,
+            essay_b=q.request.essay_b,
+            instructions=q.request.instructions,
+        )
+        for q in queued
+    ]
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,7 +7,8 @@ exactly as a synchronous bundle call gives them. Lines the provider did not answ
 absent. `find` looks for a batch of this job that an earlier attempt created but could not
 record (its outcome was unknown), so that a batch is never created twice for the same requests.
 
-Batch prices: both providers bill half the synchronous price (`BATCH_PRICE_FACTOR`).
+Batch prices: both providers bill half the synchronous price by default; the price table's
+`batch` multiplier per model says otherwise (`providers/pricing.py`).
 """
 
 from __future__ import annotations
@@ -20,18 +21,20 @@ from typing import Protocol
 from lps_server.core.domain import ErrorCode, Overrides, ProviderName, TokenUsage
 from lps_server.providers.base import ComparisonItem, ItemFailure, ItemOutcome, ItemSuccess
 from lps_server.providers.http_provider import ProviderReply
-from lps_server.providers.http_settings import PriceTable
+from lps_server.providers.pricing import NO_CACHE_DISCOUNT, CacheRule, PriceTable
 from lps_server.providers.prompting import parse_answer, split_usage
 
 #: What the providers bill for batch work, as a share of the synchronous price.
-BATCH_PRICE_FACTOR = 0.5
 #: The completion window asked for (OpenAI's only choice; Anthropic's fixed window).
 COMPLETION_WINDOW = "24h"
 
 
-def batch_cost(prices: PriceTable, model: str, usage: TokenUsage) -> float:
-    """The batch price of `usage` on `model`: BATCH_PRICE_FACTOR of the synchronous price."""
-    return BATCH_PRICE_FACTOR * prices.cost(model, usage)
+def batch_cost(
+    prices: PriceTable, model: str, usage: TokenUsage, *, rule: CacheRule = NO_CACHE_DISCOUNT
+) -> float:
+    """The batch price of `usage` on `model`: the model's `batch` multiplier (0.5 unless the
+    price table says otherwise) of its synchronous price, cached tokens priced by `rule`."""
+    return prices.cost(model, usage, rule=rule, batch=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,7 +167,7 @@ def line_outcomes(
         ProviderCallError: INVALID_RESPONSE when the answer as a whole is unusable.
     """
     verdicts = parse_answer(reply.answer, len(items))
-    usages = split_usage(reply.prompt_tokens, reply.completion_tokens, len(items))
+    usages = split_usage(reply.usage, len(items))
     return [
         v if isinstance(v, ItemFailure) else ItemSuccess(v, usage, cost(usage))
         for v, usage in zip(verdicts, usages, strict=True)

@@ -177,8 +177,11 @@ class HttpBatchApi:
         body), priced at the batch price; an unusable answer fails every item of the line."""
         try:
             reply = self._provider._reply(body)
+            rule = self._provider.cache_rule
             return line_outcomes(
-                reply, line.items, lambda usage: batch_cost(self._settings.prices, model, usage)
+                reply,
+                line.items,
+                lambda usage: batch_cost(self._settings.prices, model, usage, rule=rule),
             )
         except ProviderCallError as exc:
             return [exc.failure] * len(line.items)

@@ -5,11 +5,15 @@ The adapters (`openai_compat`, `anthropic`) only say how a prompt becomes an HTT
 the answer and usage sit in the response. Retries are not done here: the bundle runner retries the
 items that failed retryably, with backoff that honours `retry_after`, and limits concurrent calls
 per provider (LPS_MAX_CONCURRENT_CALLS), so an adapter makes exactly one attempt per call.
+
+For the rate budget a provider also says how large a call will be (`size`) and which budget it
+draws from (`budget`), and reports, per `compare`, what its responses said (`CallReport`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from abc import ABC, abstractmethod
@@ -19,7 +23,8 @@ from typing import Any
 
 import httpx
 
-from lps_server.core.domain import CircuitState, ErrorCode, Overrides, ProviderName
+from lps_server.core.domain import CircuitState, ErrorCode, Overrides, ProviderName, TokenUsage
+from lps_server.core.rates import RateBudget, RateCounts
 from lps_server.providers.base import (
     ComparisonItem,
     ItemFailure,
@@ -27,10 +32,24 @@ from lps_server.providers.base import (
     ItemSuccess,
     ProviderCallError,
 )
+from lps_server.providers.call_report import (
+    MESSAGE_OVERHEAD_TOKENS,
+    CallReport,
+    call_cost,
+    estimate_tokens,
+)
 from lps_server.providers.circuit_breaker import CircuitBreaker, CircuitListener
 from lps_server.providers.http_errors import error_for_status, error_for_transport
 from lps_server.providers.http_settings import BundleCalls, HttpProviderSettings
-from lps_server.providers.prompting import Prompt, build_prompt, parse_answer, split_usage
+from lps_server.providers.pricing import NO_CACHE_DISCOUNT, CacheRule
+from lps_server.providers.prompting import (
+    Prompt,
+    answer_schema,
+    build_prompt,
+    parse_answer,
+    split_usage,
+)
+from lps_server.providers.rate_limit_headers import read_rate_limits
 
 log = logging.getLogger(__name__)
 
@@ -52,15 +71,18 @@ class HttpCall:
 
 @dataclass(frozen=True, slots=True)
 class ProviderReply:
-    """What an adapter found in a successful response: the structured answer and token usage."""
+    """What an adapter found in a successful response: the structured answer, the token usage
+    by kind, and the input tokens the provider's input rate limit counts for the call."""
 
     answer: object
-    prompt_tokens: int
-    completion_tokens: int
+    usage: TokenUsage
+    rate_input_tokens: int
 
 
 class HttpProvider(ABC):
     """A provider reached over HTTP; subclasses build the request and read the response.
+
+    `cache_rule` prices cached tokens of models whose price-table entry lists no cache prices.
 
     Args:
         settings: the provider's settings (URL, key, model, timeout, breaker, prices).
@@ -68,6 +90,8 @@ class HttpProvider(ABC):
         clock: monotonic time source for the circuit breaker.
         on_circuit_state: called with the provider and its new state on every breaker transition.
     """
+
+    cache_rule: CacheRule = NO_CACHE_DISCOUNT
 
     def __init__(
         self,
@@ -114,22 +138,61 @@ class HttpProvider(ABC):
         """The state of this provider's circuit breaker."""
         return self._breaker.state
 
+    def budget(self, model: str) -> RateBudget:
+        """The rate budget calls to `model` draw from, and how large one call may be."""
+        return self._settings.budgets.for_model(model)
+
+    def call_sizes(
+        self, items: Sequence[ComparisonItem], *, overrides: Overrides
+    ) -> list[RateCounts]:
+        """What each HTTP call of judging `items` will ask of the rate budget: a request, and
+        estimated prompt tokens plus the answer allowance (one call, or one per item when calls
+        are sequential)."""
+        if self._settings.bundle_calls is BundleCalls.ONE_CALL or len(items) <= 1:
+            return [self._call_size(items, overrides)]
+        return [self._call_size([item], overrides) for item in items]
+
+    def _call_size(self, items: Sequence[ComparisonItem], overrides: Overrides) -> RateCounts:
+        prompt = build_prompt(items, system_prompt=overrides.system_prompt)
+        return call_cost(self.input_estimate(prompt), self._allowance(len(items), overrides))
+
+    def input_estimate(self, prompt: Prompt) -> int:
+        """Estimated prompt tokens of a call: its messages and the answer format."""
+        schema = json.dumps(answer_schema())
+        text_tokens = estimate_tokens(prompt.system + prompt.user + schema)
+        return text_tokens + 2 * MESSAGE_OVERHEAD_TOKENS
+
+    def _allowance(self, count: int, overrides: Overrides) -> int:
+        # A request's max_tokens is its own answer budget, so a bundle's budget scales with N.
+        return (overrides.max_tokens or self._settings.max_tokens_per_item) * count
+
     async def compare(
-        self, items: Sequence[ComparisonItem], *, model: str, overrides: Overrides
+        self,
+        items: Sequence[ComparisonItem],
+        *,
+        model: str,
+        overrides: Overrides,
+        report: CallReport | None = None,
     ) -> list[ItemOutcome]:
         """Judge every item: one HTTP call for all, or one per item in `sequential` mode.
+
+        `report`, when given, is told what every HTTP call cost and what its response said about
+        rate limits.
 
         Raises:
             ProviderCallError: the (single) call failed as a whole.
         """
         if not items:
             return []
+        report = report if report is not None else CallReport()
         if self._settings.bundle_calls is BundleCalls.ONE_CALL or len(items) == 1:
-            return await self._call(items, model=model, overrides=overrides)
+            return await self._call(items, model=model, overrides=overrides, report=report)
         outcomes: list[ItemOutcome] = []
         for position, item in enumerate(items):
             try:
-                outcomes.extend(await self._call([item], model=model, overrides=overrides))
+                outcomes.extend(
+                    await self._call([item], model=model, overrides=overrides, report=report)
+                )
             except ProviderCallError as exc:
                 outcomes.append(exc.failure)
                 if exc.failure.code in _STOP_SEQUENCE:
@@ -138,23 +201,28 @@ class HttpProvider(ABC):
         return outcomes
 
     async def _call(
-        self, items: Sequence[ComparisonItem], *, model: str, overrides: Overrides
+        self,
+        items: Sequence[ComparisonItem],
+        *,
+        model: str,
+        overrides: Overrides,
+        report: CallReport,
     ) -> list[ItemOutcome]:
         prompt = build_prompt(items, system_prompt=overrides.system_prompt)
-        # A request's max_tokens is its own answer budget, so a bundle's budget scales with N.
-        per_item = overrides.max_tokens or self._settings.max_tokens_per_item
+        allowance = self._allowance(len(items), overrides)
+        estimate = self.input_estimate(prompt)
         call = self._request(
-            prompt,
-            model=model,
-            max_tokens=per_item * len(items),
-            temperature=overrides.temperature,
+            prompt, model=model, max_tokens=allowance, temperature=overrides.temperature
         )
         started = time.monotonic()
+        report.calls += 1
         try:
             async with self._breaker.guard():
-                response = await self._post(call)
+                response = await self._post(call, report)
             reply = self._reply(self._json(response))
         except ProviderCallError as exc:
+            # Whether the provider counted a call it did not answer is unknown: assume it did.
+            report.counted += call_cost(estimate, allowance)
             log.warning(
                 "%s call failed: %s",
                 self.name.value,
@@ -162,15 +230,19 @@ class HttpProvider(ABC):
                 extra={"provider": self.name.value, "model": model, "items": len(items)},
             )
             raise
+        usage = reply.usage
+        report.counted += self._counted(reply, allowance)
+        report.estimated_input += estimate
+        report.reported_input += usage.prompt_tokens
         verdicts = parse_answer(reply.answer, len(items))
-        usages = split_usage(reply.prompt_tokens, reply.completion_tokens, len(items))
+        usages = split_usage(usage, len(items))
         outcomes: list[ItemOutcome] = []
-        for verdict, usage in zip(verdicts, usages, strict=True):
+        for verdict, share in zip(verdicts, usages, strict=True):
             if isinstance(verdict, ItemFailure):
                 outcomes.append(verdict)
             else:
-                cost = self._settings.prices.cost(model, usage)
-                outcomes.append(ItemSuccess(verdict, usage, cost))
+                cost = self._settings.prices.cost(model, share, rule=self.cache_rule)
+                outcomes.append(ItemSuccess(verdict, share, cost))
         log.debug(
             "%s call answered %d items in %.3fs",
             self.name.value,
@@ -181,14 +253,28 @@ class HttpProvider(ABC):
                 "model": model,
                 "items": len(items),
                 "failed_items": sum(isinstance(o, ItemFailure) for o in outcomes),
-                "prompt_tokens": reply.prompt_tokens,
-                "completion_tokens": reply.completion_tokens,
+                "prompt_tokens": usage.prompt_tokens,
+                "completion_tokens": usage.completion_tokens,
+                "cache_read_tokens": usage.cache_read_tokens,
+                "cache_write_tokens": usage.cache_write_tokens,
             },
         )
         return outcomes
 
-    async def _post(self, call: HttpCall) -> httpx.Response:
-        """Send the request; a non-error response, or ProviderCallError."""
+    def _counted(self, reply: ProviderReply, allowance: int) -> RateCounts:
+        """What the provider counted against its limits for an answered call: the prompt as it
+        counts it plus the allowance (reserved at admission), and the output it produced."""
+        counted_input = reply.rate_input_tokens
+        return RateCounts(
+            requests=1,
+            tokens=counted_input + allowance,
+            input_tokens=counted_input,
+            output_tokens=reply.usage.completion_tokens,
+        )
+
+    async def _post(self, call: HttpCall, report: CallReport) -> httpx.Response:
+        """Send the request; a non-error response, or ProviderCallError. What the response's
+        headers say about rate limits goes to `report`, whatever its status."""
         timeout_s = self._settings.timeout_s
         try:
             # httpx's timeout bounds each phase (connect, each read); this bounds the whole call,
@@ -200,6 +286,11 @@ class HttpProvider(ABC):
         except (httpx.RequestError, TimeoutError) as exc:
             # `from None`: httpx errors hold the request, headers included.
             raise error_for_transport(self.name, exc, timeout_s=timeout_s) from None
+        reading = read_rate_limits(response.headers)
+        if reading is not None:
+            report.readings.append(reading)
+        if response.status_code == 429:
+            report.rate_limited += 1
         if response.status_code >= 400:
             raise error_for_status(self.name, response, secret=self._settings.api_key)
         return response

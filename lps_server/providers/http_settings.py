@@ -8,17 +8,20 @@ its base URL is set, because local servers (vLLM, Ollama) often need no key.
 from __future__ import annotations
 
 import hmac
-import json
 import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from pathlib import Path
 from typing import TypeVar
 
-from lps_server.core.domain import ProviderName, TokenUsage
+from lps_server.core.domain import ProviderName
 from lps_server.core.errors import ConfigurationError
+from lps_server.core.rates import RateCounts
+from lps_server.providers.budget_settings import ProviderBudgets
+from lps_server.providers.pricing import PRICE_TABLE_VAR, ModelPrice, PriceTable
+
+__all__ = ["PRICE_TABLE_VAR", "ModelPrice", "PriceTable"]  # re-exported: prices live in pricing
 
 T = TypeVar("T")
 
@@ -36,7 +39,6 @@ DEFAULT_MODELS: Mapping[ProviderName, str] = {
     ProviderName.OPENAI: "gpt-4o-mini",
     ProviderName.ANTHROPIC: "claude-haiku-4-5",
 }
-PRICE_TABLE_VAR = "LPS_PRICE_TABLE"
 
 
 def finite_float(raw: str) -> float:
@@ -84,98 +86,6 @@ class BundleCalls(StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
-class ModelPrice:
-    """US dollars per million input (prompt) and output (completion) tokens."""
-
-    input_per_mtok: float
-    output_per_mtok: float
-
-    def cost(self, usage: TokenUsage) -> float:
-        """The price of `usage` in US dollars."""
-        return (
-            usage.prompt_tokens * self.input_per_mtok
-            + usage.completion_tokens * self.output_per_mtok
-        ) / 1_000_000
-
-
-# List prices at the time of writing; LPS_PRICE_TABLE overrides or extends them per model.
-DEFAULT_PRICES: Mapping[str, ModelPrice] = {
-    "gpt-4o-mini": ModelPrice(0.15, 0.60),
-    "gpt-4o": ModelPrice(2.50, 10.00),
-    "gpt-4.1": ModelPrice(2.00, 8.00),
-    "gpt-4.1-mini": ModelPrice(0.40, 1.60),
-    "gpt-4.1-nano": ModelPrice(0.10, 0.40),
-    "claude-haiku-4-5": ModelPrice(1.00, 5.00),
-    "claude-sonnet-4-5": ModelPrice(3.00, 15.00),
-    "claude-3-5-haiku-latest": ModelPrice(0.80, 4.00),
-}
-
-
-@dataclass(frozen=True, slots=True)
-class PriceTable:
-    """Prices by exact model name; a model not listed costs 0 (and is reported so in the docs)."""
-
-    prices: Mapping[str, ModelPrice] = field(default_factory=lambda: dict(DEFAULT_PRICES))
-
-    def cost(self, model: str, usage: TokenUsage) -> float:
-        """The price of `usage` on `model`, 0.0 when the model has no price."""
-        price = self.prices.get(model)
-        return price.cost(usage) if price is not None else 0.0
-
-    def models(self) -> frozenset[str]:
-        """Every priced model name."""
-        return frozenset(self.prices)
-
-    @classmethod
-    def from_setting(cls, raw: str) -> PriceTable:
-        """The built-in prices updated by `raw`: inline JSON, or the path of a JSON file.
-
-        Raises:
-            ConfigurationError: the file cannot be read or the JSON has the wrong shape.
-        """
-        raw = raw.strip()
-        if not raw:
-            return cls()
-        text = raw
-        if not raw.startswith("{"):
-            try:
-                text = Path(raw).read_text(encoding="utf-8")
-            except OSError as exc:
-                raise ConfigurationError(
-                    f"{PRICE_TABLE_VAR}: cannot read price file {raw!r}: {exc.strerror}"
-                ) from None
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ConfigurationError(f"{PRICE_TABLE_VAR} is not valid JSON: {exc}") from None
-        if not isinstance(data, dict):
-            raise ConfigurationError(f"{PRICE_TABLE_VAR} must be a JSON object keyed by model")
-        prices = dict(DEFAULT_PRICES)
-        for model, entry in data.items():
-            prices[model] = _price(model, entry)
-        return cls(prices)
-
-
-def _price(model: str, entry: object) -> ModelPrice:
-    where = f"{PRICE_TABLE_VAR}[{model!r}]"
-    if not isinstance(entry, dict):
-        raise ConfigurationError(f"{where} must be an object with input_per_mtok, output_per_mtok")
-    values = []
-    for key in ("input_per_mtok", "output_per_mtok"):
-        value = entry.get(key)
-        # bool is an int subclass; `true` is no price. JSON as Python reads it allows NaN.
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, int | float)
-            or not math.isfinite(value)
-            or value < 0
-        ):
-            raise ConfigurationError(f"{where}.{key} must be a finite number >= 0")
-        values.append(float(value))
-    return ModelPrice(*values)
-
-
-@dataclass(frozen=True, slots=True)
 class HttpProviderSettings:
     """One HTTP provider's settings.
 
@@ -191,6 +101,8 @@ class HttpProviderSettings:
         max_tokens_per_item: answer budget per comparison when the request sets none.
         prices: the price table for cost estimates.
         configured: True when requests may be routed to this provider.
+        budgets: requests and tokens per window, per model, and the largest call.
+        prompt_caching: mark the shared prompt prefix for the provider's cache (Anthropic).
     """
 
     provider: ProviderName
@@ -204,6 +116,8 @@ class HttpProviderSettings:
     max_tokens_per_item: int = 400
     prices: PriceTable = field(default_factory=PriceTable, repr=False)
     configured: bool = False
+    budgets: ProviderBudgets = field(default_factory=ProviderBudgets)
+    prompt_caching: bool = True
 
     @classmethod
     def from_env(
@@ -243,6 +157,19 @@ class HttpProviderSettings:
             max_tokens_per_item=get("MAX_TOKENS_PER_ITEM", int, 400),
             prices=prices,
             configured=configured,
+            budgets=ProviderBudgets.from_values(
+                prefix,
+                limits=RateCounts(
+                    requests=get("REQUESTS_PER_MINUTE", int, 0),
+                    tokens=get("TOKENS_PER_MINUTE", int, 0),
+                    input_tokens=get("INPUT_TOKENS_PER_MINUTE", int, 0),
+                    output_tokens=get("OUTPUT_TOKENS_PER_MINUTE", int, 0),
+                ),
+                window_s=get("RATE_LIMIT_WINDOW_SECONDS", finite_float, 60.0),
+                max_input=get("MAX_INPUT_TOKENS_PER_CALL", int, 0),
+                table=env.get(prefix + "MODEL_BUDGETS", ""),
+            ),
+            prompt_caching=get("PROMPT_CACHING", _switch, True),
         )
         return settings.validated() if configured else settings
 
@@ -272,8 +199,19 @@ class HttpProviderSettings:
         return self
 
     def known_models(self) -> frozenset[str]:
-        """The default model and every priced model: the bounded set of metric labels."""
-        return self.prices.models() | {self.default_model}
+        """The default model, every priced model and every model with a budget of its own: the
+        bounded set of metric labels."""
+        return self.prices.models() | {self.default_model} | frozenset(self.budgets.models)
+
+
+def _switch(raw: str) -> bool:
+    """`on` or `off` (also true/false, 1/0, yes/no)."""
+    value = raw.lower()
+    if value in ("on", "true", "1", "yes"):
+        return True
+    if value in ("off", "false", "0", "no"):
+        return False
+    raise ValueError("must be on or off")
 
 
 @dataclass(frozen=True, slots=True)

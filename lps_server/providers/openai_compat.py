@@ -3,13 +3,17 @@
 `POST {base}/chat/completions` with `Authorization: Bearer <key>` (left out when no key is set, for
 local servers) and `response_format: json_schema` in strict mode, so the message content is a JSON
 document that matches the answer schema.
+
+OpenAI caches prompt prefixes by itself (from 1,024 tokens on); the prompt keeps what all calls
+share first and byte-identical (system message, then the task and instructions), and the usage's
+`prompt_tokens_details.cached_tokens` says how much of `prompt_tokens` the cache served.
 """
 
 from __future__ import annotations
 
 import json
 
-from lps_server.core.domain import ProviderName
+from lps_server.core.domain import ProviderName, TokenUsage
 from lps_server.providers.http_provider import HttpCall, HttpProvider, ProviderReply, usage_field
 from lps_server.providers.prompting import ANSWER_NAME, Prompt, answer_schema
 
@@ -69,8 +73,16 @@ class OpenAICompatibleProvider(HttpProvider):
             reason = "answer was cut off at the token limit" if truncated else "answer is not JSON"
             raise self.invalid(reason) from None
         usage = body.get("usage")
+        details = usage.get("prompt_tokens_details") if isinstance(usage, dict) else None
+        prompt_tokens = usage_field(usage, "prompt_tokens")
+        # prompt_tokens includes the cached tokens: they are a part of it, never added to it.
+        cached = min(prompt_tokens, usage_field(details, "cached_tokens"))
         return ProviderReply(
             answer=answer,
-            prompt_tokens=usage_field(usage, "prompt_tokens"),
-            completion_tokens=usage_field(usage, "completion_tokens"),
+            usage=TokenUsage(
+                prompt_tokens=prompt_tokens,
+                completion_tokens=usage_field(usage, "completion_tokens"),
+                cache_read_tokens=cached,
+            ),
+            rate_input_tokens=prompt_tokens,
         )

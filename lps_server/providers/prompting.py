@@ -31,10 +31,22 @@ DEFAULT_INSTRUCTIONS = (
 
 @dataclass(frozen=True, slots=True)
 class Prompt:
-    """The two messages of a call: the system prompt and the user message with the comparisons."""
+    """The messages of a call: the system prompt, then the user message in two parts.
+
+    `prefix` (the task and the shared assessment instructions) is byte-identical across calls of
+    the same instructions, whatever the number of comparisons, so that with the system prompt and
+    the answer format it forms a stable prefix the providers' prompt caches can reuse. `body`
+    holds what changes: the number of comparisons and the essays.
+    """
 
     system: str
-    user: str
+    prefix: str
+    body: str
+
+    @property
+    def user(self) -> str:
+        """The whole user message."""
+        return f"{self.prefix}\n\n{self.body}"
 
 
 def answer_schema() -> dict[str, Any]:
@@ -81,28 +93,30 @@ def answer_schema() -> dict[str, Any]:
     }
 
 
+TASK = (
+    "Each numbered comparison below holds two essays, A and B. In each, decide which essay is "
+    "better according to the assessment instructions. Judge every comparison on its own merits; "
+    "the essays of one comparison say nothing about another. Answer every comparison exactly "
+    f"once, giving its number as `index`, a justification of at most {MAX_JUSTIFICATION_CHARS} "
+    "characters, the winner (A or B) and your confidence from 1 to 5."
+)
+
+
 def build_prompt(items: Sequence[ComparisonItem], *, system_prompt: str = "") -> Prompt:
     """The messages that ask for a judgement of every item, numbered from 1 in item order.
 
-    Instructions shared by all items are stated once; the bundling rule does not require equal
-    instructions, so when they differ each comparison carries its own.
+    Instructions shared by all items are stated once, in the stable prefix; the bundling rule
+    does not require equal instructions, so when they differ each comparison carries its own.
     """
     count = len(items)
     distinct = {item.instructions.strip() for item in items}
     shared = distinct.pop() if len(distinct) == 1 else None
-    noun = "comparison" if count == 1 else "comparisons"
-    parts = [
-        f"You will judge {count} {noun}. In each, decide whether essay A or essay B is better "
-        "according to the assessment instructions. Judge every comparison on its own merits; "
-        "the essays of one comparison say nothing about another. Answer every comparison exactly "
-        f"once, giving its number as `index`, a justification of at most "
-        f"{MAX_JUSTIFICATION_CHARS} characters, the winner (A or B) and your confidence from 1 "
-        "to 5.",
-    ]
+    prefix = TASK
     if shared is not None:
-        parts.append(
-            f"Assessment instructions:\n<instructions>\n{_or_default(shared)}\n</instructions>"
+        prefix += (
+            f"\n\nAssessment instructions:\n<instructions>\n{_or_default(shared)}\n</instructions>"
         )
+    parts = ["There is 1 comparison." if count == 1 else f"There are {count} comparisons."]
     for number, item in enumerate(items, start=1):
         block = [f"Comparison {number}:"]
         if shared is None:
@@ -112,7 +126,11 @@ def build_prompt(items: Sequence[ComparisonItem], *, system_prompt: str = "") ->
         block.append(f"Essay A:\n<essay>\n{item.essay_a.text}\n</essay>")
         block.append(f"Essay B:\n<essay>\n{item.essay_b.text}\n</essay>")
         parts.append("\n".join(block))
-    return Prompt(system=system_prompt.strip() or DEFAULT_SYSTEM_PROMPT, user="\n\n".join(parts))
+    return Prompt(
+        system=system_prompt.strip() or DEFAULT_SYSTEM_PROMPT,
+        prefix=prefix,
+        body="\n\n".join(parts),
+    )
 
 
 def _or_default(instructions: str) -> str:
@@ -175,15 +193,24 @@ def _show(value: object) -> str:
     return shown if len(shown) <= 40 else shown[:37] + "..."
 
 
-def split_usage(prompt_tokens: int, completion_tokens: int, count: int) -> list[TokenUsage]:
-    """A call's token usage divided evenly over its `count` items.
+def split_usage(usage: TokenUsage, count: int) -> list[TokenUsage]:
+    """A call's token usage divided evenly over its `count` items, kind by kind.
 
     A bundled call cannot tell which tokens belong to which item, and the items of a bundle are
     of the same kind, so each gets an equal share; the remainder goes one token each to the first
-    items so that the shares add up to exactly what the provider reported.
+    items so that the shares add up to exactly what the provider reported, for each kind.
     """
     if count <= 0:
         return []
-    p_share, p_rest = divmod(max(0, prompt_tokens), count)
-    c_share, c_rest = divmod(max(0, completion_tokens), count)
-    return [TokenUsage(p_share + (i < p_rest), c_share + (i < c_rest)) for i in range(count)]
+    kinds = [
+        _shares(usage.prompt_tokens, count),
+        _shares(usage.completion_tokens, count),
+        _shares(usage.cache_read_tokens, count),
+        _shares(usage.cache_write_tokens, count),
+    ]
+    return [TokenUsage(*(shares[i] for shares in kinds)) for i in range(count)]
+
+
+def _shares(total: int, count: int) -> list[int]:
+    share, rest = divmod(max(0, total), count)
+    return [share + (i < rest) for i in range(count)]

@@ -113,6 +113,11 @@ class ProviderRegistry:
             name: [*sorted(p.known_models()), OTHER_MODEL] for name, p in self._providers.items()
         }
 
+    def http(self, name: ProviderName) -> HttpProvider | None:
+        """The provider called `name` when it is an HTTP provider (with rate budgets)."""
+        provider = self._providers.get(name)
+        return provider if isinstance(provider, HttpProvider) else None
+
     def circuit_states(self) -> dict[ProviderName, CircuitState]:
         """The circuit state of every provider that has a circuit breaker (the HTTP ones)."""
         return {

@@ -276,7 +276,8 @@ def encode_result(result: ComparisonResult) -> bytes:
             "failure": _failure(result.failure),
             "provider": result.provider.value if result.provider is not None else None,
             "model": result.model,
-            "token_usage": [result.token_usage.prompt_tokens, result.token_usage.completion_tokens],
+            # Older payloads hold the first two; cached kinds follow, so both decode.
+            "token_usage": _usage(result.token_usage),
             "cost_usd": result.cost_usd,
             "response_time_s": result.response_time_s,
             "requested_at": result.requested_at,
@@ -289,11 +290,18 @@ def encode_result(result: ComparisonResult) -> bytes:
     )
 
 
+def _usage(usage: TokenUsage) -> list[int]:
+    values = [usage.prompt_tokens, usage.completion_tokens]
+    if usage.cache_read_tokens or usage.cache_write_tokens:
+        values += [usage.cache_read_tokens, usage.cache_write_tokens]
+    return values
+
+
 def decode_result(data: bytes) -> ComparisonResult:
     """The result `encode_result` wrote."""
     obj = _load(data)
     provider = obj.get("provider")
-    prompt, completion = obj.get("token_usage", [0, 0])
+    usage = [*obj.get("token_usage", []), 0, 0, 0, 0][:4]
     return ComparisonResult(
         request_id=obj["request_id"],
         status=RequestStatus(obj["status"]),
@@ -302,7 +310,7 @@ def decode_result(data: bytes) -> ComparisonResult:
         failure=_failure_from(obj.get("failure")),
         provider=ProviderName(provider) if provider is not None else None,
         model=obj.get("model", ""),
-        token_usage=TokenUsage(prompt_tokens=prompt, completion_tokens=completion),
+        token_usage=TokenUsage(*usage),
         cost_usd=obj.get("cost_usd", 0.0),
         response_time_s=obj.get("response_time_s", 0.0),
         requested_at=obj.get("requested_at", 0.0),

@@ -20,6 +20,8 @@ FIGURES = {
     "rss": ("rss_mb_100k",),
     "streams": ("streams_per_replica", "streams_rss_mb"),
     "cj": ("cj_2000_seconds", "cj_2000_scoring_share"),
+    "economics": ("rate_limit_utilization", "rate_limited_share",
+                  "rate_limit_utilization_headers", "rate_limited_share_headers", "cost_ratio"),
 }  # fmt: skip
 TARGETS = {
     "ceiling_ratio": (">=", 0.5),
@@ -33,6 +35,11 @@ TARGETS = {
     "streams_per_replica": (">=", 1000.0),
     "cj_2000_seconds": ("<=", 120.0),
     "cj_2000_scoring_share": ("<=", 0.2),
+    "rate_limit_utilization": (">=", 0.9),
+    "rate_limited_share": ("<=", 0.01),
+    "rate_limit_utilization_headers": (">=", 0.9),
+    "rate_limited_share_headers": ("<=", 0.01),
+    "cost_ratio": ("<=", 0.6),
 }
 BUNDLE_MAX = 16
 BUNDLED = {
@@ -69,11 +76,12 @@ class Sizes:
     rss_n: int = 100_000
     streams_n: int = 2_000
     cj_essays: int = 2_000
+    economics_quick: bool = False
 
 
 QUICK = Sizes(ceiling_n=200, ceiling_rounds=1, warmup_n=32, bundling_n=32, dispatch_n=100,
               dispatch_low_n=25, rss_n=1_000, streams_n=500,
-              cj_essays=100)  # fmt: skip
+              cj_essays=100, economics_quick=True)  # fmt: skip
 
 
 class BenchError(RuntimeError):
