@@ -106,12 +106,6 @@ class BlackHoleProxy(ReplyDroppingProxy):
             await sink.drain()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a frozen server is given up only after every pending comparison was looked up, "
-    "16 at a time with lookup_timeout_s each (a wave of 250 took 162 s with --server-timeout 5), "
-    "not by --server-timeout",
-)
 async def test_a_frozen_server_is_given_up_by_the_server_timeout_however_much_is_pending() -> None:
     provider = CountingProvider()
     provider.gate = asyncio.Event()  # nothing completes: the whole wave stays pending
@@ -198,11 +192,6 @@ async def test_a_resumed_run_after_a_line_cut_short_leaves_a_readable_journal(
     assert len(contents.results) == 24
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a resumed run takes its batching mode from the CJ_LLM_BATCHING_MODE of the "
-    "resuming shell, not from the journal, so one run is sent (and reported) in two modes",
-)
 async def test_a_resumed_run_keeps_the_batching_mode_it_began_with(
     lps: LpsApp,
     tmp_path: Path,
@@ -280,11 +269,6 @@ def _small_files() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a journal that cannot be written (a full disk, a quota) ends the run in a "
-    "traceback (exit 1) naming neither the file nor what to do, with a line cut short left behind",
-)
 async def test_a_journal_that_cannot_be_written_is_named_in_one_line(tmp_path: Path) -> None:
     out = tmp_path / "run"
     async with serving(CountingProvider()) as app:
@@ -304,11 +288,6 @@ async def test_a_journal_that_cannot_be_written_is_named_in_one_line(tmp_path: P
 # --- Input mistakes found before anything is sent -------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a --batch-id too long for LPS's 256-character ids is sent anyway; the server "
-    "refuses the first wave (exit 3) and the suggested --resume can never succeed",
-)
 async def test_a_batch_id_too_long_for_lps_is_an_input_mistake(
     lps: LpsApp, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -321,11 +300,6 @@ async def test_a_batch_id_too_long_for_lps_is_an_input_mistake(
     assert "--batch-id" in err
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: correlation ids are `<batch>:<essay_a>:<essay_b>` in full, so two essay ids of "
-    "120 characters make every request INVALID_ARGUMENT (request ids are shortened, these not)",
-)
 async def test_long_essay_ids_are_ranked(
     lps: LpsApp, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -363,12 +337,6 @@ def _lone_surrogate(tmp: Path) -> list[str]:
     return [str(source)]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: an essay id or text that cannot be encoded as UTF-8 (a lone surrogate from a "
-    "JSONL \\ud83d escape, a file name that is not UTF-8) is accepted, then the first wave "
-    "dies with a UnicodeEncodeError traceback",
-)
 @pytest.mark.parametrize("setup", [_not_utf8_name, _lone_surrogate], ids=["file name", "jsonl"])
 def test_essays_that_are_not_utf8_are_one_line_input_mistakes(
     setup: Callable[[Path], list[str]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
@@ -382,11 +350,6 @@ def test_essays_that_are_not_utf8_are_one_line_input_mistakes(
     assert len(err.strip().splitlines()) == 1, err
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: --target with a port above 65535 is not checked; grpc wraps it (99999 is "
-    "port 34463), so cj retries another port for --server-timeout and names that port",
-)
 def test_a_target_port_out_of_range_is_an_input_mistake(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -489,11 +452,6 @@ def test_an_in_process_cj_assess_leaves_the_lps_server_logger_as_it_found_it(
 # --- Never lie ---------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: with --max-failed-share 1 a run in which every comparison failed exits 0, prints "
-    "'ranked 16 essays (best first)' in file order and marks itself complete",
-)
 async def test_a_run_without_a_single_judgement_never_ends_as_a_ranking(
     start_lps: Start, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -510,11 +468,6 @@ async def test_a_run_without_a_single_judgement_never_ends_as_a_ranking(
     assert "ranked 16 essays" not in stdout
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a rate limit that refuses part of every round prints the 'retrying' notice "
-    "again each round (any accepted request resets the count of failures), flooding stderr",
-)
 async def test_a_rate_limited_run_reports_its_refusals_at_most_once_a_wave() -> None:
     provider = CountingProvider()
     notices: list[str] = []

@@ -51,10 +51,12 @@ from cj_client.judges import Judge
 from cj_client.metrics import CjMetrics
 from cj_client.models import PROVIDER_NAMES
 from cj_client.outputs import load_essays, ranking_rows, summary, write_outputs
+from cj_client.request_ids import MAX_BATCH_ID_CHARS, MAX_REQUEST_ID_CHARS
 from cj_client.run_options import (
     AssessmentOptions,
     AssessmentReport,
     journaled_options,
+    journaled_settings,
     new_cj_batch_id,
 )
 
@@ -159,6 +161,11 @@ def _plan(args: argparse.Namespace) -> tuple[Path, AssessmentOptions, JournalCon
     if not args.resume:
         if args.path is None:
             raise InputError("give the essays' PATH (or --resume to continue a run in --out)")
+        if args.batch_id is not None and len(args.batch_id) > MAX_BATCH_ID_CHARS:
+            raise InputError(
+                f"--batch-id: at most {MAX_BATCH_ID_CHARS} characters (request ids built on it "
+                f"must fit LPS's {MAX_REQUEST_ID_CHARS}), got {len(args.batch_id)}"
+            )
         out_directory(out)
         _refuse_unfinished(out)
         try:
@@ -214,6 +221,12 @@ async def _assess(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise InputError(str(exc)) from None
     path, options, resume = _plan(args)
+    if resume is not None:
+        # The run keeps its batching mode, whatever CJ_* the resuming shell exports.
+        try:
+            settings = journaled_settings(resume, settings)
+        except JournalError as exc:
+            raise InputError(str(exc)) from None
     essays = load_essays(path)
     if args.anchors:
         try:

@@ -35,6 +35,7 @@ def add_connection_flags(parser: argparse.ArgumentParser, *, default_target: str
         target_help += f"; default {default_target}"
     parser.add_argument(
         "--target",
+        type=target_address,
         default=os.environ.get("CJ_LPS_TARGET", default_target),
         metavar="HOST:PORT",
         help=target_help,
@@ -107,6 +108,25 @@ def port(text: str) -> int:
     if not 0 <= value <= 65535:
         raise argparse.ArgumentTypeError(f"must be a port between 0 and 65535, got {value}")
     return value
+
+
+def target_address(text: str) -> str:
+    """An argparse type: a gRPC target whose ports are TCP ports (grpc would take port 99999 as
+    port 34463, and look for the server there)."""
+    if text.startswith(("unix:", "unix-abstract:", "vsock:")):
+        return text
+    addresses = text.split(":", 1)[1] if text.startswith(("ipv4:", "ipv6:")) else text
+    if addresses.startswith("dns:"):
+        addresses = addresses.removeprefix("dns:").rsplit("/", 1)[-1]
+    for address in addresses.split(","):
+        host, colon, number = address.rpartition(":")
+        if not colon or (":" in host and not host.endswith("]")):
+            continue  # no port given (or a bare IPv6 address): grpc picks the default
+        if not number.isdigit() or not 1 <= int(number) <= 65535:
+            raise argparse.ArgumentTypeError(
+                f"{text!r}: the port must be a number between 1 and 65535, got {number!r}"
+            )
+    return text
 
 
 def out_directory(path: Path) -> Path:
