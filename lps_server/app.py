@@ -20,8 +20,8 @@ from lps_server.observability.batch_metrics import BatchMetrics
 from lps_server.observability.metrics import LabelSpace, LpsMetrics
 from lps_server.observability.metrics_http import start_metrics_endpoint
 from lps_server.observability.queue_gauges import QueueGauges, QueueReading
-from lps_server.processing.batch_accumulator import Endings
 from lps_server.processing.batch_processing import BatchProcessing
+from lps_server.processing.endings import RequestEndings
 from lps_server.processing.intake import Intake
 from lps_server.processing.processor import Processor
 from lps_server.providers import ProviderRegistry
@@ -120,7 +120,7 @@ class LpsApp:
         self.batch_metrics.initialise(used, lps=self.metrics, also_per_request=batch_mode)
         return apis
 
-    def _batch_path(self) -> Callable[[Endings], BatchProcessing] | None:
+    def _batch_path(self) -> Callable[[RequestEndings], BatchProcessing] | None:
         apis, metrics = self.batch_apis, self.batch_metrics
         if apis is None or metrics is None:
             return None
@@ -193,7 +193,7 @@ class LpsApp:
                 drain=isinstance(self.queue, LocalQueue), grace=stop_by - time.monotonic()
             )
         if isinstance(self.queue, LocalQueue) and (leftover := self.queue.pending()):
-            await self.processor.abandon(
+            await self.processor.endings.abandon(
                 leftover, "server shut down before this request was processed; submit it again"
             )
         # Let streaming calls deliver the last results before connections close.

@@ -229,7 +229,7 @@ async def test_results_whose_store_had_no_answer_are_found_stored_and_delivered(
         try:
             # The reply to the first complete never comes (a timeout): its 8 results were
             # stored all the same, and must reach the call that waits for them.
-            proxy.drop_reply_to(complete_sha(), close=False)
+            proxy.drop_reply_to(await complete_sha(redis_url), close=False)
             ids = [f"r{i}" for i in range(8)]
             async with client_of(app) as client:
                 results = await submit_and_collect(client, subs_of(ids))

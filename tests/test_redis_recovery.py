@@ -24,9 +24,18 @@ from tests.redis_server import RedisProcess
 KEYS = QueueKeys("t")
 
 
-def complete_sha() -> bytes:
-    """The SHA the complete script runs by (the proxy recognises its command by it)."""
-    return QueueScripts.register(Redis()).complete.sha.encode()
+async def complete_sha(redis_url: str) -> bytes:
+    """The SHA the complete script runs by (the proxy recognises its command by it), loaded
+    into Redis first: in a fresh Redis the first EVALSHA only gets NOSCRIPT and runs nothing,
+    and a test that dropped that reply would drop nothing that ran (run alone, the tests that
+    use this failed so)."""
+    observer = Redis.from_url(redis_url)
+    try:
+        script = QueueScripts.register(observer).complete
+        await observer.script_load(script.script)
+        return str(script.sha).encode()
+    finally:
+        await observer.aclose()
 
 
 async def test_unreadable_payloads_come_back_apart_with_what_can_be_read(redis_url: str) -> None:
@@ -105,7 +114,7 @@ async def test_a_lost_reply_of_complete_is_found_out_and_delivered_once(
             with queue.reply_here("call-1", delivered.append):
                 await queue.submit([q])
                 lease = await queue.lease(now=T0 + 1)
-                proxy.drop_reply_to(complete_sha(), close=connection == "closed")
+                proxy.drop_reply_to(await complete_sha(redis_url), close=connection == "closed")
                 if connection == "closed":
                     # The connection died with the reply: retried at once, and found stored.
                     stored = await queue.complete([(q, result)], token=lease.token)

@@ -16,7 +16,7 @@ import contextlib
 import functools
 import logging
 import uuid
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from lps_server.core.bundling import limit_of
@@ -32,6 +32,7 @@ from lps_server.core.errors import QueueUnavailableError
 from lps_server.processing.batch_claims import JobClaim
 from lps_server.processing.batch_creation import JobCreator
 from lps_server.processing.batch_lines import new_job_id, plan_lines
+from lps_server.processing.endings import RequestEndings
 from lps_server.processing.leases import LeaseKeeper
 from lps_server.processing.results import failed
 from lps_server.processing.retries import GaveUp, settle
@@ -46,16 +47,6 @@ log = logging.getLogger(__name__)
 LINE_OVERHEAD_BYTES = 4096
 # How many times a job is recorded again without requests another holder took meanwhile.
 OPEN_ATTEMPTS = 3
-
-
-@dataclass(frozen=True, slots=True)
-class Endings:
-    """How requests found while leasing are ended (the processor's own ways)."""
-
-    # End requests past their TTL as EXPIRED: (requests, reason=, token=).
-    expire: Callable[..., Awaitable[None]]
-    # End requests whose payload cannot be read as FAILED: (requests, token=).
-    end_unreadable: Callable[..., Awaitable[None]]
 
 
 @dataclass(eq=False)
@@ -104,7 +95,7 @@ class BatchAccumulator:
         apis: BatchApis,
         creator: JobCreator,
         settings: Settings,
-        endings: Endings,
+        endings: RequestEndings,
         clock: Callable[[], float],
     ) -> None:
         self._queue = queue

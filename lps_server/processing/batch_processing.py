@@ -23,11 +23,12 @@ from lps_server.core.domain import ErrorCode, QueuedRequest
 from lps_server.core.errors import QueueUnavailableError
 from lps_server.observability.batch_metrics import BatchMetrics
 from lps_server.observability.metrics import LpsMetrics
-from lps_server.processing.batch_accumulator import BatchAccumulator, Endings
+from lps_server.processing.batch_accumulator import BatchAccumulator
 from lps_server.processing.batch_claims import JobClaim
 from lps_server.processing.batch_creation import JobCreator
 from lps_server.processing.batch_outcomes import JobResults
 from lps_server.processing.batch_poller import BatchPoller
+from lps_server.processing.endings import RequestEndings
 from lps_server.processing.leases import LeaseKeeper
 from lps_server.processing.supervision import supervise
 from lps_server.providers import ItemFailure, ProviderCallError, ProviderRegistry
@@ -63,7 +64,7 @@ class BatchProcessing:
         settings: Settings,
         metrics: LpsMetrics,
         batch_metrics: BatchMetrics,
-        endings: Endings,
+        endings: RequestEndings,
         clock: Callable[[], float],
         rng: random.Random,
     ) -> None:

@@ -16,7 +16,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 from opentelemetry import trace
 
@@ -24,26 +24,21 @@ from lps_server.budgets import BudgetStore, LocalBudgetStore
 from lps_server.core.bundling import is_batch_group
 from lps_server.core.config import Settings
 from lps_server.core.domain import (
-    BundleFacts,
-    ErrorCode,
-    Failure,
     ProcessingMode,
     ProviderName,
-    QueuedRequest,
 )
 from lps_server.core.errors import QueueUnavailableError
 from lps_server.observability.metrics import LpsMetrics
 from lps_server.observability.tracing import tracer_for
-from lps_server.processing.batch_accumulator import Endings
 from lps_server.processing.batch_processing import BatchProcessing
 from lps_server.processing.budget_wait import Admission, BudgetGate
 from lps_server.processing.bundle_runner import BundleRunner
 from lps_server.processing.capacity import ProviderCapacity
+from lps_server.processing.endings import RequestEndings
 from lps_server.processing.leases import LeaseKeeper
-from lps_server.processing.results import expired, failed, unreadable
 from lps_server.processing.supervision import Health, ServingListener, supervise
 from lps_server.providers import ProviderRegistry
-from lps_server.queue.base import Lease, QueueBackend, UnreadableRequest
+from lps_server.queue.base import Lease, QueueBackend
 
 log = logging.getLogger(__name__)
 UNAVAILABLE_BACKOFF_S = (0.05, 2.0)
@@ -79,7 +74,7 @@ class Processor:
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
         on_serving: ServingListener | None = None,
-        batches: Callable[[Endings], BatchProcessing] | None = None,
+        batches: Callable[[RequestEndings], BatchProcessing] | None = None,
         budgets: BudgetStore | None = None,
     ) -> None:
         self._queue = queue
@@ -107,8 +102,10 @@ class Processor:
             on_open=self._queue_changed,
         )
         self._health = Health(on_serving)
+        # How requests that never reach a provider end (also the shutdown's way, in app.py).
+        self.endings = RequestEndings(queue=queue, metrics=metrics, clock=clock, mode=self._mode)
         # The batch path (docs/batching.md), given the ways this processor ends what leases find.
-        self.batches = batches(Endings(self.expire, self._end_unreadable)) if batches else None
+        self.batches = batches(self.endings) if batches else None
         self._in_flight: set[asyncio.Task[None]] = set()
         self._stopping = asyncio.Event()
         self._draining = False
@@ -340,8 +337,8 @@ class Processor:
                 found = await self._queue.sweep(now=self._clock())
                 if found.reclaimed:
                     log.warning("reclaimed %d requests whose lease lapsed", found.reclaimed)
-                await self._end_unreadable(found.unreadable, token=found.token)
-                await self.expire(found.expired, reason="cleanup", token=found.token)
+                await self.endings.end_unreadable(found.unreadable, token=found.token)
+                await self.endings.expire(found.expired, reason="cleanup", token=found.token)
             except QueueUnavailableError as exc:
                 log.warning("sweep skipped: %s", exc)
             try:
@@ -349,57 +346,6 @@ class Processor:
                 await asyncio.wait_for(self._stopping.wait(), interval)
             except TimeoutError:
                 continue
-
-    async def expire(
-        self, requests: Sequence[QueuedRequest], *, reason: str, token: str = ""
-    ) -> None:
-        """End requests found past their deadline (held under `token`) as EXPIRED and record
-        why (`ttl`, `cleanup`)."""
-        if not requests:
-            return
-        now = self._clock()
-        done = [(q, expired(q, now, self._mode)) for q in requests]
-        stored = await self._queue.complete(done, token=token)
-        for queued, first in zip(requests, stored, strict=True):
-            if first:
-                self._metrics.record_expiry(
-                    provider=queued.route.provider.value,
-                    mode=self._mode,
-                    reason=reason,
-                    age_s=now - queued.enqueued_at,
-                )
-
-    async def _end_unreadable(self, requests: Sequence[UnreadableRequest], *, token: str) -> None:
-        """End requests whose payload cannot be read as FAILED (UNREADABLE_REQUEST), and count
-        them: one bad payload ends one request, never the loop that met it."""
-        if not requests:
-            return
-        now = self._clock()
-        stored = await self._queue.complete(
-            [unreadable(u, now, self._mode) for u in requests], token=token
-        )
-        for request, first in zip(requests, stored, strict=True):
-            if not first:
-                continue
-            reason = "undecodable" if request.routable else "unroutable"
-            self._metrics.unreadable_requests.labels(reason=reason).inc()
-            log.error(
-                "ended request %s FAILED: %s",
-                request.request_id,
-                request.reason,
-                extra={"request_id": request.request_id, "error_code": "unreadable_request"},
-            )
-
-    async def abandon(
-        self, requests: Sequence[QueuedRequest], reason: str, *, token: str = ""
-    ) -> None:
-        """End requests that will never be processed as FAILED: those still queued at the
-        shutdown of an in-process queue, or (with their `token`) a bundle that failed."""
-        now = self._clock()
-        failure = Failure(ErrorCode.INTERNAL, reason, retryable=True)
-        facts = BundleFacts(mode=self._mode)
-        done = [(q, failed(q, failure, now, facts)) for q in requests]
-        await self._queue.complete(done, token=token)
 
     async def _release_unfinished(self, keeper: LeaseKeeper) -> None:
         """Give the requests this bundle still holds back to the queue, for other replicas."""
@@ -417,8 +363,8 @@ class Processor:
         admission: Admission,
     ) -> None:
         try:
-            await self._end_unreadable(lease.unreadable, token=lease.token)
-            await self.expire(lease.expired, reason="ttl", token=lease.token)
+            await self.endings.end_unreadable(lease.unreadable, token=lease.token)
+            await self.endings.expire(lease.expired, reason="ttl", token=lease.token)
             keeper.let_go(
                 [u.request_id for u in lease.unreadable] + [q.request_id for q in lease.expired]
             )
@@ -445,7 +391,7 @@ class Processor:
             log.exception("bundle failed unexpectedly")
             unfinished = [q for q in lease.items if q.request_id in set(keeper.held)]
             try:
-                await self.abandon(
+                await self.endings.abandon(
                     unfinished, "internal error while processing the bundle", token=lease.token
                 )
             except QueueUnavailableError:
