@@ -374,41 +374,6 @@ async def test_a_stream_whose_requests_redis_lost_is_told_instead_of_hanging(
     assert set(seen) == set(ids), "every request was answered (a failure naming the loss)"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="while every provider has LPS_MAX_CONCURRENT_CALLS bundles in flight the dispatcher "
-    "does not lease, so nothing reports Redis unreachable: health stays SERVING for as long as "
-    "the calls last although no submission can be accepted",
-)
-async def test_health_turns_not_serving_when_redis_dies_while_every_provider_is_busy(
-    killable_redis: RedisProcess,
-) -> None:
-    provider = GatedMock()  # calls wait for the gate: the provider is busy until the test ends
-    async with running_app(
-        provider=provider,
-        queue_backend="redis",
-        redis_url=killable_redis.url,
-        max_concurrent_calls=1,
-        queue_sweep_interval_seconds=0.2,
-    ) as app:
-        async with LpsClient(target=f"127.0.0.1:{app.grpc_port}", timeout=10) as client:
-            await client.submit(submission(1, request_id="busy"))
-            await client.submit(submission(2, request_id="waiting"))
-        async with asyncio.timeout(10):
-            await provider.entered.wait()
-        try:
-            told = await _health_changes_to(
-                f"127.0.0.1:{app.grpc_port}",
-                health_pb2.HealthCheckResponse.NOT_SERVING,
-                within=5,
-                then=killable_redis.stop,
-            )
-        finally:
-            killable_redis.start()
-            provider.gate.set()
-    assert told, "health still read SERVING 5 s after Redis went down"
-
-
 # --- Bugs fixed with their test -------------------------------------------------------------------
 
 
@@ -530,3 +495,32 @@ def test_a_host_that_cannot_be_listened_on_ends_the_start_in_one_line_with_port_
     line = refused("--port", "0", "--metrics-port", "0", **{variable: "256.1.1.1"})
     assert variable in line, line
     assert "256.1.1.1" in line, line
+
+
+async def test_health_turns_not_serving_when_redis_dies_while_every_provider_is_busy(
+    killable_redis: RedisProcess,
+) -> None:
+    provider = GatedMock()  # calls wait for the gate: the provider is busy until the test ends
+    async with running_app(
+        provider=provider,
+        queue_backend="redis",
+        redis_url=killable_redis.url,
+        max_concurrent_calls=1,
+        queue_sweep_interval_seconds=0.2,
+    ) as app:
+        async with LpsClient(target=f"127.0.0.1:{app.grpc_port}", timeout=10) as client:
+            await client.submit(submission(1, request_id="busy"))
+            await client.submit(submission(2, request_id="waiting"))
+        async with asyncio.timeout(10):
+            await provider.entered.wait()
+        try:
+            told = await _health_changes_to(
+                f"127.0.0.1:{app.grpc_port}",
+                health_pb2.HealthCheckResponse.NOT_SERVING,
+                within=5,
+                then=killable_redis.stop,
+            )
+        finally:
+            killable_redis.start()
+            provider.gate.set()
+    assert told, "health still read SERVING 5 s after Redis went down"
