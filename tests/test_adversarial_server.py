@@ -219,99 +219,6 @@ async def test_a_record_with_an_unreadable_deadline_does_not_stop_dispatch(
 @pytest.mark.slow
 @pytest.mark.xfail(
     strict=True,
-    reason="settle() gives up as soon as the lease lapses, although the complete it sent into "
-    "the frozen Redis runs when Redis resumes: the results are stored and delivered, but "
-    "llm_provider_requests_total never counts them (nor tokens, cost or queue wait), and the log "
-    "says another replica will redo the work, which nobody does",
-)
-async def test_results_stored_by_a_complete_sent_into_a_long_redis_freeze_are_counted(
-    killable_redis: RedisProcess, start: Launch, provider: FakeOpenAI
-) -> None:
-    provider.latency_s = 1.0
-    ids = [f"r{i}" for i in range(8)]
-    async with start(
-        ["a"],
-        LPS_QUEUE_LEASE_SECONDS="2",
-        # Only the sweep at start-up: nobody reclaims the lapsed leases, so the late complete
-        # is the one that ends the requests.
-        LPS_QUEUE_SWEEP_INTERVAL_SECONDS="3600",
-        LPS_STREAM_RECHECK_SECONDS="0.5",
-        **SERIAL,
-    ) as (a,):
-        async with LpsClient(target=a.target, timeout=30) as client:
-            # One request first, so that Redis has loaded the complete script before the freeze
-            # (otherwise the complete sent into the freeze runs into NOSCRIPT when Redis resumes).
-            await results_of(client, [marked("warm-up")], timeout=15)
-            # And a pool of idle connections, so that the complete goes out on an open one (a
-            # new one would wait for the freeze in its handshake and never send the script).
-            await fill_connection_pool(killable_redis, client, "warm-up", 12)
-            run = asyncio.create_task(results_of(client, [marked(r) for r in ids], timeout=40))
-            await provider.wait_until(lambda: len(provider.calls) == 2, timeout=15, what="call")
-            killable_redis.pause()  # the answer comes in 1 s; its complete waits in the freeze
-            await provider.wait_until(
-                lambda: provider.calls[1].answered.is_set(), timeout=15, what="the answer"
-            )
-            # The length of the fault: well past the complete's timeout (2 s), by when the lease
-            # has lapsed and the runner has given up on the complete.
-            await asyncio.sleep(3.5)
-            killable_redis.resume()
-            seen, outcomes = await run
-            counted = await a.metric("llm_provider_requests_total", status="completed")
-        log = a.log()
-    assert seen == once_each(ids), "every request has one result"
-    assert {o.status for o in outcomes.values()} == {"completed"}
-    assert provider.asked() == once_each(["warm-up", *ids]), "asked once each: nobody redid it"
-    assert "could not store" in log, "the freeze did hit the complete"
-    assert counted == 1 + len(ids), (
-        f"{1 + len(ids)} requests completed, the metric counts {counted:g}"
-    )
-
-
-@pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="when Redis is down for longer than a lease while a bundle's results wait to be "
-    "stored, settle() gives up and drops the provider's answers without counting them in "
-    "llm_provider_lease_lost_total{stage=after_call}; after Redis is back the requests are "
-    "reclaimed and paid for again, and the runbook's 'answers paid for twice' query reads 0",
-)
-async def test_answers_dropped_because_redis_was_down_past_the_lease_are_counted(
-    killable_redis: RedisProcess, start: Launch, provider: FakeOpenAI
-) -> None:
-    provider.latency_s = 1.0
-    ids = [f"r{i}" for i in range(8)]
-    async with (
-        start(
-            ["a"],
-            LPS_QUEUE_LEASE_SECONDS="2",
-            LPS_QUEUE_SWEEP_INTERVAL_SECONDS="0.2",
-            **SERIAL,
-        ) as (a,),
-        LpsClient(target=a.target, timeout=30) as client,
-    ):
-        run = asyncio.create_task(results_of(client, [marked(r) for r in ids], timeout=60))
-        await provider.wait_until(lambda: len(provider.calls) == 1, timeout=15, what="call")
-        killable_redis.stop()  # a crash while the provider works on the bundle...
-        await provider.wait_until(
-            lambda: provider.calls[0].answered.is_set(), timeout=15, what="the answer"
-        )
-        await asyncio.sleep(2.5)  # ...down well past the lease (the length of the fault)...
-        killable_redis.start()  # ...and back from its AOF
-        seen, outcomes = await run
-        dropped = await a.metric("llm_provider_lease_lost_total", stage="after_call")
-        counted = await a.metric("llm_provider_requests_total", status="completed")
-    assert seen == once_each(ids), "every request has one result"
-    assert {o.status for o in outcomes.values()} == {"completed"}
-    paid_twice = sum(n - 1 for n in provider.asked().values())
-    assert counted == len(ids)
-    assert dropped == paid_twice, (
-        f"{paid_twice} answers were paid for twice, lease_lost{{after_call}} reads {dropped:g}"
-    )
-
-
-@pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
     reason="a request whose holder died mid-call is reclaimed with no attempt counted, so once "
     "its TTL has passed the next lease ends it EXPIRED: the provider was paid, the client is told "
     "it expired, and llm_provider_queue_expiry_total counts an expiry 'before any provider call'",
@@ -524,3 +431,82 @@ async def test_health_turns_not_serving_when_redis_dies_while_every_provider_is_
             killable_redis.start()
             provider.gate.set()
     assert told, "health still read SERVING 5 s after Redis went down"
+
+
+@pytest.mark.slow
+async def test_results_stored_by_a_complete_sent_into_a_long_redis_freeze_are_counted(
+    killable_redis: RedisProcess, start: Launch, provider: FakeOpenAI
+) -> None:
+    provider.latency_s = 1.0
+    ids = [f"r{i}" for i in range(8)]
+    async with start(
+        ["a"],
+        LPS_QUEUE_LEASE_SECONDS="2",
+        # Only the sweep at start-up: nobody reclaims the lapsed leases, so the late complete
+        # is the one that ends the requests.
+        LPS_QUEUE_SWEEP_INTERVAL_SECONDS="3600",
+        LPS_STREAM_RECHECK_SECONDS="0.5",
+        **SERIAL,
+    ) as (a,):
+        async with LpsClient(target=a.target, timeout=30) as client:
+            # One request first, so that Redis has loaded the complete script before the freeze
+            # (otherwise the complete sent into the freeze runs into NOSCRIPT when Redis resumes).
+            await results_of(client, [marked("warm-up")], timeout=15)
+            # And a pool of idle connections, so that the complete goes out on an open one (a
+            # new one would wait for the freeze in its handshake and never send the script).
+            await fill_connection_pool(killable_redis, client, "warm-up", 12)
+            run = asyncio.create_task(results_of(client, [marked(r) for r in ids], timeout=40))
+            await provider.wait_until(lambda: len(provider.calls) == 2, timeout=15, what="call")
+            killable_redis.pause()  # the answer comes in 1 s; its complete waits in the freeze
+            await provider.wait_until(
+                lambda: provider.calls[1].answered.is_set(), timeout=15, what="the answer"
+            )
+            # The length of the fault: well past the complete's timeout (2 s), by when the lease
+            # has lapsed and the runner has given up on the complete.
+            await asyncio.sleep(3.5)
+            killable_redis.resume()
+            seen, outcomes = await run
+            counted = await a.metric("llm_provider_requests_total", status="completed")
+        log = a.log()
+    assert seen == once_each(ids), "every request has one result"
+    assert {o.status for o in outcomes.values()} == {"completed"}
+    assert provider.asked() == once_each(["warm-up", *ids]), "asked once each: nobody redid it"
+    assert "could not store" in log, "the freeze did hit the complete"
+    assert counted == 1 + len(ids), (
+        f"{1 + len(ids)} requests completed, the metric counts {counted:g}"
+    )
+
+
+@pytest.mark.slow
+async def test_answers_dropped_because_redis_was_down_past_the_lease_are_counted(
+    killable_redis: RedisProcess, start: Launch, provider: FakeOpenAI
+) -> None:
+    provider.latency_s = 1.0
+    ids = [f"r{i}" for i in range(8)]
+    async with (
+        start(
+            ["a"],
+            LPS_QUEUE_LEASE_SECONDS="2",
+            LPS_QUEUE_SWEEP_INTERVAL_SECONDS="0.2",
+            **SERIAL,
+        ) as (a,),
+        LpsClient(target=a.target, timeout=30) as client,
+    ):
+        run = asyncio.create_task(results_of(client, [marked(r) for r in ids], timeout=60))
+        await provider.wait_until(lambda: len(provider.calls) == 1, timeout=15, what="call")
+        killable_redis.stop()  # a crash while the provider works on the bundle...
+        await provider.wait_until(
+            lambda: provider.calls[0].answered.is_set(), timeout=15, what="the answer"
+        )
+        await asyncio.sleep(2.5)  # ...down well past the lease (the length of the fault)...
+        killable_redis.start()  # ...and back from its AOF
+        seen, outcomes = await run
+        dropped = await a.metric("llm_provider_lease_lost_total", stage="after_call")
+        counted = await a.metric("llm_provider_requests_total", status="completed")
+    assert seen == once_each(ids), "every request has one result"
+    assert {o.status for o in outcomes.values()} == {"completed"}
+    paid_twice = sum(n - 1 for n in provider.asked().values())
+    assert counted == len(ids)
+    assert dropped == paid_twice, (
+        f"{paid_twice} answers were paid for twice, lease_lost{{after_call}} reads {dropped:g}"
+    )
