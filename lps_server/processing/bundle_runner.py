@@ -105,7 +105,7 @@ class BundleRunner:
         route = items[0].route
         model_label = self._providers.model_label(route)
         labels = {"provider": route.provider.value, "model": model_label}
-        if not await keeper.confirm():
+        if not await keeper.confirm_calling():
             log.error(
                 "the leases of %d request(s) may have lapsed and cannot be confirmed; not calling "
                 "the provider for them, they will be reclaimed",

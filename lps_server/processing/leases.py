@@ -105,6 +105,17 @@ class LeaseKeeper:
         await self._extend()
         return not self.lapsed()
 
+    async def confirm_calling(self) -> bool:
+        """Right before the provider call: extend the leases and mark the requests as called
+        (so that a holder dying mid-call leaves them with one attempt counted, and a request
+        past its TTL that already cost a call is never ended EXPIRED), which also tells which
+        were lost. False when the leases may have lapsed (the mark could not be set and the
+        last confirmed deadline is less than a beat away): do not call the provider for them.
+        """
+        if await self._extend(calling=True):
+            return True
+        return self._valid_until - self.clock() > self.lease_s / 3.0
+
     def lose(self, request_ids: Iterable[str]) -> None:
         """Record requests as lost (a fenced call found them held by someone else)."""
         lost = [rid for rid in request_ids if rid in self._held]
@@ -131,19 +142,21 @@ class LeaseKeeper:
             if self._held:
                 await self._extend()
 
-    async def _extend(self) -> None:
+    async def _extend(self, *, calling: bool = False) -> bool:
+        """Extend what is held; True when Redis answered."""
         ids = self.held
         sent_at = self.clock()
         try:
-            lost = await self._queue.extend(ids, token=self.token, now=sent_at)
+            lost = await self._queue.extend(ids, token=self.token, now=sent_at, calling=calling)
         except QueueUnavailableError as exc:
             self._report_failure(len(ids), exc)
-            return
+            return False
         except Exception:  # a bug must not end the heartbeat: leases would lapse silently
             log.exception("extending %d leases failed unexpectedly; trying again", len(ids))
-            return
+            return False
         self._valid_until = sent_at + self.lease_s
         self.lose(lost)
+        return True
 
     def _report_failure(self, count: int, exc: Exception) -> None:
         left = self._valid_until - self.clock()

@@ -150,11 +150,17 @@ class QueueBackend(Protocol):
         """Return when new work may have arrived, or after `timeout` seconds."""
         ...
 
-    async def extend(self, request_ids: Sequence[str], *, token: str, now: float) -> list[str]:
+    async def extend(
+        self, request_ids: Sequence[str], *, token: str, now: float, calling: bool = False
+    ) -> list[str]:
         """Push the lease deadline of the requests held under `token` one lease period past
         `now`; return the ids that are no longer held under it (reclaimed, released or ended by
         another holder): their holder has lost them and must neither store nor release them.
-        Requests already ended by this holder are neither extended nor reported."""
+        Requests already ended by this holder are neither extended nor reported.
+
+        With `calling`, the held requests are also marked as called: a provider call goes out
+        for them now. A request reclaimed or released with the mark (its holder died or gave up
+        mid-call) counts one more failed attempt, so it is retried to the end, never EXPIRED."""
         ...
 
     async def release(

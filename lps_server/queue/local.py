@@ -55,6 +55,8 @@ class _Record:
     # The token of the lease that holds it.
     lease: str = ""
     attempts: int = 0
+    # A provider call went out for it under the current lease (`extend(calling=True)`).
+    called: bool = False
     # When a request waiting for a retry becomes due; None for every other request.
     retry_at: float | None = None
 
@@ -290,13 +292,19 @@ class LocalQueue:
             return None
         return record
 
-    async def extend(self, request_ids: Sequence[str], *, token: str, now: float) -> list[str]:
-        """Report the ids no longer held under `token`; leases never lapse in-process."""
+    async def extend(
+        self, request_ids: Sequence[str], *, token: str, now: float, calling: bool = False
+    ) -> list[str]:
+        """Report the ids no longer held under `token` (with `calling`, mark the held ones as
+        called); leases never lapse in-process."""
         lost = []
         for rid in request_ids:
+            record = self._held(rid, token)
+            if record is not None:
+                record.called = record.called or calling
+                continue
             ended = self._ended.get(rid)
-            ended_by_holder = ended is not None and ended.lease == token
-            if self._held(rid, token) is None and not ended_by_holder:
+            if ended is None or ended.lease != token:
                 lost.append(rid)
         return lost
 
@@ -311,6 +319,9 @@ class LocalQueue:
                 continue
             self._processing -= 1
             self._queued_bytes += request_bytes(record.queued)
+            if record.called and retry_at is None:
+                record.attempts += 1  # given back mid-call: that call was an attempt
+            record.called = False
             if retry_at is None:
                 self._enqueue(record)
             else:

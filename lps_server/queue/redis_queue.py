@@ -354,12 +354,14 @@ class RedisQueue:
         except QueueUnavailableError:
             return
 
-    async def extend(self, request_ids: Sequence[str], *, token: str, now: float) -> list[str]:
-        """Push the lease deadline of the requests held under `token` to `now` + lease_seconds;
-        return the ids no longer held under it."""
+    async def extend(
+        self, request_ids: Sequence[str], *, token: str, now: float, calling: bool = False
+    ) -> list[str]:
+        """Push the lease deadline of the requests held under `token` to `now` + lease_seconds
+        (with `calling`, mark them as called); return the ids no longer held under it."""
         if not request_ids:
             return []
-        args = [token, repr(now + self._lease_s), *request_ids]
+        args = [token, repr(now + self._lease_s), "1" if calling else "", *request_ids]
         return [rid.decode() for rid in await self._run(self._scripts.extend, args)]
 
     async def release(

@@ -50,11 +50,22 @@ end
 
 local function load(rid)
   local v = redis.call('HMGET', req_prefix .. rid, 'status', 'member', 'score', 'group',
-    'deadline', 'bytes', 'enqueued_at', 'provider', 'lease', 'attempts')
+    'deadline', 'bytes', 'enqueued_at', 'provider', 'lease', 'attempts', 'called')
   if not v[1] then return nil end
   return {status = v[1], member = v[2], score = v[3], group = v[4], deadline = v[5],
           bytes = tonumber(v[6]) or 0, enqueued_at = v[7], provider = v[8], lease = v[9] or '',
-          attempts = tonumber(v[10]) or 0}
+          attempts = tonumber(v[10]) or 0, called = v[11] ~= false}
+end
+
+-- A provider call went out for a request that goes back to the queue without its result (its
+-- holder died, stalled past its lease or gave up mid-call): that call counts as a failed
+-- attempt, so the request is retried to the end, never ended EXPIRED although it was paid for.
+local function uncall(rid, r)
+  if r.called then
+    redis.call('HDEL', req_prefix .. rid, 'called')
+    r.attempts = redis.call('HINCRBY', req_prefix .. rid, 'attempts', 1)
+    r.called = false
+  end
 end
 
 -- The TTL bounds the wait before the first provider call only: once a request has cost a call
@@ -302,7 +313,8 @@ return out
 """
 
 # ARGV[5] token, ARGV[6] retry time ('' = at once), ARGV[7..] request ids. Only requests held
-# under the token go back. With a retry time they count one more failed attempt and wait in
+# under the token go back. With a retry time (or, at once, when marked as called) they count one
+# more failed attempt; with a retry time they wait in
 # `delayed` until it; leases and sweeps move them back to their place when due. Returns how many
 # went back.
 _RELEASE = """
@@ -314,8 +326,11 @@ for i = 7, #ARGV do
   if r and r.status == '$processing' and r.lease == token then
     unlease(rid)
     if retry_at == '' then
+      uncall(rid, r)
       requeue(rid, r)
     else
+      -- The failed attempt that the mark stood for is the one counted here.
+      redis.call('HDEL', req_prefix .. rid, 'called')
       r.attempts = redis.call('HINCRBY', req_prefix .. rid, 'attempts', 1)
       hold(rid, r)
       redis.call('ZADD', delayed, retry_at, rid)
@@ -327,17 +342,19 @@ if retry_at == '' then wake_up(n) end
 return n
 """
 
-# ARGV[5] token, ARGV[6] new lease deadline, ARGV[7..] request ids. Extends the requests still
-# held under the token; returns the ids that are not (lost to another holder, released, or gone),
-# leaving out those this holder has ended itself.
+# ARGV[5] token, ARGV[6] new lease deadline, ARGV[7] '1' to mark the held requests as called (a
+# provider call goes out for them), ARGV[8..] request ids. Extends the requests still held under
+# the token; returns the ids that are not (lost to another holder, released, or gone), leaving
+# out those this holder has ended itself.
 _EXTEND = """
-local token, deadline = ARGV[5], ARGV[6]
+local token, deadline, calling = ARGV[5], ARGV[6], ARGV[7] == '1'
 local lost = {}
-for i = 7, #ARGV do
+for i = 8, #ARGV do
   local rid = ARGV[i]
   local v = redis.call('HMGET', req_prefix .. rid, 'status', 'lease')
   if v[1] == '$processing' and v[2] == token then
     redis.call('ZADD', leases, 'XX', deadline, rid)
+    if calling then redis.call('HSET', req_prefix .. rid, 'called', '1') end
   elseif not (v[1] and is_final(v[1]) and v[2] == token) then
     lost[#lost + 1] = rid
   end
@@ -357,6 +374,7 @@ for _, rid in ipairs(redis.call('ZRANGEBYSCORE', leases, '-inf', now, 'LIMIT', 0
   local r = load(rid)
   unlease(rid)
   if r and r.status == '$processing' then
+    uncall(rid, r)
     requeue(rid, r)
     reclaimed = reclaimed + 1
   end
