@@ -21,6 +21,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import aclosing
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -30,7 +31,7 @@ from redis.exceptions import OutOfMemoryError
 
 from cj_client import Ack, LpsClient, LpsClientError, UnavailableError
 from lps_server.core.config import Settings
-from lps_server.core.domain import ComparisonResult
+from lps_server.core.domain import ComparisonResult, ProcessingMode
 from lps_server.queue.codec import encode_result
 from lps_server.queue.redis_keys import QueueKeys
 from lps_server.queue.redis_queue import RedisQueue
@@ -214,37 +215,6 @@ async def test_a_record_with_an_unreadable_deadline_does_not_stop_dispatch(
 
 
 # --- Bugs: each test fails for the bug its xfail reason names -------------------------------------
-
-
-@pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="after Redis restarts empty (no persistence), a SubmitComparisons call waits forever "
-    "for requests the queue no longer knows: the store look-ups find no result and try again "
-    "every LPS_STREAM_RECHECK_SECONDS without end, while the replica counts the dropped answers "
-    "as lease_lost{after_call} and logs that another holder took them over",
-)
-async def test_a_stream_whose_requests_redis_lost_is_told_instead_of_hanging(
-    volatile_redis: RedisProcess, provider: FakeOpenAI, tmp_path: Path
-) -> None:
-    provider.latency_s = 1.5
-    start = launcher(redis_url=volatile_redis.url, provider=provider, log_dir=tmp_path)
-    ids = [f"r{i}" for i in range(4)]
-    async with (
-        start(["a"], LPS_STREAM_RECHECK_SECONDS="0.5") as (a,),
-        LpsClient(target=a.target, timeout=30) as client,
-    ):
-        run = asyncio.create_task(results_of(client, [marked(r) for r in ids], timeout=5))
-        await provider.wait_until(lambda: len(provider.calls) == 4, timeout=15, what="calls")
-        volatile_redis.stop()
-        volatile_redis.start()  # empty: every request, lease and channel is gone
-        try:
-            seen, _ = await run
-        except LpsClientError:
-            return  # the call ended with an error naming the loss: the client can resubmit
-        except TimeoutError:
-            pytest.fail("the stream still waited 5 s after Redis lost its requests")
-    assert set(seen) == set(ids), "every request was answered (a failure naming the loss)"
 
 
 # --- Bugs fixed with their test -------------------------------------------------------------------
@@ -504,3 +474,72 @@ async def test_a_request_that_cost_a_call_is_not_expired_after_its_holder_died(
         f"a request that cost a provider call ended {outcome.status.upper()}"
     )
     assert expired == 0
+
+
+@pytest.mark.slow
+async def test_a_stream_whose_requests_redis_lost_is_told_instead_of_hanging(
+    volatile_redis: RedisProcess, provider: FakeOpenAI, tmp_path: Path
+) -> None:
+    provider.latency_s = 1.5
+    start = launcher(redis_url=volatile_redis.url, provider=provider, log_dir=tmp_path)
+    ids = [f"r{i}" for i in range(4)]
+    async with (
+        start(["a"], LPS_STREAM_RECHECK_SECONDS="0.5") as (a,),
+        LpsClient(target=a.target, timeout=30) as client,
+    ):
+        run = asyncio.create_task(results_of(client, [marked(r) for r in ids], timeout=5))
+        await provider.wait_until(lambda: len(provider.calls) == 4, timeout=15, what="calls")
+        volatile_redis.stop()
+        volatile_redis.start()  # empty: every request, lease and channel is gone
+        try:
+            seen, _ = await run
+        except LpsClientError:
+            return  # the call ended with an error naming the loss: the client can resubmit
+        except TimeoutError:
+            pytest.fail("the stream still waited 5 s after Redis lost its requests")
+    assert set(seen) == set(ids), "every request was answered (a failure naming the loss)"
+
+
+async def test_answers_for_requests_redis_lost_are_not_counted_as_taken_over(
+    redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Redis loses its data (FLUSHALL stands for a restart without persistence) while the
+    # provider works on the requests: the stream is told at once that they were lost, and when
+    # the answers come the replica neither counts them as paid twice nor logs that another
+    # holder took them over: nobody holds them.
+    provider = GatedMock()
+    ids = [f"r{i}" for i in range(3)]
+    observer = Redis.from_url(redis_url)
+    outcomes: dict[str, Any] = {}
+    async with (
+        running_app(
+            provider=provider,
+            queue_backend="redis",
+            redis_url=redis_url,
+            queue_processing_mode=ProcessingMode.SERIAL_BUNDLE,
+            stream_recheck_seconds=0.2,
+        ) as app,
+        LpsClient(target=f"127.0.0.1:{app.grpc_port}", timeout=10) as client,
+    ):
+        subs = [submission(i, request_id=rid) for i, rid in enumerate(ids)]
+
+        async def collect() -> None:
+            async with aclosing(client.submit_many(subs)) as events:
+                async for event in events:
+                    if not isinstance(event, Ack):
+                        outcomes[event.request_id] = event
+
+        run = asyncio.create_task(collect())
+        async with asyncio.timeout(10):
+            await provider.entered.wait()
+            await observer.flushall()
+            await run  # the call ends once every request is answered
+        provider.gate.set()
+    # Leaving the app waited for the bundle in flight: its answers came and were dropped.
+    lost = metric(app.registry, "llm_provider_lease_lost_total", stage="after_call")
+    await observer.aclose()
+    assert sorted(outcomes) == ids
+    assert {o.error_code for o in outcomes.values()} == {"request_lost"}, outcomes
+    assert lost == 0, "answers for requests nobody else holds counted as paid twice"
+    assert "the queue no longer knows" in caplog.text
+    assert "another holder" not in caplog.text

@@ -11,6 +11,7 @@ dropped and counted (`llm_provider_lease_lost_total`), never stored.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 import time
@@ -105,7 +106,7 @@ class BundleRunner:
         route = items[0].route
         model_label = self._providers.model_label(route)
         labels = {"provider": route.provider.value, "model": model_label}
-        if not await keeper.confirm_calling():
+        if not await keeper.confirm():
             log.error(
                 "the leases of %d request(s) may have lapsed and cannot be confirmed; not calling "
                 "the provider for them, they will be reclaimed",
@@ -163,7 +164,13 @@ class BundleRunner:
         labels: dict[str, str],
     ) -> None:
         number = {q.request_id: attempts.get(q.request_id, 0) + 1 for q in items}
-        call = await self._call(provider, items, max(number.values()))
+        # The mark goes out beside the call, not before it: it must not delay the call, nor
+        # reorder the calls of bundles leased one after the other.
+        marking = asyncio.create_task(keeper.mark_called())
+        try:
+            call = await self._call(provider, items, max(number.values()))
+        finally:
+            await _finish(marking)
         self._metrics.response_duration.labels(**labels).observe(call.duration_s)
         if call.answered and self._mode == ProcessingMode.SERIAL_BUNDLE:
             self._metrics.record_bundle_call(size=len(items), **labels)
@@ -212,7 +219,10 @@ class BundleRunner:
     ) -> list[QueuedRequest]:
         """The items whose lease the keeper still holds; the others are counted as lost."""
         held = [q for q in items if not keeper.is_lost(q.request_id)]
-        if lost := len(items) - len(held):
+        # Requests the queue lost with its data were taken over by nobody: not lost leases.
+        if lost := sum(
+            1 for q in items if keeper.is_lost(q.request_id) and not keeper.is_gone(q.request_id)
+        ):
             self._metrics.lease_lost.labels(provider=provider.value, stage=stage).inc(lost)
         return held
 
@@ -305,11 +315,12 @@ class BundleRunner:
                 len(done),
             )
             return
-        if refused := [q.request_id for (q, _), ok in zip(done, firsts, strict=True) if not ok]:
-            # Another holder took these over after the call (the keeper had not noticed yet).
-            keeper.lose(refused)
+        refused = [q.request_id for (q, _), ok in zip(done, firsts, strict=True) if not ok]
+        # Another holder took these over after the call (the keeper had not noticed yet), or the
+        # queue lost them with its data (not paid again: not counted as lost leases).
+        if refused and (taken := await keeper.lose(refused)):
             provider = done[0][0].route.provider.value
-            self._metrics.lease_lost.labels(provider=provider, stage="after_call").inc(len(refused))
+            self._metrics.lease_lost.labels(provider=provider, stage="after_call").inc(len(taken))
         keeper.let_go(q.request_id for q, _ in done)
         ended = [pair for pair, first in zip(done, firsts, strict=True) if first]
         # Metrics are summed per bundle: one labelled child per status rather than per request.
@@ -350,6 +361,15 @@ class BundleRunner:
             hint_cap_s=self._settings.retry_after_max_seconds,
             rng=self._rng,
         )
+
+
+async def _finish(task: asyncio.Task[None]) -> None:
+    """Wait for `task`; cancel it when the waiting one is cancelled."""
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
 
 
 @runtime_checkable

@@ -56,6 +56,7 @@ class LeaseKeeper:
         # A dict keeps the order of the ids, so extensions and logs list them as leased.
         self._held = dict.fromkeys(request_ids)
         self._lost: set[str] = set()
+        self._gone: set[str] = set()
         self._valid_until = taken_at + lease_s
         self._task: asyncio.Task[None] | None = None
 
@@ -105,24 +106,47 @@ class LeaseKeeper:
         await self._extend()
         return not self.lapsed()
 
-    async def confirm_calling(self) -> bool:
-        """Right before the provider call: extend the leases and mark the requests as called
-        (so that a holder dying mid-call leaves them with one attempt counted, and a request
-        past its TTL that already cost a call is never ended EXPIRED), which also tells which
-        were lost. False when the leases may have lapsed (the mark could not be set and the
-        last confirmed deadline is less than a beat away): do not call the provider for them.
-        """
-        if await self._extend(calling=True):
-            return True
-        return self._valid_until - self.clock() > self.lease_s / 3.0
+    async def mark_called(self) -> None:
+        """As the provider call goes out: extend the leases and mark the requests as called, so
+        that a holder dying mid-call leaves them with one attempt counted (a request past its
+        TTL that already cost a call is then never ended EXPIRED). A failure is logged; the
+        next beat extends again, without the mark."""
+        await self._extend(calling=True)
 
-    def lose(self, request_ids: Iterable[str]) -> None:
-        """Record requests as lost (a fenced call found them held by someone else)."""
+    def is_gone(self, request_id: str) -> bool:
+        """True when the request was lost because the queue no longer knows it at all (its
+        backend lost its data): nobody else holds it, and nobody will call the provider again."""
+        return request_id in self._gone
+
+    async def lose(self, request_ids: Iterable[str]) -> list[str]:
+        """Record requests as lost (a fenced call refused them); return those another holder
+        took over. Those the queue no longer knows at all are told apart (one look-up, only on
+        this rare path): logged as lost with the queue's data, not as taken over."""
         lost = [rid for rid in request_ids if rid in self._held]
         if not lost:
-            return
+            return []
         self.let_go(lost)
         self._lost.update(lost)
+        try:
+            gone = (await self._queue.ended_results(lost)).unknown
+        except QueueUnavailableError:
+            gone = frozenset()
+        if gone:
+            self._gone.update(gone)
+            log.error(
+                "the queue no longer knows %d request(s) this replica held (it lost its data: "
+                "Redis restarted without persistence, or flushed); their results cannot be "
+                "stored, and their clients are told to submit them again: %s",
+                len(gone),
+                ", ".join(sorted(gone)[:LOGGED_IDS]),
+                extra={"lease_token": self.token, "request_ids": sorted(gone)[:LOGGED_IDS]},
+            )
+        lost = [rid for rid in lost if rid not in gone]
+        if lost:
+            self._log_taken_over(lost)
+        return lost
+
+    def _log_taken_over(self, lost: list[str]) -> None:
         log.warning(
             "lost the lease of %d request(s) to another holder; their results will not be "
             "stored here: %s",
@@ -155,7 +179,7 @@ class LeaseKeeper:
             log.exception("extending %d leases failed unexpectedly; trying again", len(ids))
             return False
         self._valid_until = sent_at + self.lease_s
-        self.lose(lost)
+        await self.lose(lost)
         return True
 
     def _report_failure(self, count: int, exc: Exception) -> None:

@@ -76,6 +76,16 @@ class SweepResult:
 
 
 @dataclass(frozen=True, slots=True)
+class EndedResults:
+    """What a look-up of awaited ids found: the results of those that ended, and the ids the
+    queue does not know at all (never submitted, forgotten after the retention, or lost with the
+    backend's data)."""
+
+    results: dict[str, ComparisonResult] = field(default_factory=dict)
+    unknown: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
 class QueueStats:
     """Depth by status and the age of the oldest queued request."""
 
@@ -215,8 +225,9 @@ class QueueBackend(Protocol):
         """
         ...
 
-    async def ended_results(self, request_ids: Sequence[str]) -> dict[str, ComparisonResult]:
-        """The stored results of those of `request_ids` that have ended, in one round trip."""
+    async def ended_results(self, request_ids: Sequence[str]) -> EndedResults:
+        """The stored results of those of `request_ids` that have ended, and those it does not
+        know at all, in one round trip."""
         ...
 
     async def sweep(self, *, now: float) -> SweepResult:

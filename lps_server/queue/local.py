@@ -26,6 +26,7 @@ from lps_server.queue.base import (
     RETRY_AFTER_FULL_S,
     ChannelEntry,
     ChannelFollower,
+    EndedResults,
     Lease,
     QueueStats,
     SubmitOutcome,
@@ -380,10 +381,17 @@ class LocalQueue:
         record = self._records.get(request_id)
         return None if record is None else in_progress(record.queued, record.status)
 
-    async def ended_results(self, request_ids: Sequence[str]) -> dict[str, ComparisonResult]:
-        """The stored results of those of `request_ids` that have ended."""
-        found = ((rid, self._ended.get(rid)) for rid in request_ids)
-        return {rid: ended.result for rid, ended in found if ended is not None}
+    async def ended_results(self, request_ids: Sequence[str]) -> EndedResults:
+        """The stored results of those of `request_ids` that have ended, and the unknown ids."""
+        found = {}
+        unknown = set()
+        for rid in request_ids:
+            ended = self._ended.get(rid)
+            if ended is not None:
+                found[rid] = ended.result
+            elif rid not in self._records:
+                unknown.add(rid)
+        return EndedResults(found, frozenset(unknown))
 
     async def read_channel(
         self, channel: str, *, cursor: str, timeout: float

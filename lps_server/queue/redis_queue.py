@@ -39,6 +39,7 @@ from lps_server.queue.base import (
     RETRY_AFTER_FULL_S,
     ChannelEntry,
     ChannelFollower,
+    EndedResults,
     Lease,
     QueueStats,
     SubmitOutcome,
@@ -423,28 +424,32 @@ class RedisQueue:
             return decode_result(result)
         return in_progress(decode_queued(payload), RequestStatus(status.decode()))
 
-    async def ended_results(self, request_ids: Sequence[str]) -> dict[str, ComparisonResult]:
-        """The stored results of those of `request_ids` that have ended, in one pipelined call."""
+    async def ended_results(self, request_ids: Sequence[str]) -> EndedResults:
+        """The stored results of those of `request_ids` that have ended, and the ids Redis does
+        not know at all (no request hash), in one pipelined call."""
         if not request_ids:
-            return {}
+            return EndedResults()
 
         async def results() -> list[Any]:
             async with self._client.pipeline(transaction=False) as pipe:
                 for rid in request_ids:
-                    pipe.hget(self._keys.request(rid), "result")
+                    pipe.hmget(self._keys.request(rid), ["status", "result"])
                 replies: list[Any] = await pipe.execute()
                 return replies
 
         stored = await self._call(results)
         found: dict[str, ComparisonResult] = {}
-        for rid, raw in zip(request_ids, stored, strict=True):
+        unknown = set()
+        for rid, (status, raw) in zip(request_ids, stored, strict=True):
+            if status is None:
+                unknown.add(rid)
             if raw is None:
                 continue
             try:
                 found[rid] = decode_result(raw)
             except Exception as exc:  # a newer release's result must not hide the others
                 log.error("the stored result of %s is not one this release reads: %r", rid, exc)
-        return found
+        return EndedResults(found, frozenset(unknown))
 
     def follow(self, channel: str, *, cursor: str) -> AbstractContextManager[ChannelFollower]:
         """A follower of `channel` after `cursor`, read by this replica's one channel reader.
