@@ -216,6 +216,8 @@ async def test_a_record_with_an_unreadable_deadline_does_not_stop_dispatch(
 
 # --- Bugs: each test fails for the bug its xfail reason names -------------------------------------
 
+# (None open.)
+
 
 # --- Bugs fixed with their test -------------------------------------------------------------------
 
