@@ -11,7 +11,6 @@ dropped and counted (`llm_provider_lease_lost_total`), never stored.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import random
 import time
@@ -164,13 +163,7 @@ class BundleRunner:
         labels: dict[str, str],
     ) -> None:
         number = {q.request_id: attempts.get(q.request_id, 0) + 1 for q in items}
-        # The mark goes out beside the call, not before it: it must not delay the call, nor
-        # reorder the calls of bundles leased one after the other.
-        marking = asyncio.create_task(keeper.mark_called())
-        try:
-            call = await self._call(provider, items, max(number.values()))
-        finally:
-            await _finish(marking)
+        call = await self._call(provider, items, max(number.values()))
         self._metrics.response_duration.labels(**labels).observe(call.duration_s)
         if call.answered and self._mode == ProcessingMode.SERIAL_BUNDLE:
             self._metrics.record_bundle_call(size=len(items), **labels)
@@ -361,15 +354,6 @@ class BundleRunner:
             hint_cap_s=self._settings.retry_after_max_seconds,
             rng=self._rng,
         )
-
-
-async def _finish(task: asyncio.Task[None]) -> None:
-    """Wait for `task`; cancel it when the waiting one is cancelled."""
-    try:
-        await asyncio.shield(task)
-    except asyncio.CancelledError:
-        task.cancel()
-        raise
 
 
 @runtime_checkable

@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 from lps_server.core.errors import QueueUnavailableError
 from lps_server.queue.base import QueueBackend
@@ -57,6 +57,7 @@ class LeaseKeeper:
         self._held = dict.fromkeys(request_ids)
         self._lost: set[str] = set()
         self._gone: set[str] = set()
+        self._losing = asyncio.Lock()
         self._valid_until = taken_at + lease_s
         self._task: asyncio.Task[None] | None = None
 
@@ -106,12 +107,23 @@ class LeaseKeeper:
         await self._extend()
         return not self.lapsed()
 
-    async def mark_called(self) -> None:
-        """As the provider call goes out: extend the leases and mark the requests as called, so
-        that a holder dying mid-call leaves them with one attempt counted (a request past its
-        TTL that already cost a call is then never ended EXPIRED). A failure is logged; the
-        next beat extends again, without the mark."""
-        await self._extend(calling=True)
+    async def mark_called(self, request_ids: Sequence[str]) -> None:
+        """Before their provider call: extend the leases of `request_ids` and mark them as
+        called, so that a holder dying mid-call leaves them with one attempt counted (a request
+        past its TTL that already cost a call is then never ended EXPIRED). A failure is logged
+        and the call still goes out: the next beat extends again, without the mark."""
+        ids = [rid for rid in request_ids if rid in self._held]
+        if not ids:
+            return
+        sent_at = self.clock()
+        try:
+            lost = await self._queue.extend(ids, token=self.token, now=sent_at, calling=True)
+        except QueueUnavailableError as exc:
+            log.warning("could not mark %d request(s) as called: %s", len(ids), exc)
+            return
+        if len(ids) == len(self._held):
+            self._valid_until = sent_at + self.lease_s
+        await self.lose(lost)
 
     def is_gone(self, request_id: str) -> bool:
         """True when the request was lost because the queue no longer knows it at all (its
@@ -119,12 +131,20 @@ class LeaseKeeper:
         return request_id in self._gone
 
     async def lose(self, request_ids: Iterable[str]) -> list[str]:
-        """Record requests as lost (a fenced call refused them); return those another holder
-        took over. Those the queue no longer knows at all are told apart (one look-up, only on
-        this rare path): logged as lost with the queue's data, not as taken over."""
-        lost = [rid for rid in request_ids if rid in self._held]
+        """Record requests as lost (a fenced call refused them); return those of them another
+        holder took over (also when the keeper had noticed already). Those the queue no longer
+        knows at all are told apart (one look-up, only on this rare path): logged as lost with
+        the queue's data, not as taken over."""
+        refused = list(request_ids)
+        # One at a time: a beat and a refused complete may report the same requests at once,
+        # and the second must see how the first classed them.
+        async with self._losing:
+            await self._classify([rid for rid in refused if rid in self._held])
+        return [rid for rid in refused if rid not in self._gone]
+
+    async def _classify(self, lost: list[str]) -> None:
         if not lost:
-            return []
+            return
         self.let_go(lost)
         self._lost.update(lost)
         try:
@@ -141,10 +161,8 @@ class LeaseKeeper:
                 ", ".join(sorted(gone)[:LOGGED_IDS]),
                 extra={"lease_token": self.token, "request_ids": sorted(gone)[:LOGGED_IDS]},
             )
-        lost = [rid for rid in lost if rid not in gone]
-        if lost:
-            self._log_taken_over(lost)
-        return lost
+        if taken := [rid for rid in lost if rid not in gone]:
+            self._log_taken_over(taken)
 
     def _log_taken_over(self, lost: list[str]) -> None:
         log.warning(
@@ -166,21 +184,19 @@ class LeaseKeeper:
             if self._held:
                 await self._extend()
 
-    async def _extend(self, *, calling: bool = False) -> bool:
-        """Extend what is held; True when Redis answered."""
+    async def _extend(self) -> None:
         ids = self.held
         sent_at = self.clock()
         try:
-            lost = await self._queue.extend(ids, token=self.token, now=sent_at, calling=calling)
+            lost = await self._queue.extend(ids, token=self.token, now=sent_at)
         except QueueUnavailableError as exc:
             self._report_failure(len(ids), exc)
-            return False
+            return
         except Exception:  # a bug must not end the heartbeat: leases would lapse silently
             log.exception("extending %d leases failed unexpectedly; trying again", len(ids))
-            return False
+            return
         self._valid_until = sent_at + self.lease_s
         await self.lose(lost)
-        return True
 
     def _report_failure(self, count: int, exc: Exception) -> None:
         left = self._valid_until - self.clock()

@@ -240,6 +240,10 @@ class Processor:
                 else await self._gate.admit(lease.items)
             )
             await self._put_back(admission, lease, keeper)
+            if lease.items and not is_batch_group(lease.group):
+                # Here, in lease order, so that the mark lands before the call and calls keep
+                # the order of their leases (docs/queue.md, "Retries wait in the queue").
+                await keeper.mark_called([q.request_id for q in lease.items])
         except BaseException:
             await self._give_back(lease)
             await keeper.stop()
