@@ -26,12 +26,14 @@ from cj_client.metrics import CjMetrics
 from cj_client.models import ComparisonOutcome, ComparisonSubmission, EssayInput
 from cj_client.pairing import PairPlanner
 from cj_client.progress import ProgressSink, ProgressTracker
-from cj_client.request_ids import essays_digest
+from cj_client.request_ids import MAX_REQUEST_ID_CHARS, essays_digest
 from cj_client.run_options import (
     AssessmentOptions,
     AssessmentReport,
+    journaled_settings,
     new_cj_batch_id,
     options_record,
+    settings_record,
 )
 from cj_client.run_requests import RunRequests
 from cj_client.scoring import Outcome, ScaleFitter, max_score_change
@@ -51,7 +53,8 @@ class Assessment:
         essays: the essays (ids must be unique).
         client: a connected LpsClient.
         options: the run's options (for a resumed run: `journaled_options(resume)`).
-        settings: CJ_* settings (batching mode, batch-API providers).
+        settings: CJ_* settings (batching mode, batch-API providers); a resumed run keeps
+            those it began with, recorded in its journal.
         registry: where CJ metrics go (a private registry by default).
         progress: called with a RunProgress after every result and wave.
         limits: how long to wait for the server and for results.
@@ -63,7 +66,8 @@ class Assessment:
         on_wave: called after every wave (e.g. to push metrics).
 
     Raises:
-        ValueError: fewer than two essays, or a duplicated essay id.
+        ValueError: fewer than two essays, a duplicated essay id or one too long for LPS.
+        JournalError: `resume`'s record of the settings is unreadable.
     """
 
     def __init__(
@@ -87,6 +91,11 @@ class Assessment:
         for essay in essays:
             if essay.id in seen:
                 raise ValueError(f"essay id {essay.id!r} appears more than once")
+            if len(essay.id) > MAX_REQUEST_ID_CHARS:
+                raise ValueError(
+                    f"essay id {essay.id[:40]!r}... is {len(essay.id)} characters long; LPS takes "
+                    f"at most {MAX_REQUEST_ID_CHARS}"
+                )
             seen.add(essay.id)
         if len(essays) < 2:
             raise ValueError(f"an assessment needs at least two essays, got {len(essays)}")
@@ -95,6 +104,8 @@ class Assessment:
         self._client = client
         self._options = opts = options or AssessmentOptions()
         self._settings = settings or CjSettings()
+        if resume is not None:
+            self._settings = journaled_settings(resume, self._settings)
         self._metrics = metrics or CjMetrics(registry or CollectorRegistry())
         self.mode = resolve_batching_mode(self._settings, opts.batch, provider=opts.provider)
         self.cj_batch_id = opts.cj_batch_id or new_cj_batch_id()
@@ -232,6 +243,7 @@ class Assessment:
                 "essays": len(self._essays),
                 "source": self._source,
                 "options": options_record(self._options),
+                "settings": settings_record(self._settings),
             }
             self._journal = RunJournal.create(self._journal_dir, header)
             return

@@ -10,9 +10,13 @@ it knows them (submission is idempotent), so a retry never asks the provider twi
 * the stream goes quiet for `stall_s`: look up every missing id (`GetComparison`). Ended ones are
   taken from the lookup; ids the server does not know (NOT_FOUND: lost, for example by a Redis
   restarted without persistence) are sent again; queued and processing ones are waited for, but
-  no longer than `result_deadline_s` (the requests' TTL and a margin: LPS ends a request by then);
+  no longer than `result_deadline_s` (the requests' TTL and a margin: LPS ends a request by then).
+  The lookups end once the server has answered none of them for `server_timeout_s`, however many
+  are pending: a frozen server is lost by then;
 * a refusal that retrying cannot cure (UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT,
   ALREADY_EXISTS, ...) ends the run at once, naming the code.
+
+A retried failure is reported (`on_notice`) once per wave and status code.
 """
 
 from __future__ import annotations
@@ -93,6 +97,9 @@ class WaveCollector:
         self._last_answer: float | None = None
         self._failures = 0
         self._lost_rounds = 0
+        # Codes already reported in this wave: a refusal of some requests in every round (a rate
+        # limit) is one notice, not one per round.
+        self._reported: set[str] = set()
 
     async def collect(
         self, submissions: Sequence[ComparisonSubmission]
@@ -106,6 +113,7 @@ class WaveCollector:
         """
         pending = {s.request_id: s for s in submissions}
         done: dict[str, ComparisonOutcome] = {}
+        self._reported.clear()
         if self._last_answer is None:
             self._last_answer = self._clock()
         while pending:
@@ -214,39 +222,79 @@ class WaveCollector:
     async def _look_up(
         self, pending: dict[str, ComparisonSubmission], done: dict[str, ComparisonOutcome]
     ) -> bool:
-        """Look up every pending id; record the ended ones; True when some are unknown (lost)."""
-        gate = asyncio.Semaphore(LOOKUP_CONCURRENCY)
+        """Look up every pending id; record the ended ones; True when some are unknown (lost).
 
-        async def look(rid: str) -> ComparisonOutcome | LpsClientError:
-            async with gate:
-                try:
-                    async with asyncio.timeout(self._limits.lookup_timeout_s):
-                        return await self._client.get(rid)
-                except TimeoutError:
-                    return LpsClientError(
-                        f"no answer to GetComparison within {self._limits.lookup_timeout_s:g} s",
-                        code="DEADLINE_EXCEEDED",
-                    )
-                except LpsClientError as exc:
-                    return exc
+        The phase as a whole has a deadline, not only each lookup: it goes on while the server
+        answers, and ends once it has answered nothing for `server_timeout_s` (after one
+        lookup's deadline at least), so a frozen server is given up by then however many
+        comparisons are pending.
 
+        Raises:
+            ServerLostError: the server answered no lookup by the phase's deadline.
+            RunRefusedError: a lookup was refused with a code that retrying cannot cure.
+        """
         ids = list(pending)
-        answers = await asyncio.gather(*(look(rid) for rid in ids))
-        lost = [rid for rid, a in zip(ids, answers, strict=True) if isinstance(a, NotFoundError)]
-        for answer in answers:
-            if isinstance(answer, ComparisonOutcome):
-                self._answered()
-                self._record(answer, pending, done)
-            elif isinstance(answer, NotFoundError):
-                self._answered()
-            else:
-                self._failed(answer)
+        queue = iter(ids)
+        answers: asyncio.Queue[ComparisonOutcome | Exception] = asyncio.Queue()
+
+        async def worker() -> None:
+            for rid in queue:  # shared: each id is looked up by one worker
+                try:
+                    answers.put_nowait(await self._look_up_one(rid))
+                except Exception as exc:  # not the server's doing: raised below, not waited for
+                    answers.put_nowait(exc)
+
+        workers = [asyncio.create_task(worker()) for _ in range(min(LOOKUP_CONCURRENCY, len(ids)))]
+        earliest_end = self._clock() + self._limits.lookup_timeout_s
+        lost = 0
+        try:
+            for _ in ids:
+                last = self._last_answer if self._last_answer is not None else self._clock()
+                deadline = max(earliest_end, last + self._limits.server_timeout_s)
+                try:
+                    async with asyncio.timeout(max(0.0, deadline - self._clock())):
+                        answer = await answers.get()
+                except TimeoutError:
+                    raise ServerLostError(
+                        f"lost the server at {self._target}: no answer for "
+                        f"{self._clock() - last:.0f} s (--server-timeout "
+                        f"{self._limits.server_timeout_s:g}) to lookups (GetComparison) of "
+                        f"{len(pending)} pending comparisons",
+                        code="DEADLINE_EXCEEDED",
+                    ) from None
+                if isinstance(answer, ComparisonOutcome):
+                    self._answered()
+                    self._record(answer, pending, done)
+                elif isinstance(answer, NotFoundError):
+                    self._answered()
+                    lost += 1
+                elif isinstance(answer, LpsClientError):
+                    self._failed(answer)
+                else:
+                    raise answer
+        finally:
+            for task in workers:
+                task.cancel()
+            if workers:
+                await asyncio.wait(workers)
         if lost:
             self._on_notice(
-                f"{len(lost)} requests are unknown to {self._target} (lost, e.g. by a queue "
+                f"{lost} requests are unknown to {self._target} (lost, e.g. by a queue "
                 "restarted without persistence); sending them again under the same ids"
             )
         return bool(lost)
+
+    async def _look_up_one(self, request_id: str) -> ComparisonOutcome | LpsClientError:
+        try:
+            async with asyncio.timeout(self._limits.lookup_timeout_s):
+                return await self._client.get(request_id)
+        except TimeoutError:
+            return LpsClientError(
+                f"no answer to GetComparison within {self._limits.lookup_timeout_s:g} s",
+                code="DEADLINE_EXCEEDED",
+            )
+        except LpsClientError as exc:
+            return exc
 
     def _answered(self) -> None:
         self._last_answer = self._clock()
@@ -269,7 +317,8 @@ class WaveCollector:
                 code=exc.code,
             )
         self._failures += 1
-        if self._failures == 1:
+        if exc.code not in self._reported:
+            self._reported.add(exc.code)
             left = self._limits.server_timeout_s - silent
             self._on_notice(f"{exc.code}: {exc}; retrying for up to {left:.0f} s")
 

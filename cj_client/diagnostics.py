@@ -30,7 +30,7 @@ from cj_client.client import LpsClient
 from cj_client.errors import LpsClientError
 from cj_client.models import ComparisonOutcome, ComparisonSubmission, EssayInput, QueueStatsView
 from cj_client.pairing import Pair, PairPlanner
-from cj_client.request_ids import comparison_request_id
+from cj_client.request_ids import comparison_correlation_id, comparison_request_id
 from cj_client.run_options import AssessmentOptions
 
 BUNDLE_CALLS = "llm_provider_serial_bundle_calls_total"
@@ -223,7 +223,7 @@ async def execute(
     after = scrape(metrics_url)
     outcomes = report.outcomes
     ids = [e.id for e in essays]
-    sent = {f"{report.cj_batch_id}:{a}:{b}" for a in ids for b in ids if a != b}
+    sent = {comparison_correlation_id(report.cj_batch_id, a, b) for a in ids for b in ids if a != b}
     override = report.batching_mode_override
     cj_counters = {
         f"{s.name}{{batching_mode={s.labels['batching_mode']}}}": s.value

@@ -102,6 +102,15 @@ class TooManyFailuresError(AssessmentError):
         super().__init__(message, reason="too_many_failures")
 
 
+class JournalWriteError(AssessmentError):
+    """The run's journal could not be written (a full disk, a quota, a file-size limit): the run
+    stops, since what it is told could no longer be resumed; `--resume` continues it once there
+    is room."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, reason="journal_unwritable")
+
+
 class JournalError(Exception):
     """A run journal cannot be read or does not fit the run it should continue."""
 

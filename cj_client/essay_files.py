@@ -12,6 +12,9 @@ from pathlib import Path
 from cj_client.errors import InputError
 from cj_client.models import EssayInput
 
+_NOT_UNICODE = (
+    "holds a lone surrogate (an escape such as \\ud83d without its pair), which is not text"
+)
 _NOT_JSONL_HINT = (
     ' (a JSONL file holds one {"id", "text"} object per line; for .txt essays give their directory)'
 )
@@ -22,7 +25,8 @@ def load_essays(path: Path) -> list[EssayInput]:
 
     Raises:
         InputError: the path is missing or unreadable, a file is not UTF-8 text, a JSONL line is
-            not {"id", "text"}, an essay is empty, an id repeats, or there are fewer than two.
+            not {"id", "text"}, an id or text is not Unicode text (a lone surrogate, a file name
+            that is not UTF-8), an essay is empty, an id repeats, or there are fewer than two.
     """
     if not path.exists():
         raise InputError(f"{path}: no such file or directory")
@@ -40,6 +44,11 @@ def _from_directory(path: Path) -> list[EssayInput]:
         raise InputError(f"{path}: cannot list the directory: {exc.strerror}") from None
     if not files:
         raise InputError(f"{path}: no .txt essays in this directory")
+    for file in files:
+        # A name from a system whose names are not UTF-8 (Latin-1 in an old archive) arrives
+        # with surrogate escapes, which no request can carry.
+        if not _is_unicode(file.name):
+            raise InputError(f"{path}: the file name {file.name!r} is not UTF-8; rename it")
     return [
         EssayInput(id=file.stem, text=_essay_text(file, _read_text(file), file)) for file in files
     ]
@@ -66,6 +75,10 @@ def _from_jsonl(path: Path) -> list[EssayInput]:
         if not isinstance(body, str):
             raise InputError(f'{where}: "text" of essay {essay_id!r} must be a string')
         essay_id = str(essay_id)
+        if not _is_unicode(essay_id):
+            raise InputError(f'{where}: "id" {essay_id!r} {_NOT_UNICODE}')
+        if not _is_unicode(body):
+            raise InputError(f'{where}: "text" of essay {essay_id!r} {_NOT_UNICODE}')
         if essay_id in first_line:
             first = first_line[essay_id]
             raise InputError(
@@ -87,6 +100,15 @@ def _read_text(path: Path) -> str:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise InputError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+
+
+def _is_unicode(text: str) -> bool:
+    """False when `text` holds a lone surrogate, which UTF-8 cannot encode."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _essay_text(path: Path, text: str, where: object) -> str:

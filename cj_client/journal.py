@@ -11,14 +11,15 @@ again under its request id, which the server answers from its store.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any, BinaryIO
 
-from cj_client.errors import JournalError
+from cj_client.errors import JournalError, JournalWriteError
 from cj_client.models import ComparisonOutcome
 
 JOURNAL_NAME = "journal.jsonl"
@@ -118,16 +119,33 @@ def _absorb(contents: JournalContents, record: dict[str, Any]) -> None:
 
 
 class RunJournal:
-    """Appends a run's records to its journal; `create` starts a new one, `append` continues."""
+    """Appends a run's records to its journal; `create` starts a new one, `append` continues.
 
-    def __init__(self, handle: IO[str]) -> None:
+    A record that cannot be written whole (a full disk, a quota, a file-size limit) is cut
+    back off, so the journal still ends with a whole line, and raises JournalWriteError naming
+    the file and the system's reason.
+    """
+
+    def __init__(self, handle: BinaryIO, path: Path) -> None:
         self._handle = handle
+        self._path = path
+        self._size = handle.seek(0, os.SEEK_END)  # where the last whole line ends
+        self._broken = False
 
     @classmethod
     def create(cls, directory: Path, header: dict[str, Any]) -> RunJournal:
-        """A new journal in `directory` (replacing a finished one) starting with `header`."""
-        directory.mkdir(parents=True, exist_ok=True)
-        journal = cls(journal_path(directory).open("w", encoding="utf-8"))
+        """A new journal in `directory` (replacing a finished one) starting with `header`.
+
+        Raises:
+            JournalWriteError: it cannot be written.
+        """
+        path = journal_path(directory)
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            handle = path.open("wb", buffering=0)
+        except OSError as exc:
+            raise _unwritable(path, exc) from None
+        journal = cls(handle, path)
         journal._write({"kind": "run", "version": FORMAT_VERSION, **header})
         journal.sync()
         return journal
@@ -136,13 +154,21 @@ class RunJournal:
     def append(cls, directory: Path) -> RunJournal:
         """The journal in `directory`, opened to continue it. A last line cut short by a crash
         (which reading ignores) is dropped first: a record appended to it would be lost with it,
-        and the journal could no longer be read."""
+        and the journal could no longer be read.
+
+        Raises:
+            JournalWriteError: it cannot be written.
+        """
         path = journal_path(directory)
-        data = path.read_bytes()
-        if not data.endswith(b"\n"):
-            with path.open("r+b") as raw:
-                raw.truncate(data.rfind(b"\n") + 1)
-        return cls(path.open("a", encoding="utf-8"))
+        try:
+            data = path.read_bytes()
+            if not data.endswith(b"\n"):
+                with path.open("r+b") as raw:
+                    raw.truncate(data.rfind(b"\n") + 1)
+            handle = path.open("ab", buffering=0)
+        except OSError as exc:
+            raise _unwritable(path, exc) from None
+        return cls(handle, path)
 
     def wave(self, wave: PlannedWave) -> None:
         """Record a wave before it is sent."""
@@ -162,19 +188,42 @@ class RunJournal:
 
     def sync(self) -> None:
         """Push what was written to disk."""
-        self._handle.flush()
-        os.fsync(self._handle.fileno())
+        try:
+            os.fsync(self._handle.fileno())
+        except OSError as exc:
+            self._broken = True
+            raise _unwritable(self._path, exc) from None
 
     def close(self) -> None:
-        """Sync and close."""
-        if not self._handle.closed:
-            self.sync()
+        """Sync and close (after a failed write, only close: the failure was reported)."""
+        if self._handle.closed:
+            return
+        try:
+            if not self._broken:
+                self.sync()
+        finally:
             self._handle.close()
 
     def _write(self, record: dict[str, Any]) -> None:
-        # One write per line, flushed: the process may be killed at any point after it.
-        self._handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-        self._handle.flush()
+        # Unbuffered, one line at a time: the process may be killed at any point after it.
+        line = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
+        rest = memoryview(line)
+        try:
+            while rest:
+                rest = rest[self._handle.write(rest) :]  # a full disk may take part of it
+        except OSError as exc:
+            self._broken = True
+            with contextlib.suppress(OSError):
+                self._handle.truncate(self._size)  # no line cut short left behind
+            raise _unwritable(self._path, exc) from None
+        self._size += len(line)
+
+
+def _unwritable(path: Path, exc: OSError) -> JournalWriteError:
+    return JournalWriteError(
+        f"{path}: cannot write the run journal: {exc.strerror or exc} (make room, or lift the "
+        "quota or file-size limit)"
+    )
 
 
 def _outcome(record: dict[str, Any]) -> ComparisonOutcome:

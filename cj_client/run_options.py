@@ -8,11 +8,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from cj_client.batching import BatchConfig, LLMBatchingMode
+from cj_client.batching import BatchConfig, CjSettings, LLMBatchingMode
 from cj_client.errors import JournalError
 from cj_client.journal import JournalContents
 from cj_client.judges import Judge
 from cj_client.models import ComparisonOutcome
+from cj_client.request_ids import MAX_BATCH_ID_CHARS, MAX_REQUEST_ID_CHARS
 from cj_client.scoring import Scores
 from cj_client.stats.run_statistics import RunStatistics
 
@@ -59,6 +60,11 @@ class AssessmentOptions:
             raise ValueError(f"max_failed_share must be in [0, 1], got {self.max_failed_share}")
         if self.request_ttl_s <= 0:
             raise ValueError(f"request_ttl_s must be positive, got {self.request_ttl_s}")
+        if len(self.cj_batch_id) > MAX_BATCH_ID_CHARS:
+            raise ValueError(
+                f"cj_batch_id must be at most {MAX_BATCH_ID_CHARS} characters (LPS's ids are at "
+                f"most {MAX_REQUEST_ID_CHARS}), got {len(self.cj_batch_id)}"
+            )
 
     def budget_for(self, essays: int) -> int:
         """The comparison budget for a run over `essays` essays."""
@@ -118,3 +124,32 @@ def options_record(options: AssessmentOptions) -> dict[str, Any]:
     override = options.batch.llm_batching_mode_override
     record["batch"] = {"llm_batching_mode_override": override.value if override else None}
     return record
+
+
+def settings_record(settings: CjSettings) -> dict[str, Any]:
+    """The CJ_* settings as the journal's header records them (`journaled_settings` reads them)."""
+    return {
+        "llm_batching_mode": settings.llm_batching_mode.value,
+        "batch_api_allowed_providers": sorted(settings.batch_api_allowed_providers),
+    }
+
+
+def journaled_settings(contents: JournalContents, default: CjSettings) -> CjSettings:
+    """The CJ_* settings a journaled run began with (a resumed run keeps its batching mode
+    whatever the resuming shell exports); `default` for a journal that predates the record.
+
+    Raises:
+        JournalError: the header's record of them is unreadable.
+    """
+    record = contents.header.get("settings")
+    if record is None:
+        return default
+    try:
+        return CjSettings(
+            llm_batching_mode=LLMBatchingMode(record["llm_batching_mode"]),
+            batch_api_allowed_providers=frozenset(
+                str(p) for p in record["batch_api_allowed_providers"]
+            ),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise JournalError(f"the journal's CJ_* settings are unreadable: {exc}") from None

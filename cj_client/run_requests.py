@@ -12,7 +12,7 @@ from cj_client.journal import PlannedComparison, PlannedWave
 from cj_client.judges import Judge
 from cj_client.models import ComparisonSubmission, EssayInput
 from cj_client.pairing import Pair
-from cj_client.request_ids import comparison_request_id
+from cj_client.request_ids import comparison_correlation_id, comparison_request_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +69,7 @@ class RunRequests:
         sub = ComparisonSubmission(
             essay_a=self.essays[pair.essay_a],
             essay_b=self.essays[pair.essay_b],
-            correlation_id=f"{batch_id}:{pair.essay_a}:{pair.essay_b}",
+            correlation_id=comparison_correlation_id(batch_id, pair.essay_a, pair.essay_b),
             instructions=self.instructions,
             provider=judge.provider,
             model=judge.model,

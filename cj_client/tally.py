@@ -54,19 +54,24 @@ class RunTally:
 
         With `budget` (while the run goes on) the failures so far must exceed `max_share` of the
         whole budget, which means the final share will exceed it too; without it (at the end),
-        of the comparisons that ended.
+        of the comparisons that ended. A run that ends without a single judgement has failed
+        whatever `max_share` allows (even 1): it has nothing to rank by.
         """
         failures = Counter(
             r.error_code or r.status for r in self.results if r.status != "completed"
         )
         failed = sum(failures.values())
         ended = len(self.results)
-        if not failed or failed <= max_share * (ended if budget is None else budget):
+        nothing_judged = budget is None and not self.outcomes
+        if not failed or (
+            not nothing_judged and failed <= max_share * (ended if budget is None else budget)
+        ):
             return ""
         common = ", ".join(f"{code} x{n}" for code, n in failures.most_common(3))
-        return (
+        verdict = (
             f"{failed} of {ended} comparisons failed ({failed / ended:.0%}); most common: {common}"
         )
+        return f"no comparison was judged: {verdict}" if nothing_judged else verdict
 
 
 def judgement(planned: PlannedComparison, outcome: ComparisonOutcome | None) -> Outcome | None:

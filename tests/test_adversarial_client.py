@@ -106,12 +106,6 @@ class BlackHoleProxy(ReplyDroppingProxy):
             await sink.drain()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a frozen server is given up only after every pending comparison was looked up, "
-    "16 at a time with lookup_timeout_s each (a wave of 250 took 162 s with --server-timeout 5), "
-    "not by --server-timeout",
-)
 async def test_a_frozen_server_is_given_up_by_the_server_timeout_however_much_is_pending() -> None:
     provider = CountingProvider()
     provider.gate = asyncio.Event()  # nothing completes: the whole wave stays pending
@@ -198,11 +192,6 @@ async def test_a_resumed_run_after_a_line_cut_short_leaves_a_readable_journal(
     assert len(contents.results) == 24
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a resumed run takes its batching mode from the CJ_LLM_BATCHING_MODE of the "
-    "resuming shell, not from the journal, so one run is sent (and reported) in two modes",
-)
 async def test_a_resumed_run_keeps_the_batching_mode_it_began_with(
     lps: LpsApp,
     tmp_path: Path,
@@ -280,11 +269,6 @@ def _small_files() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a journal that cannot be written (a full disk, a quota) ends the run in a "
-    "traceback (exit 1) naming neither the file nor what to do, with a line cut short left behind",
-)
 async def test_a_journal_that_cannot_be_written_is_named_in_one_line(tmp_path: Path) -> None:
     out = tmp_path / "run"
     async with serving(CountingProvider()) as app:
@@ -304,11 +288,6 @@ async def test_a_journal_that_cannot_be_written_is_named_in_one_line(tmp_path: P
 # --- Input mistakes found before anything is sent -------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a --batch-id too long for LPS's 256-character ids is sent anyway; the server "
-    "refuses the first wave (exit 3) and the suggested --resume can never succeed",
-)
 async def test_a_batch_id_too_long_for_lps_is_an_input_mistake(
     lps: LpsApp, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -321,11 +300,6 @@ async def test_a_batch_id_too_long_for_lps_is_an_input_mistake(
     assert "--batch-id" in err
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: correlation ids are `<batch>:<essay_a>:<essay_b>` in full, so two essay ids of "
-    "120 characters make every request INVALID_ARGUMENT (request ids are shortened, these not)",
-)
 async def test_long_essay_ids_are_ranked(
     lps: LpsApp, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -363,12 +337,6 @@ def _lone_surrogate(tmp: Path) -> list[str]:
     return [str(source)]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: an essay id or text that cannot be encoded as UTF-8 (a lone surrogate from a "
-    "JSONL \\ud83d escape, a file name that is not UTF-8) is accepted, then the first wave "
-    "dies with a UnicodeEncodeError traceback",
-)
 @pytest.mark.parametrize("setup", [_not_utf8_name, _lone_surrogate], ids=["file name", "jsonl"])
 def test_essays_that_are_not_utf8_are_one_line_input_mistakes(
     setup: Callable[[Path], list[str]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
@@ -382,11 +350,6 @@ def test_essays_that_are_not_utf8_are_one_line_input_mistakes(
     assert len(err.strip().splitlines()) == 1, err
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: --target with a port above 65535 is not checked; grpc wraps it (99999 is "
-    "port 34463), so cj retries another port for --server-timeout and names that port",
-)
 def test_a_target_port_out_of_range_is_an_input_mistake(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -414,12 +377,6 @@ def lps_logger() -> Iterator[None]:
 
 
 @pytest.mark.redis
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: the embedded LPS (no --target) takes every LPS_* variable of the shell, so with "
-    "LPS_QUEUE_BACKEND=redis exported it joins that Redis queue as a replica (LPS_AUTH_TOKENS "
-    "makes it refuse cj itself), where docs/cj.md promises a local queue and the mock",
-)
 @pytest.mark.usefixtures("lps_logger")
 async def test_the_embedded_lps_keeps_to_a_local_queue_whatever_the_shell_exports(
     redis_url: str,
@@ -442,11 +399,6 @@ async def test_the_embedded_lps_keeps_to_a_local_queue_whatever_the_shell_export
         await store.aclose()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a bad LPS_* value for the embedded LPS ends cj assess with a ConfigurationError "
-    "traceback instead of one line naming the variable",
-)
 @pytest.mark.usefixtures("lps_logger")
 def test_a_bad_lps_setting_for_the_embedded_lps_is_one_line_naming_it(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
@@ -459,14 +411,47 @@ def test_a_bad_lps_setting_for_the_embedded_lps_is_one_line_naming_it(
     assert "LPS_MOCK_ERROR_RATE" in err
 
 
+@pytest.mark.usefixtures("lps_logger")
+def test_the_embedded_lps_takes_the_mock_settings_and_ignores_a_servers_own(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # What a shell that runs `lps serve` exports: each would make the embedded server refuse
+    # cj (tokens, TLS files that are not there), leave the process (Redis) or spend money.
+    monkeypatch.setenv("LPS_AUTH_TOKENS", "secret")
+    monkeypatch.setenv("LPS_TLS_CERT", str(tmp_path / "missing.pem"))
+    monkeypatch.setenv("LPS_TLS_KEY", str(tmp_path / "missing.key"))
+    monkeypatch.setenv("LPS_QUEUE_BACKEND", "redis")
+    monkeypatch.setenv("LPS_REDIS_URL", "redis://127.0.0.1:1/0")
+    monkeypatch.setenv("LPS_OPENAI_API_KEY", "sk-not-to-be-used")
+    monkeypatch.setenv("LPS_MOCK_MODEL", "mock-from-the-shell")  # honoured: it tunes the mock
+    out = tmp_path / "run"
+    code, _, err = _cj(capsys, "assess", str(ESSAYS), "--out", str(out), "--budget", "8", "--quiet")
+    assert code == 0, err
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["comparisons_completed"] == 8
+    assert [j["judge"] for j in summary["judges"]] == ["mock:mock-from-the-shell"]
+
+
+@pytest.mark.usefixtures("lps_logger")  # only a safety net for later tests, should this fail
+def test_an_in_process_cj_assess_leaves_the_lps_server_logger_as_it_found_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    logger = logging.getLogger("lps_server")
+    before = (list(logger.handlers), logger.level, logger.propagate)
+    code, _, err = _cj(
+        capsys, "assess", str(ESSAYS), "--out", str(tmp_path / "run"), "--budget", "8", "--quiet"
+    )
+    assert code == 0, err
+    assert (list(logger.handlers), logger.level, logger.propagate) == before
+    # And so a program that embeds cj still sees LPS's logs through its own handlers.
+    with caplog.at_level(logging.WARNING):
+        logging.getLogger("lps_server.app").warning("after the run")
+    assert [r.getMessage() for r in caplog.records] == ["after the run"]
+
+
 # --- Never lie ---------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: with --max-failed-share 1 a run in which every comparison failed exits 0, prints "
-    "'ranked 16 essays (best first)' in file order and marks itself complete",
-)
 async def test_a_run_without_a_single_judgement_never_ends_as_a_ranking(
     start_lps: Start, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -483,11 +468,6 @@ async def test_a_run_without_a_single_judgement_never_ends_as_a_ranking(
     assert "ranked 16 essays" not in stdout
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a rate limit that refuses part of every round prints the 'retrying' notice "
-    "again each round (any accepted request resets the count of failures), flooding stderr",
-)
 async def test_a_rate_limited_run_reports_its_refusals_at_most_once_a_wave() -> None:
     provider = CountingProvider()
     notices: list[str] = []
@@ -514,12 +494,6 @@ async def test_a_rate_limited_run_reports_its_refusals_at_most_once_a_wave() -> 
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: `cj assess --show-results | head -1` dies of BrokenPipeError (traceback, exit 1) "
-    "before it writes ranking.csv and summary.json, while the journal already says the run "
-    "finished, so it cannot be resumed to write them",
-)
 def test_a_closed_stdout_loses_neither_the_outputs_nor_a_clean_exit(tmp_path: Path) -> None:
     out = tmp_path / "run"
     read_end, write_end = os.pipe()
@@ -550,11 +524,6 @@ def _diagnose(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[st
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: diagnose takes --server-timeout nan (type=float, unchecked), and then waits for "
-    "a server that is down forever",
-)
 def test_diagnose_refuses_a_server_timeout_that_is_not_a_number() -> None:
     try:
         done = _diagnose(
@@ -568,11 +537,6 @@ def test_diagnose_refuses_a_server_timeout_that_is_not_a_number() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: diagnose --json (or dry-run --requests) where no file can be written ends in a "
-    "traceback, for execute after the batch was run and paid for",
-)
 async def test_diagnose_names_an_output_file_it_cannot_write(start_lps: Start) -> None:
     app = await start_lps(serve_metrics=True)
     proc = await asyncio.create_subprocess_exec(
@@ -587,12 +551,6 @@ async def test_diagnose_names_an_output_file_it_cannot_write(start_lps: Start) -
     assert "/dev/null/summary.json" in err
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: diagnose ends a run with too many failed comparisons with exit 3, which its help "
-    "says means 'refused by the server' (cj assess uses 5), naming a --max-failed-share flag "
-    "diagnose does not have",
-)
 async def test_diagnose_tells_too_many_failures_from_a_refusal(start_lps: Start) -> None:
     app = await start_lps(mock_error_rate=1.0, queue_max_retries=0, serve_metrics=True)
     proc = await asyncio.create_subprocess_exec(

@@ -90,6 +90,27 @@ ASSESS_MISTAKES: dict[str, tuple[Setup, list[str]]] = {
         lambda t: [str(ESSAYS), "--out", str(t / "o"), "--server-timeout", "0"],
         ["--server-timeout"],
     ),
+    # No number, or no deadline at all: every wait has one.
+    "--server-timeout nan": (
+        lambda t: [str(ESSAYS), "--out", str(t / "o"), "--server-timeout", "nan"],
+        ["--server-timeout", "nan"],
+    ),
+    "--stall-timeout inf": (
+        lambda t: [str(ESSAYS), "--out", str(t / "o"), "--stall-timeout", "inf"],
+        ["--stall-timeout", "inf"],
+    ),
+    "--server-timeout of years": (
+        lambda t: [str(ESSAYS), "--out", str(t / "o"), "--server-timeout", "1e300"],
+        ["--server-timeout", "1e300"],
+    ),
+    "--max-failed-share nan": (
+        lambda t: [str(ESSAYS), "--out", str(t / "o"), "--max-failed-share", "nan"],
+        ["--max-failed-share", "nan"],
+    ),
+    "a provider the embedded LPS does not have": (
+        lambda t: [str(ESSAYS), "--out", str(t / "o"), "--judge", "mock", "--judge", "openai"],
+        ["provider openai", "embedded LPS", "--target"],
+    ),
     "--metrics-port out of range": (
         lambda t: [str(ESSAYS), "--out", str(t / "o"), "--metrics-port", "70000"],
         ["--metrics-port"],
@@ -165,6 +186,7 @@ def test_an_unfinished_run_is_not_replaced_without_resume(
         ([str(ESSAYS / "essay_01.txt"), str(ESSAYS)], ["essay B", "is a directory"]),
         (["--text", "some text", " "], ["essay B", "empty"]),
         ([str(ESSAYS / "essay_01.txt"), "x", "--timeout", "-1"], ["--timeout"]),
+        ([str(ESSAYS / "essay_01.txt"), "x", "--timeout", "inf"], ["--timeout", "inf"]),
     ],
 )
 def test_submit_input_mistakes_are_one_line(

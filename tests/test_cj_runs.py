@@ -75,9 +75,12 @@ async def test_waves_without_results_never_make_a_scale_look_stable(start_lps: S
     app = await start_lps(mock_error_rate=1.0, queue_max_retries=0)
     async with LpsClient(target=target(app), timeout=10) as client:
         options = AssessmentOptions(budget=48, max_failed_share=1.0)
-        report = await Assessment(load_essays(ESSAYS), client=client, options=options).run()
-    assert (report.completed, report.failed) == (0, 48)
-    assert report.stop_reason == "budget"  # not "stable": nothing was measured
+        assessment = Assessment(load_essays(ESSAYS), client=client, options=options)
+        # Not "stable" (nothing was measured), nor a ranking at all, whatever the share allows.
+        with pytest.raises(TooManyFailuresError, match="no comparison was judged: 48 of 48"):
+            await assessment.run()
+    report = assessment.report("too_many_failures")
+    assert (report.requested, report.completed, report.failed) == (48, 0, 48)  # its whole budget
 
 
 async def test_the_default_failed_share_stops_a_failing_run_early(start_lps: Start) -> None:

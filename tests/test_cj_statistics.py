@@ -11,7 +11,7 @@ from scipy.stats import spearmanr
 
 from cj_client.scoring import Outcome, ScaleFitter
 from cj_client.stats.design import Design
-from cj_client.stats.fit import BIAS_PRIOR_SD, FitProblem, Prior, fit_scale
+from cj_client.stats.fit import BIAS_PRIOR_SD, CENTRE_REACH, FitProblem, Prior, fit_scale
 from cj_client.stats.posterior import SD_BOUNDS, SD_PRIOR_LOG_MEAN, SD_PRIOR_LOG_SD
 from cj_client.stats.sampler import sampled_posterior
 from cj_client.stats.uncertainty import standard_errors
@@ -254,3 +254,55 @@ def test_ssr_target_needs_the_ssr() -> None:
     rule = StoppingRule(max_comparisons=10, ssr_target=0.8)
     with pytest.raises(ValueError, match="SSR"):
         rule.should_stop(comparisons_done=1, waves_done=5, score_change=None, ssr=None)
+
+
+def _anchored_waves(seed: int, waves: int = 8) -> list[float]:
+    """A 30-essay run with two anchors at arbitrary scores, fitted wave by wave as cj does
+    (warm starts, the SSR after each wave): every score it reported."""
+    rng = np.random.default_rng(seed)
+    ids = [f"e{i:02d}" for i in range(30)]
+    truth = rng.normal(0.0, 2.0, len(ids))
+    fitter = ScaleFitter(ids, anchors={"e01": 2.5, "e02": -1.25})
+    reported: list[float] = []
+    for _ in range(waves):
+        outcomes = []
+        for _ in range(15):
+            i, j = rng.choice(len(ids), 2, replace=False)
+            a_wins = rng.random() < 1.0 / (1.0 + np.exp(-(truth[i] - truth[j] + 0.5)))
+            winner, loser = (ids[i], ids[j]) if a_wins else (ids[j], ids[i])
+            outcomes.append(Outcome(winner, loser, bool(a_wins), "j"))
+        fitter.update(outcomes)
+        fitter.ssr()
+        scores = fitter.scores()
+        reported += [e.score for e in scores.essays] + [e.se for e in scores.essays]
+    return reported
+
+
+@pytest.mark.parametrize("seed", [9, 13, 15, 22, 28, 0, 12, 20])
+def test_anchored_runs_keep_finite_scores_wave_after_wave(seed: int) -> None:
+    # Regression: with anchors at scores the judgements contradict, the centre's secant search
+    # walked to 1e12 logits (Newton steps taken downhill), and the spread's quadrature then
+    # overflowed (OverflowError in posterior). These seeds all failed before the fix.
+    reported = np.array(_anchored_waves(seed))
+    assert np.isfinite(reported).all()
+    # The anchors' range (-1.25..2.5) plus CENTRE_REACH, plus a few SEs of the widest essay.
+    assert np.abs(reported).max() < 25.0
+
+
+def test_new_essays_beating_every_anchor_stop_at_the_centre_bound() -> None:
+    # No finite centre explains essays that win every comparison with the anchors: the fit
+    # must stop at its documented bound rather than run away.
+    ids = [f"e{i:02d}" for i in range(20)]
+    rng = np.random.default_rng(3)
+    outcomes = [Outcome(ids[i], anchor, bool(rng.random() < 0.5), "j")
+                for i in range(2, 20) for anchor in ("e00", "e01")]  # fmt: skip
+    for _ in range(40):
+        i, j = rng.choice(np.arange(2, 20), 2, replace=False)
+        outcomes.append(Outcome(ids[i], ids[j], bool(rng.random() < 0.5), "j"))
+    fitter = ScaleFitter(ids, anchors={"e00": 0.0, "e01": 1.0})
+    fitter.update(outcomes)
+    scores = fitter.scores()
+    free = [e for e in scores.essays if e.essay_id not in ("e00", "e01")]
+    mean = float(np.mean([e.score for e in free]))
+    assert 1.0 < mean <= 1.0 + CENTRE_REACH + 0.5
+    assert all(np.isfinite(e.se) and e.se > 0 for e in free)

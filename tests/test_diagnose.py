@@ -168,3 +168,35 @@ def test_help_is_complete_and_input_mistakes_are_one_line(
     assert DIAGNOSE.main(["plan", str(tmp_path / "nope")]) == 2
     err = capsys.readouterr().err
     assert err.strip() == f"diagnose: {tmp_path / 'nope'}: no such file or directory"
+
+
+@pytest.mark.parametrize(
+    ("flags", "named"),
+    [
+        (["--server-timeout", "inf"], "--server-timeout"),
+        (["--server-timeout", "-1"], "--server-timeout"),
+        (["--budget", "0"], "--budget"),
+        (["--max-failed-share", "nan"], "--max-failed-share"),
+    ],
+)
+def test_a_bad_number_is_one_line_naming_its_flag(
+    flags: list[str], named: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as stop:
+        DIAGNOSE.main(["plan", str(ESSAYS), *flags])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert named in err[0]
+
+
+def test_a_requests_file_that_cannot_be_written_is_one_line_naming_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")
+    where = blocked / "requests.jsonl"  # its directory would have to be a file
+    assert DIAGNOSE.main(["dry-run", str(ESSAYS), "--requests", str(where)]) == 2
+    out, err = capsys.readouterr()
+    assert err.strip() == f"diagnose: --requests {where}: {blocked} is not a directory"
+    assert out == ""  # checked before the requests were built

@@ -33,6 +33,7 @@ PUBLIC = [
     "InvalidRequestError",
     "JournalContents",
     "JournalError",
+    "JournalWriteError",
     "LLMBatchingMode",
     "LimitExceededError",
     "LpsClient",

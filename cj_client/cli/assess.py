@@ -5,12 +5,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
-import logging
-import os
 import signal
 import sys
 import threading
-from collections.abc import Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
@@ -37,6 +34,12 @@ from cj_client.cli.common import (
     say,
     seconds,
     share,
+    stdout_may_close,
+)
+from cj_client.cli.embedded_lps import (
+    embedded_settings,
+    refuse_other_providers,
+    start_embedded_lps,
 )
 from cj_client.cli.metrics_export import MetricsExport, MetricsExportError, add_metrics_flags
 from cj_client.cli.progress_display import make_display
@@ -48,10 +51,12 @@ from cj_client.judges import Judge
 from cj_client.metrics import CjMetrics
 from cj_client.models import PROVIDER_NAMES
 from cj_client.outputs import load_essays, ranking_rows, summary, write_outputs
+from cj_client.request_ids import MAX_BATCH_ID_CHARS, MAX_REQUEST_ID_CHARS
 from cj_client.run_options import (
     AssessmentOptions,
     AssessmentReport,
     journaled_options,
+    journaled_settings,
     new_cj_batch_id,
 )
 
@@ -156,6 +161,11 @@ def _plan(args: argparse.Namespace) -> tuple[Path, AssessmentOptions, JournalCon
     if not args.resume:
         if args.path is None:
             raise InputError("give the essays' PATH (or --resume to continue a run in --out)")
+        if args.batch_id is not None and len(args.batch_id) > MAX_BATCH_ID_CHARS:
+            raise InputError(
+                f"--batch-id: at most {MAX_BATCH_ID_CHARS} characters (request ids built on it "
+                f"must fit LPS's {MAX_REQUEST_ID_CHARS}), got {len(args.batch_id)}"
+            )
         out_directory(out)
         _refuse_unfinished(out)
         try:
@@ -211,6 +221,12 @@ async def _assess(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise InputError(str(exc)) from None
     path, options, resume = _plan(args)
+    if resume is not None:
+        # The run keeps its batching mode, whatever CJ_* the resuming shell exports.
+        try:
+            settings = journaled_settings(resume, settings)
+        except JournalError as exc:
+            raise InputError(str(exc)) from None
     essays = load_essays(path)
     if args.anchors:
         try:
@@ -220,6 +236,11 @@ async def _assess(args: argparse.Namespace) -> int:
     if not options.cj_batch_id:
         # Known before the run starts: the Pushgateway groups the run's metrics by it.
         options = dataclasses.replace(options, cj_batch_id=new_cj_batch_id())
+    effective = resolve_batching_mode(settings, options.batch, provider=options.provider)
+    embedded = None
+    if not args.target:  # the embedded server's settings, checked before any work
+        refuse_other_providers([j.provider for j in options.judges] or [options.provider])
+        embedded = embedded_settings(effective)
     registry = CollectorRegistry()
     metrics = CjMetrics(registry)  # before the start push, which carries its zeros
     # Metrics and tracing first: a flag that cannot be honoured stops the run before any work.
@@ -232,17 +253,13 @@ async def _assess(args: argparse.Namespace) -> int:
     limits = CollectorLimits(
         server_timeout_s=args.server_timeout,
         stall_s=args.stall_timeout,
-        result_deadline_s=request_ttl_for(
-            resolve_batching_mode(settings, options.batch, provider=options.provider),
-            options.request_ttl_s,
-        )
+        result_deadline_s=request_ttl_for(effective, options.request_ttl_s)
         + 120.0,  # LPS ends a request by its TTL
     )
     async with AsyncExitStack() as stack:
         stack.push_async_callback(export.close)
         if tracing is not None:
             stack.push_async_callback(asyncio.to_thread, tracing.shutdown)
-        effective = resolve_batching_mode(settings, options.batch, provider=options.provider)
         wanted = options.batch.llm_batching_mode_override or settings.llm_batching_mode
         if wanted != effective:
             say(
@@ -250,12 +267,14 @@ async def _assess(args: argparse.Namespace) -> int:
                 f"(CJ_LLM_BATCH_API_ALLOWED_PROVIDERS); using {effective.value}"
             )
         outcome: list[AssessmentReport] = []
-        target = args.target or await _embedded_lps(
-            stack,
-            effective,
-            finished=lambda: bool(outcome) and outcome[0].complete,
-            traced=tracing is not None,
-        )
+        target = args.target
+        if embedded is not None:
+            target = await start_embedded_lps(
+                stack,
+                embedded,
+                finished=lambda: bool(outcome) and outcome[0].complete,
+                traced=tracing is not None,
+            )
         client = await stack.enter_async_context(connect(args, target))
         try:
             assessment = Assessment(
@@ -280,7 +299,10 @@ async def _assess(args: argparse.Namespace) -> int:
             raise InputError(str(exc)) from None
         outcome.append(report)
     display.close()
-    _print_report(report, args, essays=len(essays))
+    # The files first: a reader of stdout that has gone (`| head -1`) must not cost them.
+    written = write_outputs(report, args.out, plot=args.plot)
+    with stdout_may_close():
+        _print_report(report, args, written=written, essays=len(essays))
     if cause:
         say(f"cj assess: {cause}")
         if code != exit_codes.TOO_MANY_FAILURES:
@@ -320,7 +342,9 @@ async def _run(assessment: Assessment) -> tuple[AssessmentReport, int, str]:
                 loop.remove_signal_handler(sig)
 
 
-def _print_report(report: AssessmentReport, args: argparse.Namespace, *, essays: int) -> None:
+def _print_report(
+    report: AssessmentReport, args: argparse.Namespace, *, written: list[Path], essays: int
+) -> None:
     if args.show_results:
         for outcome in report.outcomes:
             meta = outcome.metadata
@@ -330,7 +354,6 @@ def _print_report(report: AssessmentReport, args: argparse.Namespace, *, essays:
                 f"-> {verdict:<8} confidence {outcome.confidence}  "
                 f"bundle {outcome.bundle_index + 1}/{outcome.bundle_size}"
             )
-    written = write_outputs(report, args.out, plot=args.plot)
     facts = summary(report)
     if report.complete:
         print(f"ranked {essays} essays (best first):")
@@ -369,55 +392,6 @@ def _print_report(report: AssessmentReport, args: argparse.Namespace, *, essays:
 
 def _given(value: float | None, default: float) -> float:
     return default if value is None else value
-
-
-async def _embedded_lps(
-    stack: AsyncExitStack, mode: LLMBatchingMode, *, finished: Callable[[], bool], traced: bool
-) -> str:
-    """Start an in-process LPS for this run; serial_bundle runs get a bundling server and
-    provider_batch_api runs a batch_api server (gathering 200 ms, polling every second unless
-    LPS_BATCH_API_* say otherwise). It stops
-    with the run; unless the run `finished`, whatever it still holds never reaches a provider.
-    A traced run's LPS exports its spans as service `lps`, joining the run's trace."""
-    from lps_server.app import LpsApp
-    from lps_server.core.config import Settings
-    from lps_server.core.domain import ProcessingMode
-
-    processing = {
-        LLMBatchingMode.SERIAL_BUNDLE: ProcessingMode.SERIAL_BUNDLE,
-        LLMBatchingMode.PROVIDER_BATCH_API: ProcessingMode.BATCH_API,
-    }.get(mode, ProcessingMode.PER_REQUEST)
-    env = {k: v for k, v in os.environ.items() if k.startswith("LPS_")}
-    if processing == ProcessingMode.BATCH_API:
-        # A server of one run: its waves need no long gathering, and are worth a quick look.
-        env.setdefault("LPS_BATCH_API_MAX_WAIT_MS", "200")
-        env.setdefault("LPS_BATCH_API_POLL_SECONDS", "1")
-    settings = Settings.from_env(
-        env, grpc_host="127.0.0.1", grpc_port=0, queue_processing_mode=processing
-    )
-    _show_embedded_warnings()
-    tracing = tracing_from_env(service_name="lps") if traced else None
-    if tracing is not None:
-        stack.push_async_callback(asyncio.to_thread, tracing.shutdown)
-    app = LpsApp(settings, tracer_provider=tracing)
-    await app.start(serve_metrics=False)
-
-    async def stop() -> None:
-        await app.stop(None if finished() else 0.0)
-
-    stack.push_async_callback(stop)
-    return f"127.0.0.1:{app.grpc_port}"
-
-
-def _show_embedded_warnings() -> None:
-    # The embedded server's warnings (a provider failing, a shutdown cutting work short) are
-    # worth a line each, marked as its own; its info logs are not.
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("cj assess: embedded LPS: %(message)s"))
-    logger = logging.getLogger("lps_server")
-    logger.handlers = [handler]
-    logger.setLevel(logging.WARNING)
-    logger.propagate = False
 
 
 def _judge(spec: str) -> Judge:

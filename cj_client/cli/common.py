@@ -6,7 +6,8 @@ import argparse
 import asyncio
 import os
 import sys
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -14,6 +15,8 @@ from cj_client.client import LpsClient
 from cj_client.errors import InputError
 
 Handler = Callable[[argparse.Namespace], int]
+#: The longest wait a flag may ask for (30 days): `inf` or `1e300` would be no deadline at all.
+MAX_SECONDS = 30 * 86_400.0
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -32,6 +35,7 @@ def add_connection_flags(parser: argparse.ArgumentParser, *, default_target: str
         target_help += f"; default {default_target}"
     parser.add_argument(
         "--target",
+        type=target_address,
         default=os.environ.get("CJ_LPS_TARGET", default_target),
         metavar="HOST:PORT",
         help=target_help,
@@ -81,10 +85,12 @@ def positive_int(text: str) -> int:
 
 
 def seconds(text: str) -> float:
-    """An argparse type: a positive number of seconds."""
+    """An argparse type: a positive, finite number of seconds (every wait has a deadline)."""
     value = float(_number(text, float, "a number of seconds"))
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be more than 0 seconds, got {text}")
+    if not 0 < value <= MAX_SECONDS:
+        raise argparse.ArgumentTypeError(
+            f"must be a number of seconds above 0 and at most {MAX_SECONDS:g}, got {text}"
+        )
     return value
 
 
@@ -104,6 +110,25 @@ def port(text: str) -> int:
     return value
 
 
+def target_address(text: str) -> str:
+    """An argparse type: a gRPC target whose ports are TCP ports (grpc would take port 99999 as
+    port 34463, and look for the server there)."""
+    if text.startswith(("unix:", "unix-abstract:", "vsock:")):
+        return text
+    addresses = text.split(":", 1)[1] if text.startswith(("ipv4:", "ipv6:")) else text
+    if addresses.startswith("dns:"):
+        addresses = addresses.removeprefix("dns:").rsplit("/", 1)[-1]
+    for address in addresses.split(","):
+        host, colon, number = address.rpartition(":")
+        if not colon or (":" in host and not host.endswith("]")):
+            continue  # no port given (or a bare IPv6 address): grpc picks the default
+        if not number.isdigit() or not 1 <= int(number) <= 65535:
+            raise argparse.ArgumentTypeError(
+                f"{text!r}: the port must be a number between 1 and 65535, got {number!r}"
+            )
+    return text
+
+
 def out_directory(path: Path) -> Path:
     """`path` as an output directory, created if missing.
 
@@ -119,6 +144,67 @@ def out_directory(path: Path) -> Path:
     if not os.access(path, os.W_OK):
         raise InputError(f"--out {path}: the directory is not writable")
     return path
+
+
+def output_file(flag: str, path: Path) -> Path:
+    """`path` as a file a command will write, its directory created if missing; checked before
+    the work whose result it is to hold.
+
+    Raises:
+        InputError: the path is a directory, its directory cannot be created, or either is not
+            writable.
+    """
+    if path.is_dir():
+        raise InputError(f"{flag} {path}: is a directory, not a file")
+    parent = path.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise InputError(f"{flag} {path}: {_blocking_file(parent)} is not a directory") from None
+    except OSError as exc:
+        raise InputError(f"{flag} {path}: cannot create {parent}: {exc.strerror}") from None
+    if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise InputError(f"{flag} {path}: not writable")
+    return path
+
+
+def write_text(flag: str, path: Path, text: str) -> None:
+    """Write `text` to the file `path` a flag names.
+
+    Raises:
+        InputError: it cannot be written (the message names the flag and the file).
+    """
+    try:
+        output_file(flag, path).write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise InputError(f"{flag} {path}: cannot write it: {exc.strerror}") from None
+
+
+def _blocking_file(path: Path) -> Path:
+    """The nearest of `path` and its ancestors that exists (a file, where a directory should be)."""
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+@contextmanager
+def stdout_may_close() -> Iterator[None]:
+    """Stop writing to stdout, quietly, once its reader has gone (`cj assess ... | head -1`).
+
+    Whatever the command does after (files, its exit code) is unchanged. The closed pipe is
+    replaced by /dev/null, so that nothing still buffered for it fails again at exit.
+    """
+    try:
+        yield
+        sys.stdout.flush()  # a pipe's buffer: its error is found here, not at exit
+    except BrokenPipeError:
+        try:
+            fd = sys.stdout.fileno()
+        except (AttributeError, OSError, ValueError):
+            return  # not a file descriptor (stdout captured in a library's caller)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, fd)
+        os.close(devnull)
 
 
 def run(coro: Coroutine[Any, Any, int]) -> int:

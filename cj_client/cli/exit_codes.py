@@ -5,6 +5,7 @@ from __future__ import annotations
 from cj_client.backoff import is_retryable
 from cj_client.errors import (
     AssessmentError,
+    JournalWriteError,
     LpsClientError,
     RunRefusedError,
     ServerLostError,
@@ -23,6 +24,9 @@ REFUSED = 3
 SERVER_LOST = 4
 #: More than --max-failed-share of the comparisons failed.
 TOO_MANY_FAILURES = 5
+#: The run's journal in --out could not be written (a full disk, a quota). The run is resumable
+#: once there is room.
+JOURNAL_UNWRITABLE = 6
 #: Ctrl-C (SIGINT); SIGTERM gives 143. The run is resumable.
 INTERRUPTED = 130
 
@@ -31,6 +35,8 @@ def for_error(exc: AssessmentError | LpsClientError) -> int:
     """The exit code of a run or call that ended with `exc`."""
     if isinstance(exc, TooManyFailuresError):
         return TOO_MANY_FAILURES
+    if isinstance(exc, JournalWriteError):
+        return JOURNAL_UNWRITABLE
     if isinstance(exc, ServerLostError):
         return SERVER_LOST
     if isinstance(exc, RunRefusedError):
@@ -43,5 +49,6 @@ def for_error(exc: AssessmentError | LpsClientError) -> int:
 #: The exit codes in words, for `--help`.
 SUMMARY = (
     "exit codes: 0 done, 1 no verdict (cj submit), 2 input mistake, 3 refused by the server, "
-    "4 server lost, 5 too many failed comparisons, 130 interrupted (resumable)"
+    "4 server lost, 5 too many failed comparisons, 6 journal unwritable (resumable), "
+    "130 interrupted (resumable)"
 )

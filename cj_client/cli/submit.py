@@ -10,7 +10,15 @@ from pathlib import Path
 from typing import Any
 
 from cj_client.cli import exit_codes
-from cj_client.cli.common import Handler, add_connection_flags, connect, run, say, seconds
+from cj_client.cli.common import (
+    Handler,
+    add_connection_flags,
+    connect,
+    run,
+    say,
+    seconds,
+    stdout_may_close,
+)
 from cj_client.client import DEFAULT_TARGET
 from cj_client.errors import InputError
 from cj_client.models import PROVIDER_NAMES, ComparisonOutcome, ComparisonSubmission, EssayInput
@@ -108,7 +116,8 @@ async def _submit(args: argparse.Namespace) -> int:
                 f"cj submit: {exc.code}: {exc}; retrying for up to {args.timeout:g} s (--timeout)"
             ),
         )
-    _print(outcome, as_json=args.json)
+    with stdout_may_close():
+        _print(outcome, as_json=args.json)
     return exit_codes.OK if outcome.status == "completed" else exit_codes.NO_VERDICT
 
 

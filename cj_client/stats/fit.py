@@ -14,7 +14,7 @@ of essays.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +34,12 @@ MAX_ITERATIONS = 200
 # Below this many free parameters a dense solve is cheaper than conjugate gradients.
 DENSE_SOLVE_MAX = 400
 _ARMIJO = 1e-4
+# With anchors, the free essays' mean score lies at most this many logits outside the anchors'
+# range (an average new essay beating the top anchor 99 times in 100). Further out the
+# judgements cannot place it: when the new essays beat every anchor every time, the likelihood
+# rises without end as the centre does (docs/decisions.md).
+CENTRE_REACH = 5.0
+_MIN_STEP_SCALE = 1e-10
 
 
 @dataclass(frozen=True)
@@ -112,6 +118,15 @@ class FitProblem:
         return np.asarray(dense, dtype=np.float64)
 
 
+def centre_bounds(problem: FitProblem) -> tuple[float, float]:
+    """Where the free essays' centre may lie with anchors: within CENTRE_REACH of the
+    anchors' range (without anchors the centre is 0)."""
+    if not problem.anchors:
+        return 0.0, 0.0
+    scores = problem.anchors.values()
+    return min(scores) - CENTRE_REACH, max(scores) + CENTRE_REACH
+
+
 def fit_scale(
     problem: FitProblem,
     *,
@@ -138,19 +153,19 @@ def fit_scale(
 
     current = objective(params)
     iterations = 0
-    for iterations in range(1, MAX_ITERATIONS + 1):  # noqa: B007 - reported in the Fit
+    limit = MAX_ITERATIONS if params.size else 0
+    for iterations in range(1, limit + 1):  # noqa: B007 - reported in the Fit
         p = _sigmoid(x @ params + offset)
         gradient = x.T @ (1.0 - p) - precisions * (params - centres)
         step = _solve(_information(x, p, precisions), gradient)
         slope = float(gradient @ step)
-        scale = 1.0
-        while True:
-            candidate = params + scale * step
-            value = objective(candidate)
-            if value >= current + _ARMIJO * scale * slope or scale < 1e-10:
-                break
-            scale /= 2.0
-        moved = float(np.max(np.abs(scale * step))) if step.size else 0.0
+        if not slope > 0:
+            # An inexact solve can point downhill (or be nan); the gradient never does.
+            step, slope = gradient, float(gradient @ gradient)
+        accepted = _line_search(objective, params, current, step, slope)
+        if accepted is None:
+            break  # no step uphill is left: the optimum, to the arithmetic's precision
+        candidate, value, moved = accepted
         params, current = candidate, value
         if moved < STEP_TOLERANCE:
             break
@@ -160,6 +175,26 @@ def fit_scale(
         # The optimum's compared essays already sum to zero; this removes the solver's tolerance.
         scores = scores - scores.mean()
     return Fit(scores=scores.copy(), bias=full[n:].copy(), iterations=iterations)
+
+
+def _line_search(
+    objective: Callable[[NDArray[np.float64]], float],
+    params: NDArray[np.float64],
+    current: float,
+    step: NDArray[np.float64],
+    slope: float,
+) -> tuple[NDArray[np.float64], float, float] | None:
+    """The first of the halved steps that raises the objective enough (Armijo), with its value
+    and largest move; None when none does. A step is never taken downhill: taking the last
+    halving whatever it gave once let a near-singular solve walk the scores to 1e12."""
+    scale = 1.0
+    while scale >= _MIN_STEP_SCALE:
+        candidate = params + scale * step
+        value = objective(candidate)
+        if np.isfinite(value) and value >= current + _ARMIJO * scale * slope:
+            return candidate, value, float(np.max(np.abs(scale * step)))
+        scale /= 2.0
+    return None
 
 
 def winner_logit(design: Design, fit: Fit) -> NDArray[np.float64]:

@@ -31,6 +31,7 @@ from cj_client.stats.fit import (
     Fit,
     FitProblem,
     Prior,
+    centre_bounds,
     fit_scale,
     winner_logit,
 )
@@ -103,14 +104,15 @@ def posterior(problem: FitProblem, start: Fit) -> Posterior:
         lambda v: at(v).log_posterior, math.log(problem.prior.sd), low, high
     )
     spread = 1.0 / math.sqrt(-curvature) if curvature < 0 else 1.0
-    top = at(centre).log_posterior
-    evaluated, weights_list = [], []
+    evaluated, log_weights = [], []
     for z, weight in GRID:
         point = at(min(high, max(low, centre + z * spread)))
         evaluated.append(point)
-        # The node's weight is the normal's; the actual posterior corrects it.
-        weights_list.append(weight * math.exp(point.log_posterior - top + 0.5 * z * z))
-    weights = np.array(weights_list) / sum(weights_list)
+        # The node's weight is the normal's; the actual posterior corrects it. In logs, so
+        # that a node far above the found mode (a poor mode) cannot overflow.
+        log_weights.append(math.log(weight) + point.log_posterior + 0.5 * z * z)
+    relative = np.exp(np.array(log_weights) - max(log_weights))
+    weights = relative / relative.sum()
     moments = [_moments(p) for p in evaluated]  # the middle node is the mode
     mean = sum(w * m[0] for w, m in zip(weights, moments, strict=True))
     second = sum(w * (m[1] + m[0] ** 2) for w, m in zip(weights, moments, strict=True))
@@ -181,25 +183,34 @@ def _laplace(problem: FitProblem, sd: float, start: Fit) -> _Point:
 def _fit_centre(problem: FitProblem, fit: Fit) -> tuple[FitProblem, Fit]:
     """With anchors: the centre at which the prior's centre equals the free essays' mean score,
     by the secant method on that difference (the mean moves almost linearly with the centre,
-    but so slowly when few anchors link the essays that plain iteration would crawl)."""
+    but so slowly when few anchors link the essays that plain iteration would crawl).
+
+    The difference falls as the centre rises, so a root is bracketed once its sign changes;
+    when the free essays beat (or lose to) the anchors every time there is none, and the
+    centre stops at the edge of `centre_bounds` instead of walking off to 1e12."""
     free = _free_essays(problem)
     if not free.any():
         return problem, fit
     sd = problem.prior.sd
+    low, high = centre_bounds(problem)
 
     def gap(centre: float) -> tuple[float, FitProblem, Fit]:
         trial = replace(problem, prior=Prior(centre, sd))
         fitted = fit_scale(trial, start_scores=fit.scores, start_bias=fit.bias)
         return float(fitted.scores[free].mean()) - centre, trial, fitted
 
-    x0 = problem.prior.centre
+    x0 = min(high, max(low, problem.prior.centre))
     f0, best_problem, best_fit = gap(x0)
-    x1 = x0 + f0
+    x1 = min(high, max(low, x0 + f0))
     for _ in range(_CENTRE_STEPS):
+        if x1 == x0:
+            break  # at a bound, the difference pushing outwards
         f1, best_problem, best_fit = gap(x1)
         if abs(f1) < _CENTRE_TOLERANCE or f1 == f0:
             break
-        x0, x1, f0 = x1, x1 - f1 * (x1 - x0) / (f1 - f0), f1
+        if f0 * f1 < 0:
+            low, high = min(x0, x1), max(x0, x1)  # the root lies between
+        x0, x1, f0 = x1, min(high, max(low, x1 - f1 * (x1 - x0) / (f1 - f0))), f1
     return best_problem, best_fit
 
 

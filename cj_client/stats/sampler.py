@@ -35,7 +35,14 @@ from numpy.typing import NDArray
 from polyagamma import random_polyagamma
 from scipy.linalg import lapack
 
-from cj_client.stats.fit import DENSE_SOLVE_MAX, Fit, FitProblem, Prior, fit_scale
+from cj_client.stats.fit import (
+    DENSE_SOLVE_MAX,
+    Fit,
+    FitProblem,
+    Prior,
+    centre_bounds,
+    fit_scale,
+)
 from cj_client.stats.posterior import (
     SD_BOUNDS,
     SD_PRIOR_LOG_MEAN,
@@ -77,6 +84,7 @@ def sampled_posterior(problem: FitProblem, start: Fit, *, draws: int = DRAWS) ->
     values = full[free].copy()
     sd, centre = problem.prior.sd, problem.prior.centre
     anchored = bool(problem.anchors)
+    bounds = centre_bounds(problem)
     compared = design.counts() > 0
     kept = np.empty((draws, full.size))
     log_sds = np.empty(draws)
@@ -84,7 +92,9 @@ def sampled_posterior(problem: FitProblem, start: Fit, *, draws: int = DRAWS) ->
         values = _draw_parameters(layout, values, sd, centre, rng)
         scores = values[layout.is_essay]
         if anchored and scores.size:
-            centre = float(rng.normal(scores.mean(), sd / math.sqrt(scores.size)))
+            # Clipped to the bounds the mode keeps to: with no judgement to stop it (new essays
+            # beating every anchor), the centre would random-walk away.
+            centre = float(np.clip(rng.normal(scores.mean(), sd / math.sqrt(scores.size)), *bounds))
         log_sd = _draw_log_sd(scores.size, float(np.sum((scores - centre) ** 2)), rng)
         sd = math.exp(log_sd)
         if step >= BURN_IN:
