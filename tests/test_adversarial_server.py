@@ -21,6 +21,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import aclosing
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -30,7 +31,7 @@ from redis.exceptions import OutOfMemoryError
 
 from cj_client import Ack, LpsClient, LpsClientError, UnavailableError
 from lps_server.core.config import Settings
-from lps_server.core.domain import ComparisonResult
+from lps_server.core.domain import ComparisonResult, ProcessingMode
 from lps_server.queue.codec import encode_result
 from lps_server.queue.redis_keys import QueueKeys
 from lps_server.queue.redis_queue import RedisQueue
@@ -215,198 +216,7 @@ async def test_a_record_with_an_unreadable_deadline_does_not_stop_dispatch(
 
 # --- Bugs: each test fails for the bug its xfail reason names -------------------------------------
 
-
-@pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="settle() gives up as soon as the lease lapses, although the complete it sent into "
-    "the frozen Redis runs when Redis resumes: the results are stored and delivered, but "
-    "llm_provider_requests_total never counts them (nor tokens, cost or queue wait), and the log "
-    "says another replica will redo the work, which nobody does",
-)
-async def test_results_stored_by_a_complete_sent_into_a_long_redis_freeze_are_counted(
-    killable_redis: RedisProcess, start: Launch, provider: FakeOpenAI
-) -> None:
-    provider.latency_s = 1.0
-    ids = [f"r{i}" for i in range(8)]
-    async with start(
-        ["a"],
-        LPS_QUEUE_LEASE_SECONDS="2",
-        # Only the sweep at start-up: nobody reclaims the lapsed leases, so the late complete
-        # is the one that ends the requests.
-        LPS_QUEUE_SWEEP_INTERVAL_SECONDS="3600",
-        LPS_STREAM_RECHECK_SECONDS="0.5",
-        **SERIAL,
-    ) as (a,):
-        async with LpsClient(target=a.target, timeout=30) as client:
-            # One request first, so that Redis has loaded the complete script before the freeze
-            # (otherwise the complete sent into the freeze runs into NOSCRIPT when Redis resumes).
-            await results_of(client, [marked("warm-up")], timeout=15)
-            # And a pool of idle connections, so that the complete goes out on an open one (a
-            # new one would wait for the freeze in its handshake and never send the script).
-            await fill_connection_pool(killable_redis, client, "warm-up", 12)
-            run = asyncio.create_task(results_of(client, [marked(r) for r in ids], timeout=40))
-            await provider.wait_until(lambda: len(provider.calls) == 2, timeout=15, what="call")
-            killable_redis.pause()  # the answer comes in 1 s; its complete waits in the freeze
-            await provider.wait_until(
-                lambda: provider.calls[1].answered.is_set(), timeout=15, what="the answer"
-            )
-            # The length of the fault: well past the complete's timeout (2 s), by when the lease
-            # has lapsed and the runner has given up on the complete.
-            await asyncio.sleep(3.5)
-            killable_redis.resume()
-            seen, outcomes = await run
-            counted = await a.metric("llm_provider_requests_total", status="completed")
-        log = a.log()
-    assert seen == once_each(ids), "every request has one result"
-    assert {o.status for o in outcomes.values()} == {"completed"}
-    assert provider.asked() == once_each(["warm-up", *ids]), "asked once each: nobody redid it"
-    assert "could not store" in log, "the freeze did hit the complete"
-    assert counted == 1 + len(ids), (
-        f"{1 + len(ids)} requests completed, the metric counts {counted:g}"
-    )
-
-
-@pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="when Redis is down for longer than a lease while a bundle's results wait to be "
-    "stored, settle() gives up and drops the provider's answers without counting them in "
-    "llm_provider_lease_lost_total{stage=after_call}; after Redis is back the requests are "
-    "reclaimed and paid for again, and the runbook's 'answers paid for twice' query reads 0",
-)
-async def test_answers_dropped_because_redis_was_down_past_the_lease_are_counted(
-    killable_redis: RedisProcess, start: Launch, provider: FakeOpenAI
-) -> None:
-    provider.latency_s = 1.0
-    ids = [f"r{i}" for i in range(8)]
-    async with (
-        start(
-            ["a"],
-            LPS_QUEUE_LEASE_SECONDS="2",
-            LPS_QUEUE_SWEEP_INTERVAL_SECONDS="0.2",
-            **SERIAL,
-        ) as (a,),
-        LpsClient(target=a.target, timeout=30) as client,
-    ):
-        run = asyncio.create_task(results_of(client, [marked(r) for r in ids], timeout=60))
-        await provider.wait_until(lambda: len(provider.calls) == 1, timeout=15, what="call")
-        killable_redis.stop()  # a crash while the provider works on the bundle...
-        await provider.wait_until(
-            lambda: provider.calls[0].answered.is_set(), timeout=15, what="the answer"
-        )
-        await asyncio.sleep(2.5)  # ...down well past the lease (the length of the fault)...
-        killable_redis.start()  # ...and back from its AOF
-        seen, outcomes = await run
-        dropped = await a.metric("llm_provider_lease_lost_total", stage="after_call")
-        counted = await a.metric("llm_provider_requests_total", status="completed")
-    assert seen == once_each(ids), "every request has one result"
-    assert {o.status for o in outcomes.values()} == {"completed"}
-    paid_twice = sum(n - 1 for n in provider.asked().values())
-    assert counted == len(ids)
-    assert dropped == paid_twice, (
-        f"{paid_twice} answers were paid for twice, lease_lost{{after_call}} reads {dropped:g}"
-    )
-
-
-@pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="a request whose holder died mid-call is reclaimed with no attempt counted, so once "
-    "its TTL has passed the next lease ends it EXPIRED: the provider was paid, the client is told "
-    "it expired, and llm_provider_queue_expiry_total counts an expiry 'before any provider call'",
-)
-async def test_a_request_that_cost_a_call_is_not_expired_after_its_holder_died(
-    start: Launch, provider: FakeOpenAI
-) -> None:
-    provider.latency_s = 3.0
-    async with start(
-        ["a", "b"],
-        LPS_QUEUE_LEASE_SECONDS="2",
-        LPS_QUEUE_SWEEP_INTERVAL_SECONDS="0.2",
-    ) as replicas:
-        by_key = {r.api_key: r for r in replicas}
-        async with LpsClient(target=replicas[0].target, timeout=30) as client:
-            await client.submit(marked("r1", ttl_seconds=1.5, result_channel="results"))
-        await provider.wait_until(lambda: len(provider.calls) == 1, timeout=15, what="the call")
-        holder = by_key[provider.calls[0].key]
-        holder.kill()  # mid-call, before its TTL passed; it lapses 2 s later, past the TTL
-        survivor = next(r for r in replicas if r is not holder)
-        async with LpsClient(target=survivor.target, timeout=30) as client:
-            async with asyncio.timeout(30), aclosing(client.stream_results("results")) as stream:
-                _, outcome = await anext(stream)
-            expired = await survivor.metric("llm_provider_queue_expiry_total")
-    assert provider.asked()["r1"] >= 1, "the provider was called for it before its TTL"
-    assert outcome.status == "completed", (
-        f"a request that cost a provider call ended {outcome.status.upper()}"
-    )
-    assert expired == 0
-
-
-@pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="after Redis restarts empty (no persistence), a SubmitComparisons call waits forever "
-    "for requests the queue no longer knows: the store look-ups find no result and try again "
-    "every LPS_STREAM_RECHECK_SECONDS without end, while the replica counts the dropped answers "
-    "as lease_lost{after_call} and logs that another holder took them over",
-)
-async def test_a_stream_whose_requests_redis_lost_is_told_instead_of_hanging(
-    volatile_redis: RedisProcess, provider: FakeOpenAI, tmp_path: Path
-) -> None:
-    provider.latency_s = 1.5
-    start = launcher(redis_url=volatile_redis.url, provider=provider, log_dir=tmp_path)
-    ids = [f"r{i}" for i in range(4)]
-    async with (
-        start(["a"], LPS_STREAM_RECHECK_SECONDS="0.5") as (a,),
-        LpsClient(target=a.target, timeout=30) as client,
-    ):
-        run = asyncio.create_task(results_of(client, [marked(r) for r in ids], timeout=5))
-        await provider.wait_until(lambda: len(provider.calls) == 4, timeout=15, what="calls")
-        volatile_redis.stop()
-        volatile_redis.start()  # empty: every request, lease and channel is gone
-        try:
-            seen, _ = await run
-        except LpsClientError:
-            return  # the call ended with an error naming the loss: the client can resubmit
-        except TimeoutError:
-            pytest.fail("the stream still waited 5 s after Redis lost its requests")
-    assert set(seen) == set(ids), "every request was answered (a failure naming the loss)"
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="while every provider has LPS_MAX_CONCURRENT_CALLS bundles in flight the dispatcher "
-    "does not lease, so nothing reports Redis unreachable: health stays SERVING for as long as "
-    "the calls last although no submission can be accepted",
-)
-async def test_health_turns_not_serving_when_redis_dies_while_every_provider_is_busy(
-    killable_redis: RedisProcess,
-) -> None:
-    provider = GatedMock()  # calls wait for the gate: the provider is busy until the test ends
-    async with running_app(
-        provider=provider,
-        queue_backend="redis",
-        redis_url=killable_redis.url,
-        max_concurrent_calls=1,
-        queue_sweep_interval_seconds=0.2,
-    ) as app:
-        async with LpsClient(target=f"127.0.0.1:{app.grpc_port}", timeout=10) as client:
-            await client.submit(submission(1, request_id="busy"))
-            await client.submit(submission(2, request_id="waiting"))
-        async with asyncio.timeout(10):
-            await provider.entered.wait()
-        try:
-            told = await _health_changes_to(
-                f"127.0.0.1:{app.grpc_port}",
-                health_pb2.HealthCheckResponse.NOT_SERVING,
-                within=5,
-                then=killable_redis.stop,
-            )
-        finally:
-            killable_redis.start()
-            provider.gate.set()
-    assert told, "health still read SERVING 5 s after Redis went down"
+# (None open.)
 
 
 # --- Bugs fixed with their test -------------------------------------------------------------------
@@ -530,3 +340,208 @@ def test_a_host_that_cannot_be_listened_on_ends_the_start_in_one_line_with_port_
     line = refused("--port", "0", "--metrics-port", "0", **{variable: "256.1.1.1"})
     assert variable in line, line
     assert "256.1.1.1" in line, line
+
+
+async def test_health_turns_not_serving_when_redis_dies_while_every_provider_is_busy(
+    killable_redis: RedisProcess,
+) -> None:
+    provider = GatedMock()  # calls wait for the gate: the provider is busy until the test ends
+    async with running_app(
+        provider=provider,
+        queue_backend="redis",
+        redis_url=killable_redis.url,
+        max_concurrent_calls=1,
+        queue_sweep_interval_seconds=0.2,
+    ) as app:
+        async with LpsClient(target=f"127.0.0.1:{app.grpc_port}", timeout=10) as client:
+            await client.submit(submission(1, request_id="busy"))
+            await client.submit(submission(2, request_id="waiting"))
+        async with asyncio.timeout(10):
+            await provider.entered.wait()
+        try:
+            told = await _health_changes_to(
+                f"127.0.0.1:{app.grpc_port}",
+                health_pb2.HealthCheckResponse.NOT_SERVING,
+                within=5,
+                then=killable_redis.stop,
+            )
+        finally:
+            killable_redis.start()
+            provider.gate.set()
+    assert told, "health still read SERVING 5 s after Redis went down"
+
+
+@pytest.mark.slow
+async def test_results_stored_by_a_complete_sent_into_a_long_redis_freeze_are_counted(
+    killable_redis: RedisProcess, start: Launch, provider: FakeOpenAI
+) -> None:
+    provider.latency_s = 1.0
+    ids = [f"r{i}" for i in range(8)]
+    async with start(
+        ["a"],
+        LPS_QUEUE_LEASE_SECONDS="2",
+        # Only the sweep at start-up: nobody reclaims the lapsed leases, so the late complete
+        # is the one that ends the requests.
+        LPS_QUEUE_SWEEP_INTERVAL_SECONDS="3600",
+        LPS_STREAM_RECHECK_SECONDS="0.5",
+        **SERIAL,
+    ) as (a,):
+        async with LpsClient(target=a.target, timeout=30) as client:
+            # One request first, so that Redis has loaded the complete script before the freeze
+            # (otherwise the complete sent into the freeze runs into NOSCRIPT when Redis resumes).
+            await results_of(client, [marked("warm-up")], timeout=15)
+            # And a pool of idle connections, so that the complete goes out on an open one (a
+            # new one would wait for the freeze in its handshake and never send the script).
+            await fill_connection_pool(killable_redis, client, "warm-up", 12)
+            run = asyncio.create_task(results_of(client, [marked(r) for r in ids], timeout=40))
+            await provider.wait_until(lambda: len(provider.calls) == 2, timeout=15, what="call")
+            killable_redis.pause()  # the answer comes in 1 s; its complete waits in the freeze
+            await provider.wait_until(
+                lambda: provider.calls[1].answered.is_set(), timeout=15, what="the answer"
+            )
+            # The length of the fault: well past the complete's timeout (2 s), by when the lease
+            # has lapsed and the runner has given up on the complete.
+            await asyncio.sleep(3.5)
+            killable_redis.resume()
+            seen, outcomes = await run
+            counted = await a.metric("llm_provider_requests_total", status="completed")
+        log = a.log()
+    assert seen == once_each(ids), "every request has one result"
+    assert {o.status for o in outcomes.values()} == {"completed"}
+    assert provider.asked() == once_each(["warm-up", *ids]), "asked once each: nobody redid it"
+    assert "could not store" in log, "the freeze did hit the complete"
+    assert counted == 1 + len(ids), (
+        f"{1 + len(ids)} requests completed, the metric counts {counted:g}"
+    )
+
+
+@pytest.mark.slow
+async def test_answers_dropped_because_redis_was_down_past_the_lease_are_counted(
+    killable_redis: RedisProcess, start: Launch, provider: FakeOpenAI
+) -> None:
+    provider.latency_s = 1.0
+    ids = [f"r{i}" for i in range(8)]
+    async with (
+        start(
+            ["a"],
+            LPS_QUEUE_LEASE_SECONDS="2",
+            LPS_QUEUE_SWEEP_INTERVAL_SECONDS="0.2",
+            **SERIAL,
+        ) as (a,),
+        LpsClient(target=a.target, timeout=30) as client,
+    ):
+        run = asyncio.create_task(results_of(client, [marked(r) for r in ids], timeout=60))
+        await provider.wait_until(lambda: len(provider.calls) == 1, timeout=15, what="call")
+        killable_redis.stop()  # a crash while the provider works on the bundle...
+        await provider.wait_until(
+            lambda: provider.calls[0].answered.is_set(), timeout=15, what="the answer"
+        )
+        await asyncio.sleep(2.5)  # ...down well past the lease (the length of the fault)...
+        killable_redis.start()  # ...and back from its AOF
+        seen, outcomes = await run
+        dropped = await a.metric("llm_provider_lease_lost_total", stage="after_call")
+        counted = await a.metric("llm_provider_requests_total", status="completed")
+    assert seen == once_each(ids), "every request has one result"
+    assert {o.status for o in outcomes.values()} == {"completed"}
+    paid_twice = sum(n - 1 for n in provider.asked().values())
+    assert counted == len(ids)
+    assert dropped == paid_twice, (
+        f"{paid_twice} answers were paid for twice, lease_lost{{after_call}} reads {dropped:g}"
+    )
+
+
+@pytest.mark.slow
+async def test_a_request_that_cost_a_call_is_not_expired_after_its_holder_died(
+    start: Launch, provider: FakeOpenAI
+) -> None:
+    provider.latency_s = 3.0
+    async with start(
+        ["a", "b"],
+        LPS_QUEUE_LEASE_SECONDS="2",
+        LPS_QUEUE_SWEEP_INTERVAL_SECONDS="0.2",
+    ) as replicas:
+        by_key = {r.api_key: r for r in replicas}
+        async with LpsClient(target=replicas[0].target, timeout=30) as client:
+            await client.submit(marked("r1", ttl_seconds=1.5, result_channel="results"))
+        await provider.wait_until(lambda: len(provider.calls) == 1, timeout=15, what="the call")
+        holder = by_key[provider.calls[0].key]
+        holder.kill()  # mid-call, before its TTL passed; it lapses 2 s later, past the TTL
+        survivor = next(r for r in replicas if r is not holder)
+        async with LpsClient(target=survivor.target, timeout=30) as client:
+            async with asyncio.timeout(30), aclosing(client.stream_results("results")) as stream:
+                _, outcome = await anext(stream)
+            expired = await survivor.metric("llm_provider_queue_expiry_total")
+    assert provider.asked()["r1"] >= 1, "the provider was called for it before its TTL"
+    assert outcome.status == "completed", (
+        f"a request that cost a provider call ended {outcome.status.upper()}"
+    )
+    assert expired == 0
+
+
+@pytest.mark.slow
+async def test_a_stream_whose_requests_redis_lost_is_told_instead_of_hanging(
+    volatile_redis: RedisProcess, provider: FakeOpenAI, tmp_path: Path
+) -> None:
+    provider.latency_s = 1.5
+    start = launcher(redis_url=volatile_redis.url, provider=provider, log_dir=tmp_path)
+    ids = [f"r{i}" for i in range(4)]
+    async with (
+        start(["a"], LPS_STREAM_RECHECK_SECONDS="0.5") as (a,),
+        LpsClient(target=a.target, timeout=30) as client,
+    ):
+        run = asyncio.create_task(results_of(client, [marked(r) for r in ids], timeout=5))
+        await provider.wait_until(lambda: len(provider.calls) == 4, timeout=15, what="calls")
+        volatile_redis.stop()
+        volatile_redis.start()  # empty: every request, lease and channel is gone
+        try:
+            seen, _ = await run
+        except LpsClientError:
+            return  # the call ended with an error naming the loss: the client can resubmit
+        except TimeoutError:
+            pytest.fail("the stream still waited 5 s after Redis lost its requests")
+    assert set(seen) == set(ids), "every request was answered (a failure naming the loss)"
+
+
+async def test_answers_for_requests_redis_lost_are_not_counted_as_taken_over(
+    redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Redis loses its data (FLUSHALL stands for a restart without persistence) while the
+    # provider works on the requests: the stream is told at once that they were lost, and when
+    # the answers come the replica neither counts them as paid twice nor logs that another
+    # holder took them over: nobody holds them.
+    provider = GatedMock()
+    ids = [f"r{i}" for i in range(3)]
+    observer = Redis.from_url(redis_url)
+    outcomes: dict[str, Any] = {}
+    async with (
+        running_app(
+            provider=provider,
+            queue_backend="redis",
+            redis_url=redis_url,
+            queue_processing_mode=ProcessingMode.SERIAL_BUNDLE,
+            stream_recheck_seconds=0.2,
+        ) as app,
+        LpsClient(target=f"127.0.0.1:{app.grpc_port}", timeout=10) as client,
+    ):
+        subs = [submission(i, request_id=rid) for i, rid in enumerate(ids)]
+
+        async def collect() -> None:
+            async with aclosing(client.submit_many(subs)) as events:
+                async for event in events:
+                    if not isinstance(event, Ack):
+                        outcomes[event.request_id] = event
+
+        run = asyncio.create_task(collect())
+        async with asyncio.timeout(10):
+            await provider.entered.wait()
+            await observer.flushall()
+            await run  # the call ends once every request is answered
+        provider.gate.set()
+    # Leaving the app waited for the bundle in flight: its answers came and were dropped.
+    lost = metric(app.registry, "llm_provider_lease_lost_total", stage="after_call")
+    await observer.aclose()
+    assert sorted(outcomes) == ids
+    assert {o.error_code for o in outcomes.values()} == {"request_lost"}, outcomes
+    assert lost == 0, "answers for requests nobody else holds counted as paid twice"
+    assert "the queue no longer knows" in caplog.text
+    assert "another holder" not in caplog.text

@@ -334,3 +334,32 @@ async def test_close_wakes_blocked_waiters(make_queue: QueueFactory) -> None:
     await queue.close()
     assert await asyncio.gather(waiter, reader) == [None, []]
     assert time.monotonic() - started < 1.0
+
+
+async def test_a_request_given_back_mid_call_counts_the_call_and_does_not_expire(
+    queue: QueueBackend,
+) -> None:
+    # A holder that marked a call and gives the request back without its result (cancelled
+    # mid-call) leaves one failed attempt on it: past its TTL it is retried, not EXPIRED.
+    await queue.submit([make_queued("r1", deadline=T0 + 5)])
+    held = await queue.lease(now=T0 + 1)
+    assert await queue.extend(["r1"], token=held.token, now=T0 + 1, calling=True) == []
+    await queue.release(["r1"], token=held.token)
+    again = await queue.lease(now=T0 + 10)
+    assert [q.request_id for q in again.items] == ["r1"]
+    assert again.expired == []
+    assert again.attempts == {"r1": 1}
+    # Given back again without a call: no attempt is added.
+    await queue.release(["r1"], token=again.token)
+    third = await queue.lease(now=T0 + 11)
+    assert third.attempts == {"r1": 1}
+
+
+async def test_a_request_given_back_before_any_call_still_expires(queue: QueueBackend) -> None:
+    await queue.submit([make_queued("r1", deadline=T0 + 5)])
+    held = await queue.lease(now=T0 + 1)
+    assert await queue.extend(["r1"], token=held.token, now=T0 + 1) == []
+    await queue.release(["r1"], token=held.token)
+    again = await queue.lease(now=T0 + 10)
+    assert [q.request_id for q in again.expired] == ["r1"]
+    assert again.attempts == {}

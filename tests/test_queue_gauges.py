@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from cj_client import LpsClient
 from lps_server.core.errors import QueueUnavailableError
 from lps_server.observability.queue_gauges import QueueGauges, QueueReading
-from lps_server.queue.redis_queue import COMMAND_TIMEOUT_S
+from lps_server.queue.redis_calls import COMMAND_TIMEOUT_S
 from tests.helpers import GatedMock, results_on, running_app, submission
 from tests.redis_server import RedisProcess
 

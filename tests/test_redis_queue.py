@@ -82,6 +82,23 @@ async def test_submit_is_idempotent_across_replicas_even_concurrently(
     assert (await two.stats(now=T0)).queued == 60
 
 
+async def test_a_lease_that_lapsed_mid_call_is_reclaimed_with_the_call_counted(
+    replicas: list[RedisQueue],
+) -> None:
+    # The holder marked its call, then died: the sweep reclaims the request with one failed
+    # attempt counted, so past its TTL it is leased as work, not ended EXPIRED (it was paid for).
+    dying, survivor = replicas  # lease_seconds is 30 (the default)
+    await dying.submit([make_queued("r1", at=T0, deadline=T0 + 10)])
+    held = await dying.lease(now=T0 + 1)
+    assert await dying.extend(["r1"], token=held.token, now=T0 + 2, calling=True) == []
+    found = await survivor.sweep(now=T0 + 40)
+    assert found.reclaimed == 1
+    assert found.expired == [], "a request that cost a call is not found expired"
+    taken = await survivor.lease(now=T0 + 41)
+    assert [q.request_id for q in taken.items] == ["r1"]
+    assert taken.attempts == {"r1": 1}
+
+
 async def test_lapsed_lease_is_reclaimed_by_another_replica_at_its_position(
     replicas: list[RedisQueue],
 ) -> None:

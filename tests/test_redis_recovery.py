@@ -89,7 +89,7 @@ async def test_a_connection_from_before_a_restart_is_replaced_and_the_call_retri
         lease = await queue.lease(now=T0 + 1)  # the pool now holds an open connection
         killable_redis.stop()
         killable_redis.start()  # same port, same data (AOF)
-        with caplog.at_level(logging.INFO, logger="lps_server.queue.redis_queue"):
+        with caplog.at_level(logging.INFO, logger="lps_server.queue.redis_calls"):
             assert await queue.complete([(q, judged(q))], token=lease.token) == [True]
         assert "retrying once on a new one" in caplog.text
         entries = await queue.read_channel("ch", cursor="", timeout=0)

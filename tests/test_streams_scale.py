@@ -21,6 +21,7 @@ from generated.lps.v1 import llm_provider_service_pb2 as svc
 from generated.lps.v1 import llm_provider_service_pb2_grpc as svc_grpc
 from lps_server.core.domain import ComparisonResult, Judgement, RequestStatus, Winner
 from lps_server.core.errors import QueueBusyError
+from lps_server.queue.base import EndedResults
 from lps_server.queue.codec import encode_result
 from lps_server.queue.redis_queue import RedisQueue
 from tests.helpers import WAIT_S, GatedMock, running_app, submission
@@ -232,7 +233,7 @@ class CountingQueue(RedisQueue):
         self.gets = 0
         self.looked_up = asyncio.Event()
 
-    async def ended_results(self, request_ids: Sequence[str]) -> dict[str, ComparisonResult]:
+    async def ended_results(self, request_ids: Sequence[str]) -> EndedResults:
         self.lookups.append(len(request_ids))
         self.looked_up.set()
         return await super().ended_results(request_ids)

@@ -62,6 +62,8 @@ class ErrorCode(StrEnum):
     INTERNAL = "internal"
     # The stored request could not be decoded or routed (corrupt, or from a newer release).
     UNREADABLE_REQUEST = "unreadable_request"
+    # The queue no longer knows an accepted request (its backend lost its data): submit it again.
+    REQUEST_LOST = "request_lost"
 
 
 class CircuitState(StrEnum):

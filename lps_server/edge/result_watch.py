@@ -10,6 +10,9 @@ stored it but the reply never came back) reached no channel of this call. So the
   `KNOWN_MAX_INTERVAL_S` from then on.
 * Every other awaited id is looked up every `recheck_s` (LPS_STREAM_RECHECK_SECONDS): a safety
   net for a result stored but not delivered.
+* An id the queue does not know at all (accepted, yet neither queued, processing nor ended: the
+  backend lost its data) is answered at once with a FAILED `request_lost` result, so the client
+  resubmits instead of waiting forever.
 
 One `ResultWatch` serves every stream of the replica: the ids due at one moment, from any number
 of streams, go to the queue in one batched lookup (`QueueBackend.ended_results`), never one round
@@ -28,12 +31,14 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from lps_server.core.domain import ComparisonResult
 from lps_server.core.errors import LpsError
+from lps_server.processing.results import lost
+from lps_server.queue.base import EndedResults
 
 log = logging.getLogger(__name__)
 KNOWN_FIRST_INTERVAL_S = 1.0
 KNOWN_MAX_INTERVAL_S = 5.0
 BATCH = 1000
-Lookup = Callable[[Sequence[str]], Awaitable[dict[str, ComparisonResult]]]
+Lookup = Callable[[Sequence[str]], Awaitable[EndedResults]]
 Deliver = Callable[[ComparisonResult], None]
 
 
@@ -142,19 +147,34 @@ class ResultWatch:
     async def _check(self, due: list[tuple[WatchedIds, str, float, bool]]) -> None:
         ids = list(dict.fromkeys(rid for _, rid, _, _ in due))
         try:
-            found = await self._lookup(ids)
+            looked_up = await self._lookup(ids)
         except LpsError as exc:
             log.warning(
                 "could not look up %d results that streams await; trying again later: %s",
                 len(ids),
                 exc,
             )
-            found = {}
+            looked_up = EndedResults()
         except Exception:  # a result this release cannot read: the others must still be found
             log.exception("looking up %d results that streams await failed", len(ids))
-            found = {}
+            looked_up = EndedResults()
+        found = looked_up.results
+        if gone := [rid for rid in ids if rid in looked_up.unknown]:
+            log.error(
+                "the queue no longer knows %d request(s) that streams await (it lost its data: "
+                "Redis restarted without persistence, or flushed); telling their clients to "
+                "submit them again: %s",
+                len(gone),
+                ", ".join(gone[:20]),
+                extra={"request_ids": gone[:20]},
+            )
+        now = time.time()
         for watched, rid, interval, known in due:
             if not watched.awaits(rid):
+                continue
+            if rid in looked_up.unknown:
+                # Accepted, yet neither queued, processing nor ended: waiting would be forever.
+                watched.found(lost(rid, now))
                 continue
             result = found.get(rid)
             if result is None:

@@ -10,7 +10,8 @@ provider is paused (left out of leases) until the store says there will be room.
 for budget hold nothing: no call slot, no lease that could lapse, no task; the next lease after the
 pause takes them again, from their place at the head of the queue.
 
-The granted call is wrapped (`BudgetedCall`): once the provider answered, the grant is settled with
+The granted call is wrapped (`BudgetedCall`): once the provider answered and its results are stored,
+the grant is settled with
 the provider's count and headers (`BudgetStore.settle`), 429s are counted, and this replica's
 estimate is calibrated against the provider's count of the prompt.
 """
@@ -67,6 +68,7 @@ class BudgetedCall:
         self._provider = provider
         self._grant = grant
         self._scope = scope
+        self._report: CallReport | None = None
         self.name = provider.name
         self.default_model = provider.default_model
 
@@ -77,13 +79,20 @@ class BudgetedCall:
     async def compare(
         self, items: Sequence[ComparisonItem], *, model: str, overrides: Overrides
     ) -> list[ItemOutcome]:
-        """The provider's answer; the grant is settled with what the provider said."""
+        """The provider's answer; `settle_grant` then settles the grant with what the provider
+        said."""
         report = CallReport()
-        try:
-            return await self._provider.compare(
-                items, model=model, overrides=overrides, report=report
-            )
-        finally:
+        self._report = report
+        return await self._provider.compare(items, model=model, overrides=overrides, report=report)
+
+    async def settle_grant(self) -> None:
+        """Settle the grant with the provider's count and headers, once, after `compare`.
+
+        The runner calls it once the results are stored: budget bookkeeping must not hold the
+        results back (during a Redis stall it would cost them a command timeout first).
+        """
+        report, self._report = self._report, None
+        if report is not None:
             await self._gate.settle(self._scope, self._grant, report)
 
     async def aclose(self) -> None:

@@ -18,6 +18,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 from opentelemetry import trace
 
@@ -125,7 +126,7 @@ class BundleRunner:
             failure = Failure(ErrorCode.CONFIGURATION, str(exc))
             now = self._clock()
             done = [(q, failed(q, failure, now, facts[q.request_id])) for q in items]
-            await self._store(done, labels, keeper)
+            await self._store(done, labels, keeper, called=False)
             return
         spans = BundleSpans(
             self._tracer,
@@ -139,6 +140,7 @@ class BundleRunner:
                 await self._attempt(items, provider, facts, spans, keeper, attempts, labels)
         finally:
             spans.close()
+            await _settle_grant(provider)
 
     async def refuse(self, items: list[QueuedRequest], reason: str, *, keeper: LeaseKeeper) -> None:
         """End requests that no provider call could carry FAILED, without calling: splitting
@@ -148,7 +150,7 @@ class BundleRunner:
         failure = Failure(ErrorCode.PROVIDER_ERROR, f"comparison not sent: {reason}")
         now = self._clock()
         done = [(q, failed(q, failure, now, BundleFacts(mode=self._mode))) for q in items]
-        await self._store(done, labels, keeper)
+        await self._store(done, labels, keeper, called=False)
 
     async def _attempt(
         self,
@@ -194,6 +196,7 @@ class BundleRunner:
                 done.append((queued, result))
         await self._store(done, labels, keeper)
         spans.finish(done)
+        await _settle_grant(provider)  # after the results: they must not wait for it
         if retry:
             attempt = max(number[q.request_id] for q, _ in retry)
             retry_at = now + self._backoff(attempt, [f for _, f in retry])
@@ -209,7 +212,10 @@ class BundleRunner:
     ) -> list[QueuedRequest]:
         """The items whose lease the keeper still holds; the others are counted as lost."""
         held = [q for q in items if not keeper.is_lost(q.request_id)]
-        if lost := len(items) - len(held):
+        # Requests the queue lost with its data were taken over by nobody: not lost leases.
+        if lost := sum(
+            1 for q in items if keeper.is_lost(q.request_id) and not keeper.is_gone(q.request_id)
+        ):
             self._metrics.lease_lost.labels(provider=provider.value, stage=stage).inc(lost)
         return held
 
@@ -277,8 +283,11 @@ class BundleRunner:
         done: list[tuple[QueuedRequest, ComparisonResult]],
         labels: dict[str, str],
         keeper: LeaseKeeper,
+        *,
+        called: bool = True,
     ) -> None:
-        """Store results under the bundle's token, then count and log the ones stored."""
+        """Store results under the bundle's token, then count and log the ones stored
+        (`called`: the results hold a provider's answers)."""
         if not done:
             return
         what = f"store {len(done)} result(s)"
@@ -287,12 +296,24 @@ class BundleRunner:
                 lambda: self._queue.complete(done, token=keeper.token), keeper, what
             )
         except GaveUp:
-            return
-        if refused := [q.request_id for (q, _), ok in zip(done, firsts, strict=True) if not ok]:
-            # Another holder took these over after the call (the keeper had not noticed yet).
-            keeper.lose(refused)
+            if not called:
+                return  # nothing was paid for: they are reclaimed and ended again
+            # The answers are dropped; once Redis is back the requests are reclaimed and the
+            # provider is asked again: paid for twice, so counted as such.
             provider = done[0][0].route.provider.value
-            self._metrics.lease_lost.labels(provider=provider, stage="after_call").inc(len(refused))
+            self._metrics.lease_lost.labels(provider=provider, stage="after_call").inc(len(done))
+            log.error(
+                "dropped the answers for %d request(s) that could not be stored; they will be "
+                "reclaimed and the provider asked again",
+                len(done),
+            )
+            return
+        refused = [q.request_id for (q, _), ok in zip(done, firsts, strict=True) if not ok]
+        # Another holder took these over after the call (the keeper had not noticed yet), or the
+        # queue lost them with its data (not paid again: not counted as lost leases).
+        if refused and (taken := await keeper.lose(refused)):
+            provider = done[0][0].route.provider.value
+            self._metrics.lease_lost.labels(provider=provider, stage="after_call").inc(len(taken))
         keeper.let_go(q.request_id for q, _ in done)
         ended = [pair for pair, first in zip(done, firsts, strict=True) if first]
         # Metrics are summed per bundle: one labelled child per status rather than per request.
@@ -333,6 +354,18 @@ class BundleRunner:
             hint_cap_s=self._settings.retry_after_max_seconds,
             rng=self._rng,
         )
+
+
+@runtime_checkable
+class _Granted(Protocol):
+    """A provider call granted rate budget, settled once its results are stored."""
+
+    async def settle_grant(self) -> None: ...
+
+
+async def _settle_grant(provider: Provider) -> None:
+    if isinstance(provider, _Granted):
+        await provider.settle_grant()
 
 
 def _plus(a: TokenUsage, b: TokenUsage) -> TokenUsage:

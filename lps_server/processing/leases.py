@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 from lps_server.core.errors import QueueUnavailableError
 from lps_server.queue.base import QueueBackend
@@ -56,6 +56,8 @@ class LeaseKeeper:
         # A dict keeps the order of the ids, so extensions and logs list them as leased.
         self._held = dict.fromkeys(request_ids)
         self._lost: set[str] = set()
+        self._gone: set[str] = set()
+        self._losing = asyncio.Lock()
         self._valid_until = taken_at + lease_s
         self._task: asyncio.Task[None] | None = None
 
@@ -105,13 +107,64 @@ class LeaseKeeper:
         await self._extend()
         return not self.lapsed()
 
-    def lose(self, request_ids: Iterable[str]) -> None:
-        """Record requests as lost (a fenced call found them held by someone else)."""
-        lost = [rid for rid in request_ids if rid in self._held]
+    async def mark_called(self, request_ids: Sequence[str]) -> None:
+        """Before their provider call: extend the leases of `request_ids` and mark them as
+        called, so that a holder dying mid-call leaves them with one attempt counted (a request
+        past its TTL that already cost a call is then never ended EXPIRED). A failure is logged
+        and the call still goes out: the next beat extends again, without the mark."""
+        ids = [rid for rid in request_ids if rid in self._held]
+        if not ids:
+            return
+        sent_at = self.clock()
+        try:
+            lost = await self._queue.extend(ids, token=self.token, now=sent_at, calling=True)
+        except QueueUnavailableError as exc:
+            log.warning("could not mark %d request(s) as called: %s", len(ids), exc)
+            return
+        if len(ids) == len(self._held):
+            self._valid_until = sent_at + self.lease_s
+        await self.lose(lost)
+
+    def is_gone(self, request_id: str) -> bool:
+        """True when the request was lost because the queue no longer knows it at all (its
+        backend lost its data): nobody else holds it, and nobody will call the provider again."""
+        return request_id in self._gone
+
+    async def lose(self, request_ids: Iterable[str]) -> list[str]:
+        """Record requests as lost (a fenced call refused them); return those of them another
+        holder took over (also when the keeper had noticed already). Those the queue no longer
+        knows at all are told apart (one look-up, only on this rare path): logged as lost with
+        the queue's data, not as taken over."""
+        refused = list(request_ids)
+        # One at a time: a beat and a refused complete may report the same requests at once,
+        # and the second must see how the first classed them.
+        async with self._losing:
+            await self._classify([rid for rid in refused if rid in self._held])
+        return [rid for rid in refused if rid not in self._gone]
+
+    async def _classify(self, lost: list[str]) -> None:
         if not lost:
             return
         self.let_go(lost)
         self._lost.update(lost)
+        try:
+            gone = (await self._queue.ended_results(lost)).unknown
+        except QueueUnavailableError:
+            gone = frozenset()
+        if gone:
+            self._gone.update(gone)
+            log.error(
+                "the queue no longer knows %d request(s) this replica held (it lost its data: "
+                "Redis restarted without persistence, or flushed); their results cannot be "
+                "stored, and their clients are told to submit them again: %s",
+                len(gone),
+                ", ".join(sorted(gone)[:LOGGED_IDS]),
+                extra={"lease_token": self.token, "request_ids": sorted(gone)[:LOGGED_IDS]},
+            )
+        if taken := [rid for rid in lost if rid not in gone]:
+            self._log_taken_over(taken)
+
+    def _log_taken_over(self, lost: list[str]) -> None:
         log.warning(
             "lost the lease of %d request(s) to another holder; their results will not be "
             "stored here: %s",
@@ -143,7 +196,7 @@ class LeaseKeeper:
             log.exception("extending %d leases failed unexpectedly; trying again", len(ids))
             return
         self._valid_until = sent_at + self.lease_s
-        self.lose(lost)
+        await self.lose(lost)
 
     def _report_failure(self, count: int, exc: Exception) -> None:
         left = self._valid_until - self.clock()

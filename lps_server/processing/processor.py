@@ -1,9 +1,10 @@
 """The processor: leases bundles from the queue and hands them to the bundle runner.
 
-Two loops run under supervision: the dispatcher (lease, fill, start a bundle) and the sweeper
+Loops run under supervision: the dispatcher (lease, fill, start a bundle) and the sweeper
 (reclaim lapsed leases, end expired requests, publish depth). Either is restarted with backoff
 after any exception, logged with its cause, and health reads NOT_SERVING while the dispatcher
-cannot run or the queue backend cannot be reached. Each bundle's leases are kept alive by a
+cannot run or the queue backend cannot be reached (a third loop pings it every second, so that
+this holds while the dispatcher is not leasing). Each bundle's leases are kept alive by a
 `LeaseKeeper` from the moment they are taken; each provider's room (`ProviderCapacity`) decides
 what may be leased, so one provider's slowness never delays another's work. A leased bundle is
 granted rate budget before it starts (`BudgetGate`): while its provider waits for budget, the
@@ -36,7 +37,7 @@ from lps_server.processing.bundle_runner import BundleRunner
 from lps_server.processing.capacity import ProviderCapacity
 from lps_server.processing.endings import RequestEndings
 from lps_server.processing.leases import LeaseKeeper
-from lps_server.processing.supervision import Health, ServingListener, supervise
+from lps_server.processing.supervision import Health, ServingListener, ping_forever, supervise
 from lps_server.providers import ProviderRegistry
 from lps_server.queue.base import Lease, QueueBackend
 
@@ -118,6 +119,13 @@ class Processor:
                 "sweep", self._sweep_forever, stopping=self._stopping, on_failure=self._sweep_failed
             )
         )
+        pinger = asyncio.create_task(
+            supervise(
+                "ping",
+                lambda: ping_forever(self._queue.ping, self._health, stopping=self._stopping),
+                stopping=self._stopping,
+            )
+        )
         try:
             await supervise(
                 "dispatch",
@@ -127,7 +135,8 @@ class Processor:
             )
         finally:
             sweeper.cancel()
-            await asyncio.gather(sweeper, return_exceptions=True)
+            pinger.cancel()
+            await asyncio.gather(sweeper, pinger, return_exceptions=True)
             while self._in_flight:
                 await asyncio.gather(*self._in_flight, return_exceptions=True)
 
@@ -173,7 +182,7 @@ class Processor:
                 )
             except QueueUnavailableError as exc:
                 failures += 1
-                await self._health.report(False)
+                await self._health.report_queue(False)
                 await self._backoff_unavailable(exc, failures)
                 continue
             failures = 0
@@ -228,6 +237,10 @@ class Processor:
                 else await self._gate.admit(lease.items)
             )
             await self._put_back(admission, lease, keeper)
+            if lease.items and not is_batch_group(lease.group):
+                # Here, in lease order, so that the mark lands before the call and calls keep
+                # the order of their leases (docs/queue.md, "Retries wait in the queue").
+                await keeper.mark_called([q.request_id for q in lease.items])
         except BaseException:
             await self._give_back(lease)
             await keeper.stop()

@@ -127,3 +127,21 @@ def unreadable(
         bundle=BundleFacts(mode=mode),
     )
     return stand_in, result
+
+
+def lost(request_id: str, now: float) -> ComparisonResult:
+    """The result of an accepted request the queue no longer knows (its backend lost its data):
+    FAILED, retryable, so that the client submits it again (safe under the same id)."""
+    failure = Failure(
+        ErrorCode.REQUEST_LOST,
+        f"the queue no longer knows request {request_id}: it lost its data (for example Redis "
+        "restarted without persistence) after accepting it; submit it again",
+        retryable=True,
+    )
+    return ComparisonResult(
+        request_id=request_id,
+        status=RequestStatus.FAILED,
+        failure=failure,
+        requested_at=now,
+        completed_at=now,
+    )

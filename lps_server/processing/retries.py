@@ -18,12 +18,15 @@ T = TypeVar("T")
 
 
 class GaveUp(Exception):
-    """`settle` stopped asking: the leases lapsed before the queue answered."""
+    """`settle` stopped asking: the queue did not answer within its patience."""
 
 
 BACKOFF_CAP_S = 30.0
 # How long to wait before asking Redis again about an operation that had no answer.
 SETTLE_RETRY_S = (0.05, 1.0)
+# How long `settle` keeps asking (at least two lease periods): the provider's answers are kept
+# in memory meanwhile, to be stored when Redis is back if the leases were not taken over.
+SETTLE_PATIENCE_S = 120.0
 
 
 def retry_delay(
@@ -45,27 +48,31 @@ def retry_delay(
 async def settle(operation: Callable[[], Awaitable[T]], keeper: LeaseKeeper, what: str) -> T:
     """Run a fenced queue operation until it answers.
 
-    When Redis does not answer (a timeout, a connection lost mid-call), the operation may or may
-    not have run. The scripts are fenced and idempotent, so asking again is how to find out: a
-    completion that did run answers "stored by you" again, and its results are delivered then.
-    The keeper keeps the leases alive meanwhile; once they lapse, another replica may take the
-    requests over at any moment, so the caller gives up (at the latest two lease periods on).
+    When Redis does not answer (a timeout, a connection lost mid-call, Redis down), the
+    operation may or may not have run. The scripts are fenced and idempotent, so asking again is
+    how to find out: a completion that did run (a script sent into a frozen Redis runs when it
+    resumes) answers "stored by you" again, and its results are counted and delivered then. The
+    keeper keeps the leases alive meanwhile. Once they lapse another replica may take the
+    requests over, but asking stays safe: the fence then refuses, and the caller learns that
+    these requests are another holder's. So it asks for SETTLE_PATIENCE_S (at least two lease
+    periods), whether or not the leases lapsed meanwhile.
 
     Raises:
-        GaveUp: the leases lapsed (or two lease periods passed) without an answer; logged.
+        GaveUp: the queue did not answer within that time; logged.
     """
     delay, cap = SETTLE_RETRY_S
     clock = keeper.clock
-    give_up_at = clock() + 2 * keeper.lease_s
+    give_up_at = clock() + max(SETTLE_PATIENCE_S, 2 * keeper.lease_s)
+    told_lapsed = False
     while True:
         try:
             return await operation()
         except QueueUnavailableError as exc:
-            if keeper.lapsed() or clock() >= give_up_at:
+            if clock() >= give_up_at:
                 log.error(
-                    "could not %s before the leases lapsed; another replica will take them over "
-                    "and redo the work: %s",
+                    "could not %s: the queue did not answer for %.0fs, giving up: %s",
                     what,
+                    max(SETTLE_PATIENCE_S, 2 * keeper.lease_s),
                     exc,
                 )
                 raise GaveUp(what) from exc
@@ -75,5 +82,12 @@ async def settle(operation: Callable[[], Awaitable[T]], keeper: LeaseKeeper, wha
                 delay,
                 exc,
             )
+            if keeper.lapsed() and not told_lapsed:
+                told_lapsed = True
+                log.warning(
+                    "the leases lapsed while trying to %s; still asking: unless another replica "
+                    "took the requests over meanwhile, this holder's answer is the one kept",
+                    what,
+                )
         await asyncio.sleep(delay)
         delay = min(cap, delay * 2)

@@ -2,7 +2,8 @@
 
 A loop that raises is logged with its cause and started again after a backoff, so one bad payload
 or one bug can stop a loop only for a moment, never for good. Whether the processor can work is
-reported to a listener (the gRPC health service) on every change.
+reported to a listener (the gRPC health service) on every change; a ping of the queue every
+second keeps that true while the dispatcher has no reason to reach the queue.
 """
 
 from __future__ import annotations
@@ -12,8 +13,13 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
+from lps_server.core.errors import QueueBusyError, QueueUnavailableError
+
 log = logging.getLogger(__name__)
 RESTART_BACKOFF_S = (0.1, 5.0)
+# The queue is pinged this often; a ping unanswered after PING_TIMEOUT_S counts as unreachable.
+PING_INTERVAL_S = 1.0
+PING_TIMEOUT_S = 2.5
 # A loop that ran this long before it failed starts its backoff afresh.
 HEALTHY_RUN_S = 30.0
 
@@ -56,13 +62,38 @@ async def supervise(
             continue
 
 
+async def ping_forever(
+    ping: Callable[[], Awaitable[None]], health: Health, *, stopping: asyncio.Event
+) -> None:
+    """Tell `health` whether the queue answers `ping`, every PING_INTERVAL_S until `stopping`,
+    whatever the dispatcher is doing: while every provider is busy it does not lease, and only
+    this notices that the queue went away."""
+    while not stopping.is_set():
+        try:
+            await asyncio.wait_for(ping(), PING_TIMEOUT_S)
+            reachable = True
+        except QueueBusyError:
+            reachable = True  # this replica's pool is full: Redis answers others, not an outage
+        except (QueueUnavailableError, TimeoutError) as exc:
+            if health.serving:
+                log.warning("the queue does not answer a ping: %s", str(exc) or "timed out")
+            reachable = False
+        await health.report_queue(reachable)
+        try:
+            await asyncio.wait_for(stopping.wait(), PING_INTERVAL_S)
+        except TimeoutError:
+            continue
+
+
 #: Told True when the processor can work, False when it cannot.
 ServingListener = Callable[[bool], Awaitable[None]]
 
 
 class Health:
-    """Whether the processor can work (its dispatcher runs and reaches the queue), told to a
-    listener on every change. It starts as serving: the application reports SERVING at start.
+    """Whether the processor can work, told to a listener on every change. Two things must hold:
+    its dispatcher runs (`report`) and the queue backend answers (`report_queue`: the dispatcher's
+    leases and a periodic ping say so, the ping also while the dispatcher has no reason to lease).
+    It starts as serving: the application reports SERVING at start.
 
     Args:
         listener: told the new state on every change (None: nobody listens).
@@ -70,6 +101,8 @@ class Health:
 
     def __init__(self, listener: ServingListener | None) -> None:
         self._listener = listener
+        self._dispatching = True
+        self._reachable = True
         self._serving = True
 
     @property
@@ -78,7 +111,19 @@ class Health:
         return self._serving
 
     async def report(self, serving: bool) -> None:
-        """Note the current state; tell the listener when it changed."""
+        """Note whether the dispatcher can work (True also means it just reached the queue)."""
+        self._dispatching = serving
+        if serving:
+            self._reachable = True
+        await self._changed()
+
+    async def report_queue(self, reachable: bool) -> None:
+        """Note whether the queue backend answered."""
+        self._reachable = reachable
+        await self._changed()
+
+    async def _changed(self) -> None:
+        serving = self._dispatching and self._reachable
         if serving == self._serving:
             return
         self._serving = serving

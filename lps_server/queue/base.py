@@ -76,6 +76,16 @@ class SweepResult:
 
 
 @dataclass(frozen=True, slots=True)
+class EndedResults:
+    """What a look-up of awaited ids found: the results of those that ended, and the ids the
+    queue does not know at all (never submitted, forgotten after the retention, or lost with the
+    backend's data)."""
+
+    results: dict[str, ComparisonResult] = field(default_factory=dict)
+    unknown: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
 class QueueStats:
     """Depth by status and the age of the oldest queued request."""
 
@@ -150,11 +160,17 @@ class QueueBackend(Protocol):
         """Return when new work may have arrived, or after `timeout` seconds."""
         ...
 
-    async def extend(self, request_ids: Sequence[str], *, token: str, now: float) -> list[str]:
+    async def extend(
+        self, request_ids: Sequence[str], *, token: str, now: float, calling: bool = False
+    ) -> list[str]:
         """Push the lease deadline of the requests held under `token` one lease period past
         `now`; return the ids that are no longer held under it (reclaimed, released or ended by
         another holder): their holder has lost them and must neither store nor release them.
-        Requests already ended by this holder are neither extended nor reported."""
+        Requests already ended by this holder are neither extended nor reported.
+
+        With `calling`, the held requests are also marked as called: a provider call goes out
+        for them now. A request reclaimed or released with the mark (its holder died or gave up
+        mid-call) counts one more failed attempt, so it is retried to the end, never EXPIRED."""
         ...
 
     async def release(
@@ -209,8 +225,9 @@ class QueueBackend(Protocol):
         """
         ...
 
-    async def ended_results(self, request_ids: Sequence[str]) -> dict[str, ComparisonResult]:
-        """The stored results of those of `request_ids` that have ended, in one round trip."""
+    async def ended_results(self, request_ids: Sequence[str]) -> EndedResults:
+        """The stored results of those of `request_ids` that have ended, and those it does not
+        know at all, in one round trip."""
         ...
 
     async def sweep(self, *, now: float) -> SweepResult:

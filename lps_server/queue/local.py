@@ -1,12 +1,9 @@
 """The embedded in-process queue: the default backend, with the same semantics as Redis.
 
-Requests wait in one heap per compatibility key, one per provider and a global heap that finds the
-head of the queue; entries taken from one heap are skipped lazily in the others (each entry carries
-the token it was queued with). Requests waiting for a retry wait in a heap by due time until a
-lease moves them back. Leases are fenced by a token as in Redis, though in-process they never lapse.
-Two more heaps index queued requests by deadline and by enqueue time, and ended requests are kept in
-the order they ended, so a sweep and `stats()` look only at what is due or at the head, never at
-every record. An ended request keeps only its result and the token that ended it
+Requests not yet ended, and the heaps that find them in queue order, are in `local_index`; this
+module leases, extends, releases and completes them. Leases are fenced by a token as in Redis,
+though in-process they never lapse. Ended requests are kept in the order they ended, so a sweep
+looks only at what is due. An ended request keeps only its result and the token that ended it
 (`local_ended`): its essays are dropped. Nothing survives the process: for durability and many
 replicas use Redis.
 """
@@ -14,11 +11,9 @@ replicas use Redis.
 from __future__ import annotations
 
 import asyncio
-import heapq
 import itertools
 from collections.abc import Collection, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
 
 from lps_server.core.bundling import limit_of
 from lps_server.core.domain import ComparisonResult, ProviderName, QueuedRequest, RequestStatus
@@ -26,6 +21,7 @@ from lps_server.queue.base import (
     RETRY_AFTER_FULL_S,
     ChannelEntry,
     ChannelFollower,
+    EndedResults,
     Lease,
     QueueStats,
     SubmitOutcome,
@@ -36,27 +32,10 @@ from lps_server.queue.base import (
 from lps_server.queue.local_batch_jobs import LocalBatchJobs
 from lps_server.queue.local_channels import LocalChannels
 from lps_server.queue.local_ended import EndedRequests
+from lps_server.queue.local_index import QueuedIndex, Record
 from lps_server.queue.ordering import queue_score, request_bytes
 from lps_server.queue.payload_digest import payload_digest
 from lps_server.queue.replies import Deliver, LocalReplies
-
-
-@dataclass(slots=True)
-class _Record:
-    """A request that has not ended (queued, waiting for a retry, or processing)."""
-
-    queued: QueuedRequest
-    status: RequestStatus
-    score: float
-    # Submission order: breaks ties between equal scores, and is kept when a request is released
-    # so it goes back to exactly its place (the token changes with every enqueue).
-    seq: int = 0
-    token: int = 0
-    # The token of the lease that holds it.
-    lease: str = ""
-    attempts: int = 0
-    # When a request waiting for a retry becomes due; None for every other request.
-    retry_at: float | None = None
 
 
 class LocalQueue:
@@ -86,24 +65,13 @@ class LocalQueue:
         self._aging = priority_aging_s
         self._retention = retention_s
         self._reply_ttl = reply_ttl_s
-        self._records: dict[str, _Record] = {}
+        self._index = QueuedIndex()
+        self._records = self._index.records
         self._ended = EndedRequests()
-        self._groups: dict[str, list[tuple[float, int, int, str]]] = {}
-        self._head: list[tuple[float, int, int, str, str]] = []
-        self._by_provider: dict[ProviderName, list[tuple[float, int, int, str, str]]] = {}
-        self._retries: list[tuple[float, int, str]] = []
-        # (deadline or enqueue time, token, id) of queued requests; stale entries skipped lazily.
-        self._deadlines: list[tuple[float, int, str]] = []
-        self._enqueue_times: list[tuple[float, int, str]] = []
-        self._tokens = itertools.count(1)
         self._leases = itertools.count(1)
-        self._queued = 0  # leasable now
-        self._waiting_retry = 0
-        self._queued_bytes = 0  # of both
         self._processing = 0
         self._channels = LocalChannels()
         self._replies = LocalReplies()
-        self._work = asyncio.Event()
         self._closed = False
         self._batch_jobs = LocalBatchJobs(self)
 
@@ -122,14 +90,15 @@ class LocalQueue:
                     outcomes.append(SubmitOutcome(queued.request_id, status, created=False))
                 continue
             size = request_bytes(queued)
-            if self._queued >= self.max_size or self._queued_bytes + size > self._max_bytes:
+            index = self._index
+            if index.queued >= self.max_size or index.queued_bytes + size > self._max_bytes:
                 outcomes.append(self._full(queued.request_id))
                 continue
             score = queue_score(queued, aging_s=self._aging)
-            record = _Record(queued, RequestStatus.QUEUED, score, seq=next(self._tokens))
+            record = Record(queued, RequestStatus.QUEUED, score, seq=index.new_seq())
             self._records[queued.request_id] = record
-            self._queued_bytes += size
-            self._enqueue(record)
+            index.queued_bytes += size
+            index.enqueue(record)
             outcomes.append(SubmitOutcome(queued.request_id, RequestStatus.QUEUED, created=True))
         return outcomes
 
@@ -151,82 +120,6 @@ class LocalQueue:
             retry_after=RETRY_AFTER_FULL_S,
         )
 
-    def _enqueue(self, record: _Record) -> None:
-        """Make a request leasable at its place (its bytes are counted already)."""
-        record.status = RequestStatus.QUEUED
-        record.token = next(self._tokens)
-        record.lease = ""
-        group = record.queued.group
-        rid = record.queued.request_id
-        entry = (record.score, record.seq, record.token, rid)
-        heapq.heappush(self._groups.setdefault(group, []), entry)
-        heapq.heappush(self._head, (*entry, group))
-        provider = self._by_provider.setdefault(record.queued.route.provider, [])
-        heapq.heappush(provider, (*entry, group))
-        if record.queued.deadline is not None and not record.attempts:
-            heapq.heappush(self._deadlines, (record.queued.deadline, record.token, rid))
-        heapq.heappush(self._enqueue_times, (record.queued.enqueued_at, record.token, rid))
-        self._queued += 1
-        self._work.set()
-
-    def _defer(self, record: _Record, retry_at: float) -> None:
-        """Queue a request that must not be leased before `retry_at`."""
-        record.status = RequestStatus.QUEUED
-        record.token = next(self._tokens)
-        record.lease = ""
-        record.attempts += 1
-        record.retry_at = retry_at
-        rid = record.queued.request_id
-        heapq.heappush(self._retries, (retry_at, record.token, rid))
-        heapq.heappush(self._enqueue_times, (record.queued.enqueued_at, record.token, rid))
-        self._waiting_retry += 1
-
-    def _unqueue(self, record: _Record) -> None:
-        """Take a queued request out of the counts (its heap entries die with its token)."""
-        if record.retry_at is None:
-            self._queued -= 1
-        else:
-            self._waiting_retry -= 1
-            record.retry_at = None
-        self._queued_bytes -= request_bytes(record.queued)
-        record.token = -1
-
-    def _is_live(self, rid: str, token: int) -> bool:
-        record = self._records.get(rid)
-        if record is None or record.token != token:
-            return False
-        return record.status == RequestStatus.QUEUED
-
-    def _promote_due(self, now: float) -> None:
-        """Move retries whose time has come back to their place in the queue."""
-        while self._retries and self._retries[0][0] <= now:
-            _, token, rid = heapq.heappop(self._retries)
-            if self._is_live(rid, token):
-                record = self._records[rid]
-                record.retry_at = None
-                self._waiting_retry -= 1
-                self._enqueue(record)
-
-    def _next_retry_at(self) -> float | None:
-        while self._retries and not self._is_live(self._retries[0][2], self._retries[0][1]):
-            heapq.heappop(self._retries)
-        return self._retries[0][0] if self._retries else None
-
-    def _head_group(self, exclude: Collection[ProviderName]) -> str | None:
-        """The group of the head of the queue, looking only at providers not in `exclude`."""
-        heaps = (
-            [h for p, h in self._by_provider.items() if p not in exclude]
-            if exclude
-            else [self._head]
-        )
-        best: tuple[float, int, int, str, str] | None = None
-        for heap in heaps:
-            while heap and not self._is_live(heap[0][3], heap[0][2]):
-                heapq.heappop(heap)
-            if heap and (best is None or heap[0][:2] < best[:2]):
-                best = heap[0]
-        return best[4] if best is not None else None
-
     async def lease(
         self,
         *,
@@ -240,38 +133,27 @@ class LocalQueue:
         under a token; the head is looked for only among providers not in `exclude`."""
         token = token or f"local-{next(self._leases)}"
         # What wait_for_work waits for: work queued after this lease looked.
-        self._work.clear()
-        self._promote_due(now)
+        self._index.work.clear()
+        self._index.promote_due(now)
         if group is None:
-            group = self._head_group(exclude)
+            group = self._index.head_group(exclude)
             if group is None:
-                return Lease(token=token, next_retry_at=self._next_retry_at())
-        limit = min(max_items, limit_of(group))
-        heap = self._groups.get(group, [])
+                return Lease(token=token, next_retry_at=self._index.next_retry_at())
         items: list[QueuedRequest] = []
         expired: list[QueuedRequest] = []
         attempts: dict[str, int] = {}
-        while heap and len(items) < limit:
-            _, _, entry_token, rid = heapq.heappop(heap)
-            if not self._is_live(rid, entry_token):
-                continue
-            record = self._records[rid]
-            self._unqueue(record)
-            record.status = RequestStatus.PROCESSING
-            self._processing += 1
-            record.lease = token
+        for record in self._index.take(group, min(max_items, limit_of(group)), now=now):
+            self._hold(record, token)
             if record.attempts:
-                attempts[rid] = record.attempts
-            (expired if _expires(record, now) else items).append(record.queued)
-        if not heap:
-            self._groups.pop(group, None)
+                attempts[record.queued.request_id] = record.attempts
+            (expired if record.expires(now) else items).append(record.queued)
         return Lease(
             items=items,
             expired=expired,
             group=group,
             token=token,
             attempts=attempts,
-            next_retry_at=None if items or expired else self._next_retry_at(),
+            next_retry_at=None if items or expired else self._index.next_retry_at(),
         )
 
     async def wait_for_work(self, timeout: float) -> None:
@@ -280,23 +162,35 @@ class LocalQueue:
         if self._closed:
             return
         try:
-            await asyncio.wait_for(self._work.wait(), timeout)
+            await asyncio.wait_for(self._index.work.wait(), timeout)
         except TimeoutError:
             return
 
-    def _held(self, rid: str, token: str) -> _Record | None:
+    def _hold(self, record: Record, token: str) -> None:
+        """Lease a request taken out of the queue under `token`."""
+        record.status = RequestStatus.PROCESSING
+        self._processing += 1
+        record.lease = token
+
+    def _held(self, rid: str, token: str) -> Record | None:
         record = self._records.get(rid)
         if record is None or record.status != RequestStatus.PROCESSING or record.lease != token:
             return None
         return record
 
-    async def extend(self, request_ids: Sequence[str], *, token: str, now: float) -> list[str]:
-        """Report the ids no longer held under `token`; leases never lapse in-process."""
+    async def extend(
+        self, request_ids: Sequence[str], *, token: str, now: float, calling: bool = False
+    ) -> list[str]:
+        """Report the ids no longer held under `token` (with `calling`, mark the held ones as
+        called); leases never lapse in-process."""
         lost = []
         for rid in request_ids:
+            record = self._held(rid, token)
+            if record is not None:
+                record.called = record.called or calling
+                continue
             ended = self._ended.get(rid)
-            ended_by_holder = ended is not None and ended.lease == token
-            if self._held(rid, token) is None and not ended_by_holder:
+            if ended is None or ended.lease != token:
                 lost.append(rid)
         return lost
 
@@ -310,11 +204,14 @@ class LocalQueue:
             if record is None:
                 continue
             self._processing -= 1
-            self._queued_bytes += request_bytes(record.queued)
+            self._index.queued_bytes += request_bytes(record.queued)
+            if record.called and retry_at is None:
+                record.attempts += 1  # given back mid-call: that call was an attempt
+            record.called = False
             if retry_at is None:
-                self._enqueue(record)
+                self._index.enqueue(record)
             else:
-                self._defer(record, retry_at)
+                self._index.defer(record, retry_at)
 
     async def complete(
         self, done: Sequence[tuple[QueuedRequest, ComparisonResult]], *, token: str = ""
@@ -339,7 +236,7 @@ class LocalQueue:
                     stored.append(False)
                     continue
                 # Ended without being leased (drain at shutdown): take it out of the count.
-                self._unqueue(record)
+                self._index.unqueue(record)
             else:
                 self._processing -= 1
             del self._records[rid]
@@ -369,10 +266,17 @@ class LocalQueue:
         record = self._records.get(request_id)
         return None if record is None else in_progress(record.queued, record.status)
 
-    async def ended_results(self, request_ids: Sequence[str]) -> dict[str, ComparisonResult]:
-        """The stored results of those of `request_ids` that have ended."""
-        found = ((rid, self._ended.get(rid)) for rid in request_ids)
-        return {rid: ended.result for rid, ended in found if ended is not None}
+    async def ended_results(self, request_ids: Sequence[str]) -> EndedResults:
+        """The stored results of those of `request_ids` that have ended, and the unknown ids."""
+        found = {}
+        unknown = set()
+        for rid in request_ids:
+            ended = self._ended.get(rid)
+            if ended is not None:
+                found[rid] = ended.result
+            elif rid not in self._records:
+                unknown.add(rid)
+        return EndedResults(found, frozenset(unknown))
 
     async def read_channel(
         self, channel: str, *, cursor: str, timeout: float
@@ -390,36 +294,19 @@ class LocalQueue:
         retention; only requests due (by deadline, by end time) are looked at."""
         expired = []
         token = f"local-{next(self._leases)}"
-        while self._deadlines and self._deadlines[0][0] <= now:
-            _, entry_token, rid = heapq.heappop(self._deadlines)
-            if not self._is_live(rid, entry_token):
-                continue  # leased, ended or requeued since (a newer entry stands for it)
-            record = self._records[rid]
-            if not _expires(record, now):
-                continue  # attempted already: retried to the end, never EXPIRED
-            self._unqueue(record)
-            record.status = RequestStatus.PROCESSING
-            self._processing += 1
-            record.lease = token
+        for record in self._index.take_expired(now):
+            self._hold(record, token)
             expired.append(record.queued)
         self._ended.forget_before(now - self._retention)
         self._channels.forget_idle(now)
-        self._oldest_queued()  # drops stale entries from the front of the index
+        self._index.oldest_queued()  # drops stale entries from the front of the index
         return SweepResult(expired=expired, token=token)
-
-    def _oldest_queued(self) -> float | None:
-        while self._enqueue_times:
-            enqueued_at, token, rid = self._enqueue_times[0]
-            if self._is_live(rid, token):
-                return enqueued_at
-            heapq.heappop(self._enqueue_times)
-        return None
 
     async def stats(self, *, now: float) -> QueueStats:
         """Depth by status and the oldest queued age."""
-        oldest = self._oldest_queued()
+        oldest = self._index.oldest_queued()
         return QueueStats(
-            queued=self._queued + self._waiting_retry,
+            queued=self._index.queued + self._index.waiting_retry,
             processing=self._processing,
             completed=self._ended.count(RequestStatus.COMPLETED),
             failed=self._ended.count(RequestStatus.FAILED),
@@ -433,7 +320,7 @@ class LocalQueue:
     async def close(self) -> None:
         """Wake every waiter so loops can notice shutdown."""
         self._closed = True
-        self._work.set()
+        self._index.work.set()
         self._channels.close()
 
     def batch_jobs(self) -> LocalBatchJobs:
@@ -458,9 +345,3 @@ class LocalQueue:
         """Queued requests in queue order (used to end them at shutdown)."""
         live = [r for r in self._records.values() if r.status == RequestStatus.QUEUED]
         return [r.queued for r in sorted(live, key=lambda r: (r.score, r.seq))]
-
-
-def _expires(record: _Record, now: float) -> bool:
-    """Past its TTL, and never attempted: once a request has cost a provider call, it is retried
-    to the end however late, never ended EXPIRED."""
-    return record.attempts == 0 and record.queued.is_expired(now)

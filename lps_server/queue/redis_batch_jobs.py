@@ -34,7 +34,7 @@ from lps_server.queue.unreadable import UnreadableRequest
 log = logging.getLogger(__name__)
 PROCESSING = RequestStatus.PROCESSING.value.encode()
 T = TypeVar("T")
-#: Runs one Redis operation, translating failures (`RedisQueue._call`).
+#: Runs one Redis operation, translating failures (`RedisCalls.call`).
 Call = Callable[[Callable[[], Awaitable[Any]]], Awaitable[Any]]
 
 

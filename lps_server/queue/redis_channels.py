@@ -140,7 +140,7 @@ class ChannelReader:
         blocking: the client for the blocking read (its read timeout outlasts MAX_BLOCK_MS).
         commands: the client for the wake-ups.
         keys: the queue's key names.
-        guard: turns Redis failures into QueueUnavailableError (the queue's `_unavailable`).
+        guard: turns Redis failures into QueueUnavailableError (`RedisCalls.guard`).
     """
 
     def __init__(self, *, blocking: Redis, commands: Redis, keys: QueueKeys, guard: Guard) -> None:

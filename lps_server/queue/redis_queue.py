@@ -2,107 +2,59 @@
 
 The data model is in `redis_keys`, every state change is one Lua script in `redis_scripts`; this
 module encodes arguments, decodes replies, turns every Redis failure into `QueueUnavailableError` in
-one place (`_unavailable`), and tries a call once more after a dead connection (`_call`). See
+one place and tries a call once more after a dead connection (both in `redis_calls`). See
 docs/queue.md.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
-import os
-import socket
 import uuid
-from collections.abc import Awaitable, Callable, Collection, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager
-from typing import Any, TypeVar
+from collections.abc import Collection, Sequence
+from contextlib import AbstractContextManager
+from typing import Any
 
 from redis.asyncio import Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import (
-    ClusterDownError,
-    MaxConnectionsError,
-    OutOfMemoryError,
-    ReadOnlyError,
-    ResponseError,
-)
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from lps_server.core.config import Settings
 from lps_server.core.domain import ComparisonResult, ProviderName, QueuedRequest, RequestStatus
-from lps_server.core.errors import ConfigurationError, QueueBusyError, QueueUnavailableError
+from lps_server.core.errors import ConfigurationError, QueueUnavailableError
 from lps_server.queue.base import (
     CHANNEL_MAX_ENTRIES,
-    RETRY_AFTER_FULL_S,
     ChannelEntry,
     ChannelFollower,
+    EndedResults,
     Lease,
     QueueStats,
     SubmitOutcome,
     SweepResult,
-    UnreadableRequest,
-    conflicting,
     in_progress,
 )
 from lps_server.queue.codec import (
     decode_queued,
     decode_result,
-    encode_queued,
     encode_result,
-    unreadable,
 )
-from lps_server.queue.ordering import queue_score, request_bytes
-from lps_server.queue.payload_digest import payload_digest
 from lps_server.queue.redis_batch_jobs import RedisBatchJobs
+from lps_server.queue.redis_calls import (
+    BLOCKING_CONNECTIONS,
+    BLOCKING_TIMEOUT_S,
+    MAX_BLOCK_S,
+    MIN_BLOCK_S,
+    RedisCalls,
+    open_client,
+)
 from lps_server.queue.redis_channels import ChannelReader, read_now
 from lps_server.queue.redis_keys import ENDED_STATUSES, QueueKeys
-from lps_server.queue.redis_pools import BoundedPool, blocking_twin
+from lps_server.queue.redis_pools import blocking_twin
+from lps_server.queue.redis_replies import lease_of, submit_args, submit_outcome, sweep_of
 from lps_server.queue.redis_scripts import QueueScripts
 from lps_server.queue.replies import Deliver, LocalReplies
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
-# Short timeouts make calls fail fast (gRPC UNAVAILABLE) while Redis is down, instead of hanging
-# the RPCs that wait on them. Scripts do bounded work, so 2 s is far above a healthy call.
-CONNECT_TIMEOUT_S = 1.0
-COMMAND_TIMEOUT_S = 2.0
-# Blocking reads (BLPOP, XREAD BLOCK) run on their own connections, whose read timeout must outlast
-# the longest block we ask Redis for.
-MAX_BLOCK_S = 10.0
-MIN_BLOCK_S = 0.01
-BLOCKING_TIMEOUT_S = MAX_BLOCK_S + COMMAND_TIMEOUT_S
-# Blocking calls of one replica: the dispatcher's BLPOP and the channel reader's XREAD, and spares.
-BLOCKING_CONNECTIONS = 4
-# close() waits at most this long for calls in progress.
-CLOSE_WAIT_S = COMMAND_TIMEOUT_S
 # Each lease takes at most this many expired requests besides its items; the caller ends them.
 LEASE_MAX_EXPIRED = 256
 SWEEP_BATCH = 1000
-# Errors Redis answers with while it cannot serve writes (loading, out of memory, read-only
-# replica, failing cluster), or cannot serve this queue at all (LPS_REDIS_URL names a database
-# the server does not have): for a client these mean "unavailable", not "bad request", and never
-# a bare INTERNAL. redis-py turns some of these replies into their own classes and drops the
-# code from the message ("OOM command not allowed..." becomes OutOfMemoryError("command not
-# allowed...")), so both the classes and the messages are matched.
-_UNAVAILABLE_ERRORS = (OutOfMemoryError, ReadOnlyError, ClusterDownError)
-_UNAVAILABLE_REPLIES = (
-    "LOADING",
-    "OOM",
-    "READONLY",
-    "MISCONF",
-    "MASTERDOWN",
-    "CLUSTERDOWN",
-    "DB index is out of range",
-)
-
-
-def _retry() -> Retry:
-    # No retries inside redis-py: a call fails at once and the caller decides. The one retry we
-    # do, after a connection turned out dead, is `RedisQueue._call`'s, where it can be logged.
-    return Retry(NoBackoff(), 0)
 
 
 class RedisQueue:
@@ -148,16 +100,13 @@ class RedisQueue:
         self._retention_ms = max(1, round(retention_s * 1000))
         self._retention_s = retention_s
         self._reply_ttl_ms = max(1, round(reply_ttl_s * 1000))
-        self._closed = False
-        self._calls = 0  # calls between their `_closed` check and their end
-        self._idle = asyncio.Event()
-        self._idle.set()
+        self._redis = RedisCalls(client)
+        self._call = self._redis.call
+        self._unavailable = self._redis.guard
         self._replies = LocalReplies()
         self._batch_jobs = RedisBatchJobs(
             client=client, keys=self._keys, call=self._call, retention_s=retention_s
         )
-        kwargs = client.connection_pool.connection_kwargs
-        self._address = kwargs.get("path") or f"{kwargs.get('host')}:{kwargs.get('port')}"
         self._channels = ChannelReader(
             blocking=self._blocking, commands=client, keys=self._keys, guard=self._unavailable
         )
@@ -174,16 +123,7 @@ class RedisQueue:
         except ValueError as exc:
             raise ConfigurationError(f"LPS_REDIS_PREFIX is invalid: {exc}") from None
         try:
-            pool = BoundedPool.from_url(
-                settings.redis_url,
-                max_connections=settings.redis_max_connections,
-                # CLIENT LIST then says which replica holds which connections.
-                client_name=f"lps:{socket.gethostname()}:{os.getpid()}",
-                socket_connect_timeout=CONNECT_TIMEOUT_S,
-                socket_timeout=COMMAND_TIMEOUT_S,
-                retry=_retry(),
-            )
-            client = Redis.from_pool(pool)
+            client = open_client(settings.redis_url, max_connections=settings.redis_max_connections)
         except ValueError as exc:
             raise ConfigurationError(f"LPS_REDIS_URL is invalid: {exc}") from None
         return cls(
@@ -197,63 +137,6 @@ class RedisQueue:
             reply_ttl_s=settings.reply_channel_ttl_seconds,
         )
 
-    @contextmanager
-    def _unavailable(self) -> Iterator[None]:
-        """Translate Redis failures into QueueUnavailableError naming the server and cause."""
-        if self._closed:
-            # redis-py would quietly reconnect a closed client; a closed queue serves nothing.
-            raise QueueUnavailableError(f"redis queue at {self._address} is closed")
-        self._calls += 1
-        self._idle.clear()
-        try:
-            yield
-        except MaxConnectionsError as exc:
-            pool = "LPS_REDIS_MAX_CONNECTIONS"
-            raise QueueBusyError(
-                f"redis connection pool of this replica is full ({exc}; {pool}); Redis at "
-                f"{self._address} may be fine: the replica is overloaded, retry shortly"
-            ) from exc
-        except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-            raise QueueUnavailableError(f"redis at {self._address} unreachable: {exc}") from exc
-        except ResponseError as exc:
-            if isinstance(exc, _UNAVAILABLE_ERRORS) or str(exc).startswith(_UNAVAILABLE_REPLIES):
-                raise QueueUnavailableError(
-                    f"redis at {self._address} cannot serve the queue: {exc}"
-                ) from exc
-            raise
-        finally:
-            self._calls -= 1
-            if not self._calls:
-                self._idle.set()
-
-    async def _call(self, operation: Callable[[], Awaitable[T]]) -> T:
-        """Run one Redis operation; a dead connection is replaced and the operation tried once
-        more.
-
-        After Redis restarts, every connection in the pool is dead, and the first command sent on
-        one fails although Redis is up again. So on a connection error the pool's idle
-        connections are dropped (they are all as old as the one that failed) and the operation
-        runs again on a fresh connection. That is safe because every script is fenced and
-        idempotent: one that did run before its reply was lost answers the same again (a lease
-        whose reply was lost is the exception: its requests lapse and are reclaimed, docs/queue.md).
-        A timeout is not retried: the server may be stalled, not gone.
-        """
-        try:
-            with self._unavailable():
-                return await operation()
-        except QueueUnavailableError as exc:
-            # A full pool is no dead connection: dropping idle connections would not help it.
-            if (
-                self._closed
-                or isinstance(exc, QueueBusyError)
-                or not isinstance(exc.__cause__, RedisConnectionError)
-            ):
-                raise
-            log.info("redis connection failed (%s); retrying once on a new one", exc.__cause__)
-        with self._unavailable():
-            await self._client.connection_pool.disconnect(inuse_connections=False)
-            return await operation()
-
     async def _run(self, script: Any, args: Sequence[Any]) -> Any:
         prefixed = [*self._keys.script_prefixes(), *args]
         return await self._call(lambda: script(keys=self._keys.script_keys(), args=prefixed))
@@ -266,37 +149,13 @@ class RedisQueue:
             return []
         args: list[Any] = [self.max_size, self._max_bytes]
         for q in requests:
-            args += [
-                q.request_id,
-                encode_queued(q),
-                repr(queue_score(q, aging_s=self._aging)),
-                q.group,
-                "" if q.deadline is None else repr(q.deadline),
-                request_bytes(q),
-                repr(q.enqueued_at),
-                q.route.provider.value,
-                payload_digest(q.request),
-            ]
+            args += submit_args(q, aging_s=self._aging)
         replies = await self._run(self._scripts.submit, args)
-        return [
-            self._outcome(q.request_id, r.decode()) for q, r in zip(requests, replies, strict=True)
-        ]
-
-    def _outcome(self, request_id: str, reply: str) -> SubmitOutcome:
-        if reply == "new":
-            return SubmitOutcome(request_id, RequestStatus.QUEUED, created=True)
-        if reply == "conflict":
-            return conflicting(request_id)
-        if reply != "full":
-            return SubmitOutcome(request_id, RequestStatus(reply), created=False)
         limit = f"{self.max_size} requests or {self._max_bytes} bytes"
-        return SubmitOutcome(
-            request_id,
-            None,
-            created=False,
-            rejected=f"queue is full ({limit}); retry later",
-            retry_after=RETRY_AFTER_FULL_S,
-        )
+        return [
+            submit_outcome(q.request_id, r.decode(), limit=limit)
+            for q, r in zip(requests, replies, strict=True)
+        ]
 
     async def lease(
         self,
@@ -322,29 +181,14 @@ class RedisQueue:
             LEASE_MAX_EXPIRED,
             *among,
         ]
-        reply = await self._run(self._scripts.lease, args)
-        due = float(reply[2]) if reply[2] else None
-        leased_group = reply[0].decode()
-        if not leased_group:
-            return Lease(token=token, next_retry_at=due)
-        count = int(reply[1])
-        lease = Lease(group=leased_group, token=token, next_retry_at=due)
-        for index in range(3, len(reply), 3):
-            rid, attempts = reply[index].decode(), int(reply[index + 1])
-            queued = _decode_leased(rid, reply[index + 2], lease.unreadable)
-            if queued is None:
-                continue
-            (lease.items if (index - 3) // 3 < count else lease.expired).append(queued)
-            if attempts:
-                lease.attempts[rid] = attempts
-        return lease
+        return lease_of(await self._run(self._scripts.lease, args), token=token)
 
     async def wait_for_work(self, timeout: float) -> None:
         """Block on the wake list until a submit, release or reclaim pushes a token, or timeout.
 
         On a Redis failure it returns at once: the caller's next lease() reports the failure.
         """
-        if self._closed or timeout <= 0:
+        if self._redis.closed or timeout <= 0:
             return
         # Redis reads a BLPOP timeout below 1 ms as 0, which means "block forever".
         block_s = min(max(timeout, MIN_BLOCK_S), MAX_BLOCK_S)
@@ -354,12 +198,14 @@ class RedisQueue:
         except QueueUnavailableError:
             return
 
-    async def extend(self, request_ids: Sequence[str], *, token: str, now: float) -> list[str]:
-        """Push the lease deadline of the requests held under `token` to `now` + lease_seconds;
-        return the ids no longer held under it."""
+    async def extend(
+        self, request_ids: Sequence[str], *, token: str, now: float, calling: bool = False
+    ) -> list[str]:
+        """Push the lease deadline of the requests held under `token` to `now` + lease_seconds
+        (with `calling`, mark them as called); return the ids no longer held under it."""
         if not request_ids:
             return []
-        args = [token, repr(now + self._lease_s), *request_ids]
+        args = [token, repr(now + self._lease_s), "1" if calling else "", *request_ids]
         return [rid.decode() for rid in await self._run(self._scripts.extend, args)]
 
     async def release(
@@ -421,28 +267,32 @@ class RedisQueue:
             return decode_result(result)
         return in_progress(decode_queued(payload), RequestStatus(status.decode()))
 
-    async def ended_results(self, request_ids: Sequence[str]) -> dict[str, ComparisonResult]:
-        """The stored results of those of `request_ids` that have ended, in one pipelined call."""
+    async def ended_results(self, request_ids: Sequence[str]) -> EndedResults:
+        """The stored results of those of `request_ids` that have ended, and the ids Redis does
+        not know at all (no request hash), in one pipelined call."""
         if not request_ids:
-            return {}
+            return EndedResults()
 
         async def results() -> list[Any]:
             async with self._client.pipeline(transaction=False) as pipe:
                 for rid in request_ids:
-                    pipe.hget(self._keys.request(rid), "result")
+                    pipe.hmget(self._keys.request(rid), ["status", "result"])
                 replies: list[Any] = await pipe.execute()
                 return replies
 
         stored = await self._call(results)
         found: dict[str, ComparisonResult] = {}
-        for rid, raw in zip(request_ids, stored, strict=True):
+        unknown = set()
+        for rid, (status, raw) in zip(request_ids, stored, strict=True):
+            if status is None:
+                unknown.add(rid)
             if raw is None:
                 continue
             try:
                 found[rid] = decode_result(raw)
             except Exception as exc:  # a newer release's result must not hide the others
                 log.error("the stored result of %s is not one this release reads: %r", rid, exc)
-        return found
+        return EndedResults(found, frozenset(unknown))
 
     def follow(self, channel: str, *, cursor: str) -> AbstractContextManager[ChannelFollower]:
         """A follower of `channel` after `cursor`, read by this replica's one channel reader.
@@ -474,13 +324,7 @@ class RedisQueue:
             SWEEP_BATCH,
             token,
         ]
-        reply = await self._run(self._scripts.sweep, args)
-        found = SweepResult(reclaimed=int(reply[0]), token=token)
-        for index in range(1, len(reply), 2):
-            queued = _decode_leased(reply[index].decode(), reply[index + 1], found.unreadable)
-            if queued is not None:
-                found.expired.append(queued)
-        return found
+        return sweep_of(await self._run(self._scripts.sweep, args), token=token)
 
     async def stats(self, *, now: float) -> QueueStats:
         """Depth by status and the oldest queued age, in one round trip."""
@@ -523,32 +367,9 @@ class RedisQueue:
     async def close(self) -> None:
         """Close both connection pools; blocked reads end with them, later calls raise
         QueueUnavailableError."""
-        self._closed = True
+        self._redis.close()
         await self._channels.close()
         await self._blocking.aclose()
-        # Calls already past their check (a cancelled task's last command, say) finish first: one
-        # still waiting for a connection would otherwise open it in a closed pool and leave it open.
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._idle.wait(), CLOSE_WAIT_S)
+        await self._redis.finished()  # calls already past their check end first
         await self._client.aclose()
         await self._blocking.aclose()  # again, for a blocking call that reconnected meanwhile
-
-
-def _decode_leased(
-    request_id: str, payload: bytes, unreadable_out: list[UnreadableRequest]
-) -> QueuedRequest | None:
-    """The leased request stored as `payload`, or None after noting why it cannot be read.
-
-    Any failure counts: a payload corrupted in Redis or written by a newer release must end that
-    one request, never the caller's loop.
-    """
-    try:
-        queued = decode_queued(payload)
-    except Exception as exc:
-        unreadable_out.append(unreadable(request_id, payload, exc))
-        return None
-    if queued.request_id != request_id:
-        mismatch = ValueError(f"the payload is request {queued.request_id[:60]!r}'s")
-        unreadable_out.append(unreadable(request_id, payload, mismatch))
-        return None
-    return queued

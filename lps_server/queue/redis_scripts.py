@@ -12,8 +12,9 @@ work that is no longer its own. The token stays on the hash once the holder stor
 a holder that lost the reply of `complete` can ask again and learn that its result is the stored
 one. Every script is therefore safe to run twice (docs/queue.md, "Fenced leases").
 
-Every script gets the same KEYS (`QueueKeys.script_keys()`) and ARGV[1..4] (the key prefixes of
-requests, groups, end states and channels); its own arguments start at ARGV[5]. Scores, deadlines
+The helpers they share are in `redis_lua`. Every script gets the same KEYS
+(`QueueKeys.script_keys()`) and ARGV[1..4] (the key prefixes of requests, groups, end states and
+channels); its own arguments start at ARGV[5]. Scores, deadlines
 and times travel as the strings Python wrote (`repr` of a float), so a request goes back into the
 queue at exactly its original score. Lua only reads numbers to compare them.
 """
@@ -21,129 +22,11 @@ queue at exactly its original score. Lua only reads numbers to compare them.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from string import Template
 
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
-from lps_server.core.domain import RequestStatus
-from lps_server.queue.redis_keys import MEMBER_SEQ_DIGITS
-
-# At most this many wake tokens wait in the list: enough to wake every idle replica's dispatcher
-# after a burst, few enough that tokens left over (nobody was idle) cost only a few empty leases.
-WAKE_TOKENS_MAX = 64
-# Retries that became due are moved back into the queue by leases and sweeps, at most this many
-# per call, so one call never does unbounded work.
-PROMOTE_MAX = 256
-
-_PRELUDE = """
-local pending, leases, deadlines, enqueued, wake, meta, delayed =
-  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
-local req_prefix, group_prefix, ended_prefix, chan_prefix = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-
--- A queue member is '<seq>:<request id>'; the id starts after the sequence and the colon.
-local ID_AT = $id_at
-
-local function rid_of(member)
-  return string.sub(member, ID_AT)
-end
-
-local function load(rid)
-  local v = redis.call('HMGET', req_prefix .. rid, 'status', 'member', 'score', 'group',
-    'deadline', 'bytes', 'enqueued_at', 'provider', 'lease', 'attempts')
-  if not v[1] then return nil end
-  return {status = v[1], member = v[2], score = v[3], group = v[4], deadline = v[5],
-          bytes = tonumber(v[6]) or 0, enqueued_at = v[7], provider = v[8], lease = v[9] or '',
-          attempts = tonumber(v[10]) or 0}
-end
-
--- The TTL bounds the wait before the first provider call only: once a request has cost a call
--- (a failed attempt), it is retried to the end however late, never ended EXPIRED.
-local function expires(r)
-  return r.deadline ~= '' and r.attempts == 0
-end
-
-local function is_final(status)
-  return status == '$completed' or status == '$failed' or status == '$expired'
-end
-
--- The queued requests of one provider, in queue order: a lease can skip providers with no room.
--- (Requests queued by a release before this one have no provider and are found in `pending`.)
-local function by_provider(provider)
-  return pending .. ':' .. provider
-end
-
--- Take a queued request out of every queue structure and free its bytes.
-local function unqueue(rid, r)
-  redis.call('ZREM', pending, r.member)
-  redis.call('ZREM', group_prefix .. r.group, r.member)
-  if r.provider then redis.call('ZREM', by_provider(r.provider), r.member) end
-  redis.call('ZREM', delayed, rid)
-  redis.call('ZREM', deadlines, rid)
-  redis.call('ZREM', enqueued, rid)
-  redis.call('HINCRBY', meta, 'bytes', -r.bytes)
-end
-
--- Count a request as queued: its TTL, its age, its bytes and its status.
-local function hold(rid, r)
-  if expires(r) then redis.call('ZADD', deadlines, r.deadline, rid) end
-  redis.call('ZADD', enqueued, r.enqueued_at, rid)
-  redis.call('HINCRBY', meta, 'bytes', r.bytes)
-  redis.call('HSET', req_prefix .. rid, 'status', '$queued')
-end
-
--- Put a queued request where leases find it, under its original score and member: released,
--- reclaimed and retried work goes back to exactly the place it had, never behind newer work.
-local function enlist(r)
-  redis.call('ZADD', pending, r.score, r.member)
-  redis.call('ZADD', group_prefix .. r.group, r.score, r.member)
-  if r.provider then redis.call('ZADD', by_provider(r.provider), r.score, r.member) end
-end
-
-local function requeue(rid, r)
-  enlist(r)
-  hold(rid, r)
-end
-
--- Lease one request under `token`; returns its payload and its count of failed attempts.
-local function lease_one(rid, lease_deadline, token)
-  local key = req_prefix .. rid
-  redis.call('ZADD', leases, lease_deadline, rid)
-  redis.call('HSET', key, 'status', '$processing', 'lease', token)
-  return redis.call('HMGET', key, 'payload', 'attempts')
-end
-
--- Forget a lease: the request is no longer held by anyone.
-local function unlease(rid)
-  redis.call('ZREM', leases, rid)
-  redis.call('HDEL', req_prefix .. rid, 'lease')
-end
-
--- Move retries whose time has come back into the queue at their place; returns how many.
-local function promote_due(now)
-  local due = redis.call('ZRANGEBYSCORE', delayed, '-inf', now, 'LIMIT', 0, $promote_max)
-  for _, rid in ipairs(due) do
-    redis.call('ZREM', delayed, rid)
-    local r = load(rid)
-    if r and r.status == '$queued' then enlist(r) end
-  end
-  return #due
-end
-
--- When the earliest waiting retry becomes due, or '' when none waits.
-local function next_due()
-  local first = redis.call('ZRANGE', delayed, 0, 0, 'WITHSCORES')
-  return first[2] or ''
-end
-
-local function wake_up(n)
-  if n <= 0 then return end
-  local tokens = {}
-  for i = 1, math.min(n, $wake_max) do tokens[i] = '1' end
-  redis.call('LPUSH', wake, unpack(tokens))
-  redis.call('LTRIM', wake, 0, $wake_max - 1)
-end
-"""
+from lps_server.queue.redis_lua import lua
 
 # ARGV[5] max_size, ARGV[6] max_bytes, then per request 9 values: id, payload, score, group,
 # deadline ('' for none), bytes, enqueued_at, provider, payload digest. Returns per request 'new',
@@ -302,7 +185,8 @@ return out
 """
 
 # ARGV[5] token, ARGV[6] retry time ('' = at once), ARGV[7..] request ids. Only requests held
-# under the token go back. With a retry time they count one more failed attempt and wait in
+# under the token go back. With a retry time (or, at once, when marked as called) they count one
+# more failed attempt; with a retry time they wait in
 # `delayed` until it; leases and sweeps move them back to their place when due. Returns how many
 # went back.
 _RELEASE = """
@@ -314,8 +198,11 @@ for i = 7, #ARGV do
   if r and r.status == '$processing' and r.lease == token then
     unlease(rid)
     if retry_at == '' then
+      uncall(rid, r)
       requeue(rid, r)
     else
+      -- The failed attempt that the mark stood for is the one counted here.
+      redis.call('HDEL', req_prefix .. rid, 'called')
       r.attempts = redis.call('HINCRBY', req_prefix .. rid, 'attempts', 1)
       hold(rid, r)
       redis.call('ZADD', delayed, retry_at, rid)
@@ -327,17 +214,19 @@ if retry_at == '' then wake_up(n) end
 return n
 """
 
-# ARGV[5] token, ARGV[6] new lease deadline, ARGV[7..] request ids. Extends the requests still
-# held under the token; returns the ids that are not (lost to another holder, released, or gone),
-# leaving out those this holder has ended itself.
+# ARGV[5] token, ARGV[6] new lease deadline, ARGV[7] '1' to mark the held requests as called (a
+# provider call goes out for them), ARGV[8..] request ids. Extends the requests still held under
+# the token; returns the ids that are not (lost to another holder, released, or gone), leaving
+# out those this holder has ended itself.
 _EXTEND = """
-local token, deadline = ARGV[5], ARGV[6]
+local token, deadline, calling = ARGV[5], ARGV[6], ARGV[7] == '1'
 local lost = {}
-for i = 7, #ARGV do
+for i = 8, #ARGV do
   local rid = ARGV[i]
   local v = redis.call('HMGET', req_prefix .. rid, 'status', 'lease')
   if v[1] == '$processing' and v[2] == token then
     redis.call('ZADD', leases, 'XX', deadline, rid)
+    if calling then redis.call('HSET', req_prefix .. rid, 'called', '1') end
   elseif not (v[1] and is_final(v[1]) and v[2] == token) then
     lost[#lost + 1] = rid
   end
@@ -357,6 +246,7 @@ for _, rid in ipairs(redis.call('ZRANGEBYSCORE', leases, '-inf', now, 'LIMIT', 0
   local r = load(rid)
   unlease(rid)
   if r and r.status == '$processing' then
+    uncall(rid, r)
     requeue(rid, r)
     reclaimed = reclaimed + 1
   end
@@ -380,17 +270,6 @@ return out
 """
 
 
-def _lua(body: str) -> str:
-    # Status names and sizes come from the Python definitions, so the two cannot drift apart.
-    return Template(_PRELUDE + body).substitute(
-        id_at=MEMBER_SEQ_DIGITS + 2,
-        seq_digits=MEMBER_SEQ_DIGITS,
-        wake_max=WAKE_TOKENS_MAX,
-        promote_max=PROMOTE_MAX,
-        **{s.name.lower(): s.value for s in RequestStatus},
-    )
-
-
 @dataclass(frozen=True, slots=True)
 class QueueScripts:
     """The queue's scripts, registered on one client.
@@ -410,10 +289,10 @@ class QueueScripts:
     def register(cls, client: Redis) -> QueueScripts:
         """Register every script on `client` (no round trip: they load on first use)."""
         return cls(
-            submit=client.register_script(_lua(_SUBMIT)),
-            lease=client.register_script(_lua(_LEASE)),
-            complete=client.register_script(_lua(_COMPLETE)),
-            release=client.register_script(_lua(_RELEASE)),
-            extend=client.register_script(_lua(_EXTEND)),
-            sweep=client.register_script(_lua(_SWEEP)),
+            submit=client.register_script(lua(_SUBMIT)),
+            lease=client.register_script(lua(_LEASE)),
+            complete=client.register_script(lua(_COMPLETE)),
+            release=client.register_script(lua(_RELEASE)),
+            extend=client.register_script(lua(_EXTEND)),
+            sweep=client.register_script(lua(_SWEEP)),
         )

@@ -170,6 +170,10 @@ class _ErrorCodeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorCode.V
     """ERROR_CODE_UNREADABLE_REQUEST means the server could not decode or route the stored request
     (its queued payload is corrupt, or names a provider only a newer release knows); it is not retried.
     """
+    ERROR_CODE_REQUEST_LOST: _ErrorCode.ValueType  # 10
+    """ERROR_CODE_REQUEST_LOST means the queue no longer knows an accepted request (its backend lost
+    its data, for example Redis restarted without persistence); submitting it again is safe.
+    """
 
 class ErrorCode(_ErrorCode, metaclass=_ErrorCodeEnumTypeWrapper):
     """ErrorCode classifies why a comparison failed."""
@@ -195,6 +199,10 @@ ERROR_CODE_INTERNAL: ErrorCode.ValueType  # 8
 ERROR_CODE_UNREADABLE_REQUEST: ErrorCode.ValueType  # 9
 """ERROR_CODE_UNREADABLE_REQUEST means the server could not decode or route the stored request
 (its queued payload is corrupt, or names a provider only a newer release knows); it is not retried.
+"""
+ERROR_CODE_REQUEST_LOST: ErrorCode.ValueType  # 10
+"""ERROR_CODE_REQUEST_LOST means the queue no longer knows an accepted request (its backend lost
+its data, for example Redis restarted without persistence); submitting it again is safe.
 """
 Global___ErrorCode: _TypeAlias = ErrorCode  # noqa: Y015
 
