@@ -208,6 +208,8 @@ async def main():
             svc.StreamResultsRequest(result_channel="frozen"))
         await channel.channel_ready()
         print("open", flush=True)
+        await call.read()  # the first result: the server surely holds the stream now
+        print("following", flush=True)
         await call.read()
 
 asyncio.run(main())
@@ -225,6 +227,11 @@ async def test_keepalive_ends_the_streams_of_a_client_that_stopped_answering() -
             assert client.stdout is not None
             async with asyncio.timeout(30):
                 assert await client.stdout.readline() == b"open\n"
+                # Frozen before its call reached the server, there would be no stream to end
+                # (a loaded machine did that): one result on its channel proves it is followed.
+                async with LpsClient(target=f"127.0.0.1:{app.grpc_port}") as lps:
+                    await lps.submit(submission(result_channel="frozen"))
+                assert await client.stdout.readline() == b"following\n"
             client.send_signal(signal.SIGSTOP)  # its kernel still acknowledges TCP; gRPC is mute
             await eventually(
                 lambda: bool(
