@@ -43,6 +43,8 @@ LOOKUP_CONCURRENCY = 16
 # Rounds in a row that find requests lost, without a result between them, before the server is
 # taken for one that loses what it accepts.
 MAX_LOST_ROUNDS = 10
+# The error code of a result the server gives for a request its queue lost (not a verdict).
+REQUEST_LOST = "request_lost"
 FINAL_STATUSES = frozenset({"completed", "failed", "expired"})
 _END = object()
 
@@ -132,6 +134,7 @@ class WaveCollector:
         fetches: set[asyncio.Task[None]] = set()
         started = self._clock()
         retry_after = 0.0
+        lost: set[str] = set()
         try:
             while True:
                 try:
@@ -141,13 +144,7 @@ class WaveCollector:
                         item = await events.get()
                 except TimeoutError:
                     if await self._look_up(pending, done):
-                        self._lost_rounds += 1
-                        if self._lost_rounds > MAX_LOST_ROUNDS:
-                            raise ServerLostError(
-                                f"{self._target} lost the same requests {self._lost_rounds} "
-                                "times in a row (they are unknown to it after it accepted them)",
-                                code="NOT_FOUND",
-                            ) from None
+                        self._count_lost_round()
                         return 0.0  # lost requests: send everything missing again
                     if pending and self._clock() - started > self._limits.result_deadline_s:
                         raise ServerLostError(
@@ -180,13 +177,38 @@ class WaveCollector:
                         retry_after = max(retry_after, _retry_after(refusal))
                 elif isinstance(item, ComparisonOutcome):
                     self._answered()
-                    self._record(item, pending, done)
+                    if item.status == "failed" and item.error_code == REQUEST_LOST:
+                        # The server's queue lost it after accepting it: not a verdict, so it
+                        # is sent again under its id once the rest of this round is in.
+                        lost.add(item.request_id)
+                    else:
+                        self._record(item, pending, done)
                 if not pending:
+                    return 0.0
+                if lost and lost.issuperset(pending):
+                    self._resend_lost(len(lost))
                     return 0.0
         finally:
             for task in (pump, *fetches):
                 task.cancel()
             await asyncio.wait({pump, *fetches})
+
+    def _count_lost_round(self) -> None:
+        self._lost_rounds += 1
+        if self._lost_rounds > MAX_LOST_ROUNDS:
+            raise ServerLostError(
+                f"{self._target} lost the same requests {self._lost_rounds} "
+                "times in a row (they are unknown to it after it accepted them)",
+                code="NOT_FOUND",
+            )
+
+    def _resend_lost(self, count: int) -> None:
+        """The server answered `count` requests `request_lost`: another round sends them."""
+        self._count_lost_round()
+        self._on_notice(
+            f"{count} requests were lost by {self._target}'s queue after it accepted them "
+            "(e.g. restarted without persistence); sending them again under the same ids"
+        )
 
     async def _fetch(self, request_id: str, events: asyncio.Queue[object]) -> None:
         """Put the stored result of `request_id` among the events (the stream still delivers it

@@ -120,14 +120,26 @@ async def test_ctrl_c_then_resume_pays_for_every_comparison_once(tmp_path: Path)
 
 
 @pytest.mark.redis
-async def test_a_redis_restarted_without_persistence_mid_run_still_completes() -> None:
+@pytest.mark.parametrize(
+    ("stall_s", "recheck_s"),
+    [(0.5, 30.0), (30.0, 0.3)],
+    ids=["the client's lookups find them lost", "the server answers them request_lost"],
+)
+async def test_a_redis_restarted_without_persistence_mid_run_still_completes(
+    stall_s: float, recheck_s: float
+) -> None:
     redis = RedisProcess()
     redis.start()
     provider = CountingProvider(latency_ms=50)
-    limits = CollectorLimits(server_timeout_s=30, stall_s=0.5, lookup_timeout_s=2)
+    limits = CollectorLimits(server_timeout_s=30, stall_s=stall_s, lookup_timeout_s=2)
     try:
         async with (
-            serving(provider, queue_backend="redis", redis_url=redis.url) as app,
+            serving(
+                provider,
+                queue_backend="redis",
+                redis_url=redis.url,
+                stream_recheck_seconds=recheck_s,
+            ) as app,
             LpsClient(target=target(app), timeout=5) as client,
         ):
             assessment = Assessment(
@@ -148,6 +160,8 @@ async def test_a_redis_restarted_without_persistence_mid_run_still_completes() -
     assert report.complete
     assert report.requested == 64
     assert report.completed + report.failed == 64
+    # A request the server reports `request_lost` is sent again, not counted as failed.
+    assert report.failed == 0, [o for o in report.outcomes if o.status != "completed"]
     # Lost requests were sent again under their ids: no request id was answered twice.
     ids = [o.request_id for o in report.outcomes]
     assert len(ids) == len(set(ids)) == 64
