@@ -285,6 +285,39 @@ async def test_a_journal_that_cannot_be_written_is_named_in_one_line(tmp_path: P
     assert "File too large" in err  # the cause, as the system gave it
 
 
+@pytest.mark.slow
+async def test_a_run_stopped_by_its_unwritable_journal_resumes_to_the_end_paying_once(
+    tmp_path: Path,
+) -> None:
+    # Exit 6 says "resumable once there is room": the journal it leaves must be readable and
+    # --resume must finish the run, the comparisons answered but not yet journaled at the
+    # failure answered again from the server's store, not by the provider.
+    out = tmp_path / "run"
+    provider = CountingProvider()
+    budget = 48
+    async with serving(provider) as app:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "cj_client.cli", "assess", str(ESSAYS), "--out", str(out),
+            "--budget", str(budget), "--target", target(app), "--quiet",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)}, preexec_fn=_small_files,
+        )  # fmt: skip
+        code, _, err = await finish(proc)
+        assert code == 6, err
+        read_journal(out)  # still a whole journal
+        code, _, err = await finish(
+            await start_cj(
+                "assess", "--resume", "--out", str(out), "--target", target(app), "--quiet"
+            )
+        )
+        assert code == 0, err
+    contents = read_journal(out)
+    assert contents.finished
+    assert len(contents.results) == budget
+    assert set(provider.asked) == set(contents.results)
+    assert set(provider.asked.values()) == {1}, "a comparison was paid for twice"
+
+
 # --- Input mistakes found before anything is sent -------------------------------------------
 
 
@@ -397,6 +430,23 @@ async def test_the_embedded_lps_keeps_to_a_local_queue_whatever_the_shell_export
         assert await store.dbsize() == 0  # nothing of this run's went through that Redis
     finally:
         await store.aclose()
+
+
+@pytest.mark.usefixtures("lps_logger")
+def test_the_embedded_lps_ignores_a_servers_limits_on_its_clients(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A shell that runs `lps serve` for many clients may cap what each sends. The embedded
+    # server has one client, cj, which sends 64 requests a message: taken over, such a cap
+    # refused the whole run (exit 3, nothing compared).
+    monkeypatch.setenv("LPS_MAX_REQUESTS_PER_MESSAGE", "2")
+    monkeypatch.setenv("LPS_MAX_STREAMS_PER_CLIENT", "1")
+    monkeypatch.setenv("LPS_RATE_LIMIT_PER_SECOND", "1")
+    monkeypatch.setenv("LPS_RATE_LIMIT_BURST", "1")
+    out = tmp_path / "run"
+    code, _, err = _cj(capsys, "assess", str(ESSAYS), "--out", str(out), "--quiet", "--budget", "8")
+    assert code == 0, err
+    assert json.loads((out / "summary.json").read_text())["comparisons_completed"] == 8
 
 
 @pytest.mark.usefixtures("lps_logger")
