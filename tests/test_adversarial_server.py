@@ -18,7 +18,7 @@ import contextlib
 import json
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import aclosing
 from pathlib import Path
 from typing import Any
@@ -31,7 +31,9 @@ from redis.exceptions import OutOfMemoryError
 
 from cj_client import Ack, LpsClient, LpsClientError, UnavailableError
 from lps_server.core.config import Settings
-from lps_server.core.domain import ComparisonResult, ProcessingMode
+from lps_server.core.domain import ComparisonResult, ErrorCode, Overrides, ProcessingMode
+from lps_server.providers.base import ComparisonItem, ItemFailure, ItemOutcome
+from lps_server.providers.mock import MockProvider
 from lps_server.queue.codec import encode_result
 from lps_server.queue.redis_keys import QueueKeys
 from lps_server.queue.redis_queue import RedisQueue
@@ -45,6 +47,7 @@ from tests.test_startup import refused
 
 pytestmark = pytest.mark.redis
 SERIAL = {"LPS_QUEUE_PROCESSING_MODE": "serial_bundle"}
+SERVING = health_pb2.HealthCheckResponse.SERVING
 
 
 @pytest.fixture
@@ -212,6 +215,137 @@ async def test_a_record_with_an_unreadable_deadline_does_not_stop_dispatch(
                     if {"good-1", "good-2"} <= set(ended):
                         break
     assert ended.get("good-2") == "completed", f"dispatch stopped behind the bad record: {ended}"
+
+
+@pytest.mark.parametrize("backend", ["local", "redis"])
+async def test_requests_that_are_known_are_never_told_request_lost(
+    backend: str, redis_url: str
+) -> None:
+    # The false positives request_lost could have: a request still queued behind a busy
+    # provider, one mid-lease (its call in flight), and the same id sent again on a second
+    # stream (looked up at once as known). Each is looked up many times (recheck 0.1 s) while it
+    # waits; none may be answered request_lost, and each gets its one real result.
+    provider = GatedMock()
+    subs = [submission(1, request_id="calling"), submission(2, request_id="queued")]
+    outcomes: dict[str, list[Any]] = {"first": [], "again": []}
+    async with (
+        running_app(
+            provider=provider,
+            queue_backend=backend,
+            redis_url=redis_url,
+            max_concurrent_calls=1,
+            stream_recheck_seconds=0.1,
+        ) as app,
+        LpsClient(target=f"127.0.0.1:{app.grpc_port}", timeout=20) as client,
+    ):
+
+        async def collect(name: str, batch: list[Any]) -> None:
+            async with aclosing(client.submit_many(batch)) as events:
+                async for event in events:
+                    if not isinstance(event, Ack):
+                        outcomes[name].append(event)
+
+        first = asyncio.create_task(collect("first", subs))
+        async with asyncio.timeout(10):
+            await provider.entered.wait()
+        again = asyncio.create_task(collect("again", subs))
+        await asyncio.sleep(1.5)  # many look-ups of every id, known and not
+        told_early = outcomes["first"] + outcomes["again"]
+        provider.gate.set()
+        async with asyncio.timeout(20):
+            await asyncio.gather(first, again)
+    assert told_early == [], f"answered while their work was still pending: {told_early}"
+    for name, got in outcomes.items():
+        assert sorted(o.request_id for o in got) == ["calling", "queued"], (name, got)
+        assert {o.status for o in got} == {"completed"}, (name, got)
+
+
+async def test_health_comes_back_and_stays_serving_once_redis_returns(
+    killable_redis: RedisProcess,
+) -> None:
+    # The ping loop must not leave the replica NOT_SERVING after Redis returns, nor flap: once
+    # SERVING again, it stays so while Redis stays up (here, with nothing to do).
+    async with running_app(
+        provider=GatedMock(), queue_backend="redis", redis_url=killable_redis.url
+    ) as app:
+        target = f"127.0.0.1:{app.grpc_port}"
+        down = await _health_changes_to(
+            target,
+            health_pb2.HealthCheckResponse.NOT_SERVING,
+            within=10,
+            then=killable_redis.stop,
+        )
+        assert down, "health still read SERVING 10 s after Redis went down"
+        killable_redis.start()
+        back = False
+        after: list[int] = []
+        async with grpc.aio.insecure_channel(target) as channel:
+            watch = health_pb2_grpc.HealthStub(channel).Watch(
+                health_pb2.HealthCheckRequest(service="lps.v1.LlmProviderService")
+            )
+            try:
+                statuses = aiter(watch)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(15):
+                        while (await anext(statuses)).status != SERVING:
+                            pass
+                        back = True
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(4):  # four pings with Redis up
+                        while True:
+                            after.append((await anext(statuses)).status)
+            finally:
+                watch.cancel()
+    assert back, "health still read NOT_SERVING 15 s after Redis returned"
+    assert after == [], f"health changed again with Redis up: {after}"
+
+
+class _AlwaysTimesOut(MockProvider):
+    """The mock provider, but every item of every call times out (retryable); counts the calls
+    items asked."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked = 0
+
+    async def compare(
+        self, items: Sequence[ComparisonItem], *, model: str, overrides: Overrides
+    ) -> list[ItemOutcome]:
+        self.asked += len(items)
+        return [ItemFailure(ErrorCode.TIMEOUT, "the provider timed out")] * len(items)
+
+
+@pytest.mark.parametrize("backend", ["local", "redis"])
+async def test_a_retried_request_past_its_ttl_is_retried_to_the_end_and_counted_once_a_call(
+    backend: str, redis_url: str
+) -> None:
+    # The 'called' mark and the retry's release both stand for the same failed attempt: each
+    # call must count once (not twice: the retries would run out early), and a request whose
+    # TTL passed while it waited for its retry has cost a call, so it is retried to the end,
+    # never EXPIRED.
+    provider = _AlwaysTimesOut()
+    async with (
+        running_app(
+            provider=provider,
+            queue_backend=backend,
+            redis_url=redis_url,
+            queue_max_retries=2,
+            retry_backoff_ms=700,  # the first retry is due after the TTL
+            queue_sweep_interval_seconds=0.2,
+        ) as app,
+        LpsClient(target=f"127.0.0.1:{app.grpc_port}", timeout=30) as client,
+    ):
+        async with (
+            asyncio.timeout(30),
+            aclosing(
+                client.submit_many([submission(1, request_id="r1", ttl_seconds=0.5)])
+            ) as events,
+        ):
+            outcome = [e async for e in events if not isinstance(e, Ack)]
+        expired = metric(app.registry, "llm_provider_queue_expiry_total")
+    assert [o.status for o in outcome] == ["failed"], outcome
+    assert provider.asked == 3, "one call and two retries"
+    assert not expired
 
 
 # --- Bugs: each test fails for the bug its xfail reason names -------------------------------------
