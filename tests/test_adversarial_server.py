@@ -30,6 +30,10 @@ from redis.asyncio import Redis
 from redis.exceptions import OutOfMemoryError
 
 from cj_client import Ack, LpsClient, LpsClientError, UnavailableError
+from cj_client.transport.convert import submission_to_pb
+from generated.lps.v1 import comparison_pb2 as pb
+from generated.lps.v1 import llm_provider_service_pb2 as svc
+from generated.lps.v1 import llm_provider_service_pb2_grpc as svc_grpc
 from lps_server.core.config import Settings
 from lps_server.core.domain import ComparisonResult, ErrorCode, Overrides, ProcessingMode
 from lps_server.providers.base import ComparisonItem, ItemFailure, ItemOutcome
@@ -354,6 +358,55 @@ async def test_a_retried_request_past_its_ttl_is_retried_to_the_end_and_counted_
 
 
 # --- Bugs fixed with their test -------------------------------------------------------------------
+
+
+async def test_a_lost_request_sent_again_on_the_same_stream_gets_its_result(
+    redis_url: str,
+) -> None:
+    # Told request_lost, a client sends the request again, on the same stream as the message
+    # asks. It was queued and paid for anew, but the stream remembered the id as answered and
+    # dropped its result: the client waited for a result it had been acked for.
+    provider = GatedMock()
+    observer = Redis.from_url(redis_url)
+    request = submission_to_pb(submission(1, request_id="r1"))
+    async with (
+        running_app(
+            provider=provider,
+            queue_backend="redis",
+            redis_url=redis_url,
+            stream_recheck_seconds=0.2,
+        ) as app,
+        grpc.aio.insecure_channel(f"127.0.0.1:{app.grpc_port}") as channel,
+    ):
+        call = svc_grpc.LlmProviderServiceStub(channel).SubmitComparisons()
+        try:
+            async with asyncio.timeout(10):
+                await call.write(svc.SubmitComparisonsRequest(requests=[request]))
+                first_ack = await call.read()
+                await provider.entered.wait()
+                await observer.flushall()  # Redis loses the request mid-call
+                told = await call.read()
+            provider.gate.set()
+            assert told.result.error.code == pb.ERROR_CODE_REQUEST_LOST, (
+                told
+            )  # as the message asks:
+            await call.write(svc.SubmitComparisonsRequest(requests=[request]))  # send it again
+            async with asyncio.timeout(10):
+                again = await call.read()
+            assert again.ack.accepted, again
+            answer = None
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(10):
+                    answer = await call.read()
+                    await call.done_writing()
+            asked = provider.calls
+        finally:
+            call.cancel()
+            await observer.aclose()
+    assert first_ack.ack.accepted
+    assert asked == 2, "it was processed again"
+    assert answer is not None, "the stream never got the result it was acked for"
+    assert answer.result.status == pb.REQUEST_STATUS_COMPLETED, answer
 
 
 async def test_a_request_whose_ttl_passes_while_its_bundle_fills_is_never_sent(
