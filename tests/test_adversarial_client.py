@@ -32,6 +32,7 @@ from cj_client.cli import main as cj_main
 from cj_client.errors import ServerLostError
 from cj_client.journal import read_journal
 from cj_client.progress import RunProgress
+from cj_client.request_ids import comparison_request_id
 from lps_server.app import LpsApp
 from tests.cj_support import (
     ESSAYS,
@@ -497,6 +498,23 @@ def test_an_in_process_cj_assess_leaves_the_lps_server_logger_as_it_found_it(
     with caplog.at_level(logging.WARNING):
         logging.getLogger("lps_server.app").warning("after the run")
     assert [r.getMessage() for r in caplog.records] == ["after the run"]
+
+
+def test_request_ids_of_runs_whose_ids_split_alike_at_their_colons_differ() -> None:
+    # Batch and essay ids may hold ':' (file names do): run "x", comparison 1 of essays "2" and
+    # "b:c" reads "x:1:2:b:c:..." like run "x:1", comparison 2 of "b" and "c". Sharing one LPS,
+    # the second would be answered the first's verdict; the digest of the pair's ids keeps them
+    # apart. (Correlation ids may coincide so: results are never matched by them, docs/cj.md.)
+    def of(batch: str, n: int, a: str, b: str) -> str:
+        sub = ComparisonSubmission(
+            essay_a=EssayInput(a, "same text"), essay_b=EssayInput(b, "same text"),
+            request_id="", instructions="Which is better?",
+        )  # fmt: skip
+        return comparison_request_id(batch, n, sub)
+
+    first, second = of("x", 1, "2", "b:c"), of("x:1", 2, "b", "c")
+    assert first.rsplit(":", 1)[0] == second.rsplit(":", 1)[0]  # alike but for the digest
+    assert first != second
 
 
 # --- Never lie ---------------------------------------------------------------------------------
