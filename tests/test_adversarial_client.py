@@ -151,7 +151,10 @@ async def test_one_comparison_against_a_black_hole_ends_at_its_deadline() -> Non
             started = time.monotonic()
             with pytest.raises(DeadlineExceededError, match=r"within 1 s"):
                 await client.submit_and_wait(essay_pair(), timeout=1.0)
-    assert time.monotonic() - started < 3.0
+            # The call's time, not the server's stop after it: that may wait its whole grace
+            # (5 s) for the call the black hole holds (it failed so about one run in three).
+            elapsed = time.monotonic() - started
+    assert elapsed < 3.0
 
 
 def essay_pair() -> ComparisonSubmission:
