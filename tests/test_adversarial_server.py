@@ -264,11 +264,18 @@ async def test_requests_that_are_known_are_never_told_request_lost(
         assert {o.status for o in got} == {"completed"}, (name, got)
 
 
+@pytest.mark.parametrize("fault", ["killed", "frozen"])
 async def test_health_comes_back_and_stays_serving_once_redis_returns(
-    killable_redis: RedisProcess,
+    fault: str, killable_redis: RedisProcess
 ) -> None:
-    # The ping loop must not leave the replica NOT_SERVING after Redis returns, nor flap: once
-    # SERVING again, it stays so while Redis stays up (here, with nothing to do).
+    # The ping loop must not leave the replica NOT_SERVING after Redis returns (restarted, or
+    # resumed after a freeze that only the ping's timeout notices), nor flap: once SERVING
+    # again, it stays so while Redis stays up (here, with nothing to do).
+    fail, recover = (
+        (killable_redis.stop, killable_redis.start)
+        if fault == "killed"
+        else (killable_redis.pause, killable_redis.resume)
+    )
     async with running_app(
         provider=GatedMock(), queue_backend="redis", redis_url=killable_redis.url
     ) as app:
@@ -277,10 +284,10 @@ async def test_health_comes_back_and_stays_serving_once_redis_returns(
             target,
             health_pb2.HealthCheckResponse.NOT_SERVING,
             within=10,
-            then=killable_redis.stop,
+            then=fail,
         )
         assert down, "health still read SERVING 10 s after Redis went down"
-        killable_redis.start()
+        recover()
         back = False
         after: list[int] = []
         async with grpc.aio.insecure_channel(target) as channel:
