@@ -32,6 +32,7 @@ from cj_client.cli import main as cj_main
 from cj_client.errors import ServerLostError
 from cj_client.journal import read_journal
 from cj_client.progress import RunProgress
+from cj_client.request_ids import comparison_request_id
 from lps_server.app import LpsApp
 from tests.cj_support import (
     ESSAYS,
@@ -150,9 +151,10 @@ async def test_one_comparison_against_a_black_hole_ends_at_its_deadline() -> Non
             started = time.monotonic()
             with pytest.raises(DeadlineExceededError, match=r"within 1 s"):
                 await client.submit_and_wait(essay_pair(), timeout=1.0)
-            # Read here: closing the channel, the proxy and the server is not the call's wait.
-            waited = time.monotonic() - started
-    assert waited < 3.0
+            # The call's time, not the server's stop after it: that may wait its whole grace
+            # (5 s) for the call the black hole holds (it failed so about one run in three).
+            elapsed = time.monotonic() - started
+    assert elapsed < 3.0
 
 
 def essay_pair() -> ComparisonSubmission:
@@ -287,6 +289,39 @@ async def test_a_journal_that_cannot_be_written_is_named_in_one_line(tmp_path: P
     assert "File too large" in err  # the cause, as the system gave it
 
 
+@pytest.mark.slow
+async def test_a_run_stopped_by_its_unwritable_journal_resumes_to_the_end_paying_once(
+    tmp_path: Path,
+) -> None:
+    # Exit 6 says "resumable once there is room": the journal it leaves must be readable and
+    # --resume must finish the run, the comparisons answered but not yet journaled at the
+    # failure answered again from the server's store, not by the provider.
+    out = tmp_path / "run"
+    provider = CountingProvider()
+    budget = 48
+    async with serving(provider) as app:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "cj_client.cli", "assess", str(ESSAYS), "--out", str(out),
+            "--budget", str(budget), "--target", target(app), "--quiet",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)}, preexec_fn=_small_files,
+        )  # fmt: skip
+        code, _, err = await finish(proc)
+        assert code == 6, err
+        read_journal(out)  # still a whole journal
+        code, _, err = await finish(
+            await start_cj(
+                "assess", "--resume", "--out", str(out), "--target", target(app), "--quiet"
+            )
+        )
+        assert code == 0, err
+    contents = read_journal(out)
+    assert contents.finished
+    assert len(contents.results) == budget
+    assert set(provider.asked) == set(contents.results)
+    assert set(provider.asked.values()) == {1}, "a comparison was paid for twice"
+
+
 # --- Input mistakes found before anything is sent -------------------------------------------
 
 
@@ -402,6 +437,23 @@ async def test_the_embedded_lps_keeps_to_a_local_queue_whatever_the_shell_export
 
 
 @pytest.mark.usefixtures("lps_logger")
+def test_the_embedded_lps_ignores_a_servers_limits_on_its_clients(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A shell that runs `lps serve` for many clients may cap what each sends. The embedded
+    # server has one client, cj, which sends 64 requests a message: taken over, such a cap
+    # refused the whole run (exit 3, nothing compared).
+    monkeypatch.setenv("LPS_MAX_REQUESTS_PER_MESSAGE", "2")
+    monkeypatch.setenv("LPS_MAX_STREAMS_PER_CLIENT", "1")
+    monkeypatch.setenv("LPS_RATE_LIMIT_PER_SECOND", "1")
+    monkeypatch.setenv("LPS_RATE_LIMIT_BURST", "1")
+    out = tmp_path / "run"
+    code, _, err = _cj(capsys, "assess", str(ESSAYS), "--out", str(out), "--quiet", "--budget", "8")
+    assert code == 0, err
+    assert json.loads((out / "summary.json").read_text())["comparisons_completed"] == 8
+
+
+@pytest.mark.usefixtures("lps_logger")
 def test_a_bad_lps_setting_for_the_embedded_lps_is_one_line_naming_it(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -449,6 +501,23 @@ def test_an_in_process_cj_assess_leaves_the_lps_server_logger_as_it_found_it(
     with caplog.at_level(logging.WARNING):
         logging.getLogger("lps_server.app").warning("after the run")
     assert [r.getMessage() for r in caplog.records] == ["after the run"]
+
+
+def test_request_ids_of_runs_whose_ids_split_alike_at_their_colons_differ() -> None:
+    # Batch and essay ids may hold ':' (file names do): run "x", comparison 1 of essays "2" and
+    # "b:c" reads "x:1:2:b:c:..." like run "x:1", comparison 2 of "b" and "c". Sharing one LPS,
+    # the second would be answered the first's verdict; the digest of the pair's ids keeps them
+    # apart. (Correlation ids may coincide so: results are never matched by them, docs/cj.md.)
+    def of(batch: str, n: int, a: str, b: str) -> str:
+        sub = ComparisonSubmission(
+            essay_a=EssayInput(a, "same text"), essay_b=EssayInput(b, "same text"),
+            request_id="", instructions="Which is better?",
+        )  # fmt: skip
+        return comparison_request_id(batch, n, sub)
+
+    first, second = of("x", 1, "2", "b:c"), of("x:1", 2, "b", "c")
+    assert first.rsplit(":", 1)[0] == second.rsplit(":", 1)[0]  # alike but for the digest
+    assert first != second
 
 
 # --- Never lie ---------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ import contextlib
 import json
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import aclosing
 from pathlib import Path
 from typing import Any
@@ -30,8 +30,14 @@ from redis.asyncio import Redis
 from redis.exceptions import OutOfMemoryError
 
 from cj_client import Ack, LpsClient, LpsClientError, UnavailableError
+from cj_client.transport.convert import submission_to_pb
+from generated.lps.v1 import comparison_pb2 as pb
+from generated.lps.v1 import llm_provider_service_pb2 as svc
+from generated.lps.v1 import llm_provider_service_pb2_grpc as svc_grpc
 from lps_server.core.config import Settings
-from lps_server.core.domain import ComparisonResult, ProcessingMode
+from lps_server.core.domain import ComparisonResult, ErrorCode, Overrides, ProcessingMode
+from lps_server.providers.base import ComparisonItem, ItemFailure, ItemOutcome
+from lps_server.providers.mock import MockProvider
 from lps_server.queue.codec import encode_result
 from lps_server.queue.redis_keys import QueueKeys
 from lps_server.queue.redis_queue import RedisQueue
@@ -45,6 +51,7 @@ from tests.test_startup import refused
 
 pytestmark = pytest.mark.redis
 SERIAL = {"LPS_QUEUE_PROCESSING_MODE": "serial_bundle"}
+SERVING = health_pb2.HealthCheckResponse.SERVING
 
 
 @pytest.fixture
@@ -214,12 +221,199 @@ async def test_a_record_with_an_unreadable_deadline_does_not_stop_dispatch(
     assert ended.get("good-2") == "completed", f"dispatch stopped behind the bad record: {ended}"
 
 
+@pytest.mark.parametrize("backend", ["local", "redis"])
+async def test_requests_that_are_known_are_never_told_request_lost(
+    backend: str, redis_url: str
+) -> None:
+    # The false positives request_lost could have: a request still queued behind a busy
+    # provider, one mid-lease (its call in flight), and the same id sent again on a second
+    # stream (looked up at once as known). Each is looked up many times (recheck 0.1 s) while it
+    # waits; none may be answered request_lost, and each gets its one real result.
+    provider = GatedMock()
+    subs = [submission(1, request_id="calling"), submission(2, request_id="queued")]
+    outcomes: dict[str, list[Any]] = {"first": [], "again": []}
+    async with (
+        running_app(
+            provider=provider,
+            queue_backend=backend,
+            redis_url=redis_url,
+            max_concurrent_calls=1,
+            stream_recheck_seconds=0.1,
+        ) as app,
+        LpsClient(target=f"127.0.0.1:{app.grpc_port}", timeout=20) as client,
+    ):
+
+        async def collect(name: str, batch: list[Any]) -> None:
+            async with aclosing(client.submit_many(batch)) as events:
+                async for event in events:
+                    if not isinstance(event, Ack):
+                        outcomes[name].append(event)
+
+        first = asyncio.create_task(collect("first", subs))
+        async with asyncio.timeout(10):
+            await provider.entered.wait()
+        again = asyncio.create_task(collect("again", subs))
+        await asyncio.sleep(1.5)  # many look-ups of every id, known and not
+        told_early = outcomes["first"] + outcomes["again"]
+        provider.gate.set()
+        async with asyncio.timeout(20):
+            await asyncio.gather(first, again)
+    assert told_early == [], f"answered while their work was still pending: {told_early}"
+    for name, got in outcomes.items():
+        assert sorted(o.request_id for o in got) == ["calling", "queued"], (name, got)
+        assert {o.status for o in got} == {"completed"}, (name, got)
+
+
+@pytest.mark.parametrize("fault", ["killed", "frozen"])
+async def test_health_comes_back_and_stays_serving_once_redis_returns(
+    fault: str, killable_redis: RedisProcess
+) -> None:
+    # The ping loop must not leave the replica NOT_SERVING after Redis returns (restarted, or
+    # resumed after a freeze that only the ping's timeout notices), nor flap: once SERVING
+    # again, it stays so while Redis stays up (here, with nothing to do).
+    fail, recover = (
+        (killable_redis.stop, killable_redis.start)
+        if fault == "killed"
+        else (killable_redis.pause, killable_redis.resume)
+    )
+    async with running_app(
+        provider=GatedMock(), queue_backend="redis", redis_url=killable_redis.url
+    ) as app:
+        target = f"127.0.0.1:{app.grpc_port}"
+        down = await _health_changes_to(
+            target,
+            health_pb2.HealthCheckResponse.NOT_SERVING,
+            within=10,
+            then=fail,
+        )
+        assert down, "health still read SERVING 10 s after Redis went down"
+        recover()
+        back = False
+        after: list[int] = []
+        async with grpc.aio.insecure_channel(target) as channel:
+            watch = health_pb2_grpc.HealthStub(channel).Watch(
+                health_pb2.HealthCheckRequest(service="lps.v1.LlmProviderService")
+            )
+            try:
+                statuses = aiter(watch)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(15):
+                        while (await anext(statuses)).status != SERVING:
+                            pass
+                        back = True
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(4):  # four pings with Redis up
+                        while True:
+                            after.append((await anext(statuses)).status)
+            finally:
+                watch.cancel()
+    assert back, "health still read NOT_SERVING 15 s after Redis returned"
+    assert after == [], f"health changed again with Redis up: {after}"
+
+
+class _AlwaysTimesOut(MockProvider):
+    """The mock provider, but every item of every call times out (retryable); counts the calls
+    items asked."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked = 0
+
+    async def compare(
+        self, items: Sequence[ComparisonItem], *, model: str, overrides: Overrides
+    ) -> list[ItemOutcome]:
+        self.asked += len(items)
+        return [ItemFailure(ErrorCode.TIMEOUT, "the provider timed out")] * len(items)
+
+
+@pytest.mark.parametrize("backend", ["local", "redis"])
+async def test_a_retried_request_past_its_ttl_is_retried_to_the_end_and_counted_once_a_call(
+    backend: str, redis_url: str
+) -> None:
+    # The 'called' mark and the retry's release both stand for the same failed attempt: each
+    # call must count once (not twice: the retries would run out early), and a request whose
+    # TTL passed while it waited for its retry has cost a call, so it is retried to the end,
+    # never EXPIRED.
+    provider = _AlwaysTimesOut()
+    async with (
+        running_app(
+            provider=provider,
+            queue_backend=backend,
+            redis_url=redis_url,
+            queue_max_retries=2,
+            retry_backoff_ms=700,  # the first retry is due after the TTL
+            queue_sweep_interval_seconds=0.2,
+        ) as app,
+        LpsClient(target=f"127.0.0.1:{app.grpc_port}", timeout=30) as client,
+    ):
+        async with (
+            asyncio.timeout(30),
+            aclosing(
+                client.submit_many([submission(1, request_id="r1", ttl_seconds=0.5)])
+            ) as events,
+        ):
+            outcome = [e async for e in events if not isinstance(e, Ack)]
+        expired = metric(app.registry, "llm_provider_queue_expiry_total")
+    assert [o.status for o in outcome] == ["failed"], outcome
+    assert provider.asked == 3, "one call and two retries"
+    assert not expired
+
+
 # --- Bugs: each test fails for the bug its xfail reason names -------------------------------------
 
 # (None open.)
 
 
 # --- Bugs fixed with their test -------------------------------------------------------------------
+
+
+async def test_a_lost_request_sent_again_on_the_same_stream_gets_its_result(
+    redis_url: str,
+) -> None:
+    # Told request_lost, a client sends the request again, on the same stream as the message
+    # asks. It was queued and paid for anew, but the stream remembered the id as answered and
+    # dropped its result: the client waited for a result it had been acked for.
+    provider = GatedMock()
+    observer = Redis.from_url(redis_url)
+    request = submission_to_pb(submission(1, request_id="r1"))
+    async with (
+        running_app(
+            provider=provider,
+            queue_backend="redis",
+            redis_url=redis_url,
+            stream_recheck_seconds=0.2,
+        ) as app,
+        grpc.aio.insecure_channel(f"127.0.0.1:{app.grpc_port}") as channel,
+    ):
+        call = svc_grpc.LlmProviderServiceStub(channel).SubmitComparisons()
+        try:
+            async with asyncio.timeout(10):
+                await call.write(svc.SubmitComparisonsRequest(requests=[request]))
+                first_ack = await call.read()
+                await provider.entered.wait()
+                await observer.flushall()  # Redis loses the request mid-call
+                told = await call.read()
+            provider.gate.set()
+            assert told.result.error.code == pb.ERROR_CODE_REQUEST_LOST, (
+                told
+            )  # as the message asks:
+            await call.write(svc.SubmitComparisonsRequest(requests=[request]))  # send it again
+            async with asyncio.timeout(10):
+                again = await call.read()
+            assert again.ack.accepted, again
+            answer = None
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(10):
+                    answer = await call.read()
+                    await call.done_writing()
+            asked = provider.calls
+        finally:
+            call.cancel()
+            await observer.aclose()
+    assert first_ack.ack.accepted
+    assert asked == 2, "it was processed again"
+    assert answer is not None, "the stream never got the result it was acked for"
+    assert answer.result.status == pb.REQUEST_STATUS_COMPLETED, answer
 
 
 async def test_a_request_whose_ttl_passes_while_its_bundle_fills_is_never_sent(

@@ -24,11 +24,12 @@ from lps_server.core.domain import ProcessingMode
 from lps_server.core.errors import ConfigurationError
 
 #: The `LPS_*` settings (by prefix) the embedded server takes from the environment: the mock
-#: judge, bundling, batch gathering and polling, queue limits and timing, retries, concurrency,
-#: message limits and the rate limit. Where it listens, who may call it, which queue and which
-#: providers it uses (`LPS_GRPC_*`, `LPS_METRICS_*`, `LPS_AUTH_TOKENS`, `LPS_TLS_*`,
-#: `LPS_QUEUE_BACKEND`, `LPS_REDIS_*`, `LPS_<PROVIDER>_*`) are not among them, nor the processing
-#: mode, which follows the run's batching mode.
+#: judge, bundling, batch gathering and polling, queue limits and timing, retries, concurrency
+#: and the largest essay. Where it listens, who may call it, which queue and which providers it
+#: uses (`LPS_GRPC_*`, `LPS_METRICS_*`, `LPS_AUTH_TOKENS`, `LPS_TLS_*`, `LPS_QUEUE_BACKEND`,
+#: `LPS_REDIS_*`, `LPS_<PROVIDER>_*`) are not among them, nor the processing mode, which follows
+#: the run's batching mode, nor the limits a shared server puts on each client (message size and
+#: count, streams, rate): its only client is cj, which they could only refuse.
 HONOURED_PREFIXES = (
     "LPS_MOCK_",
     "LPS_SERIAL_BUNDLE_",
@@ -41,8 +42,8 @@ HONOURED_PREFIXES = (
     "LPS_QUEUE_SWEEP_",
     "LPS_RESULT_RETENTION_",
     "LPS_RETRY_",
-    "LPS_MAX_",
-    "LPS_RATE_LIMIT_",
+    "LPS_MAX_CONCURRENT_CALLS",
+    "LPS_MAX_ESSAY_BYTES",
     "LPS_STREAM_RECHECK_",
     "LPS_SHUTDOWN_GRACE_",
 )

@@ -229,6 +229,10 @@ class StreamSubmission:
         if outcome.status is None:
             return _exhausted(outcome.request_id, outcome.rejected, outcome.retry_after)
         rid = queued.request_id
+        if outcome.created:
+            # Queued anew (the store had lost or forgotten an id this call was answered for):
+            # a new request, whose result the client was just promised.
+            self._answered.discard(rid)
         if rid not in self._awaiting and rid not in self._answered:
             self._awaiting.add(rid)
             self._watched.add(rid, known=not outcome.created)
