@@ -136,12 +136,15 @@ async def test_a_replica_killed_while_gathering_a_job_loses_nothing(
                     await asyncio.sleep(0.01)
                 assert (await client.queue_stats()).processing == len(subs)
             slow.kill()
+            # The six leases were taken one by one, so they may lapse on either side of a sweep
+            # (a loaded machine did that) and come back in two sweeps: the survivor gathers for
+            # four sweep intervals, so that both reach its one job.
             survivor = Replica(
                 "b",
                 redis_url=killable_redis.url,
                 provider=fake,  # type: ignore[arg-type]
                 log_dir=tmp_path,
-                env=ENV,
+                env={**ENV, "LPS_BATCH_API_MAX_WAIT_MS": "2000"},
                 api_key=KEYS["b"],
             )
             await survivor.started()
