@@ -267,6 +267,17 @@ def conflicting(request_id: str) -> SubmitOutcome:
     )
 
 
+def queue_full(request_id: str, limit: str) -> SubmitOutcome:
+    """The outcome for a request refused because the queue holds `limit` already."""
+    return SubmitOutcome(
+        request_id,
+        None,
+        created=False,
+        rejected=f"queue is full ({limit}); retry later",
+        retry_after=RETRY_AFTER_FULL_S,
+    )
+
+
 def in_progress(queued: QueuedRequest, status: RequestStatus) -> ComparisonResult:
     """What a status query answers for a request that has not ended yet."""
     return ComparisonResult(

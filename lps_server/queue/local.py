@@ -18,7 +18,6 @@ from contextlib import AbstractContextManager, nullcontext
 from lps_server.core.bundling import limit_of
 from lps_server.core.domain import ComparisonResult, ProviderName, QueuedRequest, RequestStatus
 from lps_server.queue.base import (
-    RETRY_AFTER_FULL_S,
     ChannelEntry,
     ChannelFollower,
     EndedResults,
@@ -28,6 +27,7 @@ from lps_server.queue.base import (
     SweepResult,
     conflicting,
     in_progress,
+    queue_full,
 )
 from lps_server.queue.local_batch_jobs import LocalBatchJobs
 from lps_server.queue.local_channels import LocalChannels
@@ -111,14 +111,7 @@ class LocalQueue:
         return (ended.result.status, ended.digest) if ended is not None else None
 
     def _full(self, request_id: str) -> SubmitOutcome:
-        limit = f"{self.max_size} requests or {self._max_bytes} bytes"
-        return SubmitOutcome(
-            request_id,
-            None,
-            created=False,
-            rejected=f"queue is full ({limit}); retry later",
-            retry_after=RETRY_AFTER_FULL_S,
-        )
+        return queue_full(request_id, f"{self.max_size} requests or {self._max_bytes} bytes")
 
     async def lease(
         self,

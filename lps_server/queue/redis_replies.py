@@ -9,12 +9,12 @@ from typing import Any
 
 from lps_server.core.domain import QueuedRequest, RequestStatus
 from lps_server.queue.base import (
-    RETRY_AFTER_FULL_S,
     Lease,
     SubmitOutcome,
     SweepResult,
     UnreadableRequest,
     conflicting,
+    queue_full,
 )
 from lps_server.queue.codec import decode_queued, encode_queued, unreadable
 from lps_server.queue.ordering import queue_score, request_bytes
@@ -45,13 +45,7 @@ def submit_outcome(request_id: str, reply: str, *, limit: str) -> SubmitOutcome:
         return conflicting(request_id)
     if reply != "full":
         return SubmitOutcome(request_id, RequestStatus(reply), created=False)
-    return SubmitOutcome(
-        request_id,
-        None,
-        created=False,
-        rejected=f"queue is full ({limit}); retry later",
-        retry_after=RETRY_AFTER_FULL_S,
-    )
+    return queue_full(request_id, limit)
 
 
 def lease_of(reply: list[Any], *, token: str) -> Lease:
