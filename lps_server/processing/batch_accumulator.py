@@ -39,7 +39,7 @@ from lps_server.processing.retries import GaveUp, settle
 from lps_server.providers.batch_base import BatchApi
 from lps_server.providers.batch_registry import BatchApis
 from lps_server.queue.base import QueueBackend
-from lps_server.queue.batch_jobs import BatchJob, BatchJobStore, JobState, NewJob
+from lps_server.queue.batch_jobs import BatchJobStore, NewJob
 from lps_server.queue.ordering import request_bytes
 
 log = logging.getLogger(__name__)
@@ -269,18 +269,7 @@ class BatchAccumulator:
             return
         for keeper in gathering.keepers:
             keeper.let_go(job.request_ids)  # the job owns them now
-        recorded = BatchJob(
-            job_id=job.job_id,
-            provider=job.provider,
-            model=job.model,
-            group=job.group,
-            state=JobState.RECORDED,
-            lines=job.lines,
-            attempts=job.attempts,
-            recorded_at=now,
-            owner=owner,
-            owner_until=until,
-        )
+        recorded = job.recorded(at=now, owner=owner, until=until)
         claim = JobClaim(
             jobs=self._jobs,
             job_id=job.job_id,

@@ -67,6 +67,21 @@ class NewJob:
         """Every request of the job, line by line."""
         return [rid for line in self.lines for rid in line.request_ids]
 
+    def recorded(self, *, at: float, owner: str, until: float) -> BatchJob:
+        """The job as `open` records it: RECORDED at `at`, claimed by `owner` until `until`."""
+        return BatchJob(
+            job_id=self.job_id,
+            provider=self.provider,
+            model=self.model,
+            group=self.group,
+            state=JobState.RECORDED,
+            lines=self.lines,
+            attempts=dict(self.attempts),
+            recorded_at=at,
+            owner=owner,
+            owner_until=until,
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class JobUpdate:

@@ -59,18 +59,7 @@ class LocalBatchJobs:
         )
         if missing:
             return missing
-        self._jobs[job.job_id] = BatchJob(
-            job_id=job.job_id,
-            provider=job.provider,
-            model=job.model,
-            group=job.group,
-            state=JobState.RECORDED,
-            lines=job.lines,
-            attempts=dict(job.attempts),
-            recorded_at=now,
-            owner=owner,
-            owner_until=until,
-        )
+        self._jobs[job.job_id] = job.recorded(at=now, owner=owner, until=until)
         self._next[job.job_id] = until
         for rid in job.request_ids:
             self._of_request[rid] = job.job_id
