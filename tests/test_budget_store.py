@@ -105,6 +105,26 @@ async def test_headers_alone_set_the_budget_and_correct_the_count(store: BudgetS
     assert (await store.acquire(SCOPE, need=tokens(50), limits=none, window_s=WINDOW)).grant
 
 
+async def test_calls_sent_beside_one_are_not_read_as_a_higher_count(store: BudgetStore) -> None:
+    """At the start of a run several calls go out together; the provider's answer to the first
+    counts them all (it counts its window when it answers). Measured against the budget's window
+    as it was at the first grant, that read as a ratio of 8 and held the budget at an eighth of
+    its limit for windows; against the window at the answer it is what was sent: no correction."""
+    none = RateCounts()
+    grants = []
+    for _ in range(8):
+        granted = await store.acquire(SCOPE, need=tokens(100), limits=none, window_s=WINDOW)
+        assert granted.grant is not None
+        grants.append(granted.grant)
+    # The provider holds all eight (800 of 10,000) when it answers the first.
+    await store.settle(
+        grants[0], Settlement(tokens(100), [reading(10_000, 9_200)]), limits=none, window_s=WINDOW
+    )
+    # The rest of the limit is there to be granted, not an eighth of it.
+    rest = await store.acquire(SCOPE, need=tokens(9_200), limits=none, window_s=WINDOW)
+    assert rest.grant is not None
+
+
 async def test_the_tighter_of_configured_and_announced_limits_is_in_force(
     store: BudgetStore,
 ) -> None:

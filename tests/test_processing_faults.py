@@ -22,7 +22,7 @@ from prometheus_client import CollectorRegistry
 from cj_client.transport import submission_to_pb
 from lps_server.app import LpsApp
 from lps_server.core.config import Settings
-from lps_server.core.domain import ErrorCode, ProcessingMode
+from lps_server.core.domain import ErrorCode, ProcessingMode, ProviderName
 from lps_server.edge.convert import request_from_pb
 from lps_server.observability.metrics import LpsMetrics
 from lps_server.processing.intake import Intake
@@ -173,6 +173,71 @@ async def watch_until(
         async for reply in statuses:
             if reply.status == wanted:
                 return
+
+
+class SlowLeases:
+    """A real LocalQueue whose leases take `delay_s`, as over a Redis a long way off."""
+
+    def __init__(self, inner: LocalQueue, delay_s: float) -> None:
+        self._inner = inner
+        self._delay_s = delay_s
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    async def lease(self, **kwargs: Any) -> Lease:
+        await asyncio.sleep(self._delay_s)
+        return await self._inner.lease(**kwargs)
+
+
+async def test_room_that_opens_while_a_lease_is_on_its_way_is_not_missed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A call ends while the dispatcher leases for the other providers (its own is full): the
+    room it leaves wakes the dispatcher at once. The wake was once cleared as the wait began, and
+    the work waited for the idle timeout (1 s a call in the rate-limit benchmark); the timeout is
+    a minute here, so a lost wake cannot pass."""
+    from lps_server.processing import processor as processor_module
+
+    monkeypatch.setattr(processor_module, "IDLE_WAIT_S", 60.0)
+    inner = LocalQueue()
+    busy = RecordingProvider(latency_ms=20)  # a call ends well within one 200 ms lease
+    idle = RecordingProvider(name=ProviderName.OPENAI_COMPATIBLE)
+    providers = ProviderRegistry([busy, idle])
+    settings = Settings(
+        queue_sweep_interval_seconds=3600.0,
+        max_concurrent_calls=1,
+        queue_processing_mode=ProcessingMode.PER_REQUEST,
+    )
+    processor = Processor(
+        queue=SlowLeases(inner, delay_s=0.2),  # type: ignore[arg-type]
+        providers=providers,
+        settings=settings,
+        metrics=LpsMetrics(CollectorRegistry()),
+    )
+    intake = Intake(queue=inner, providers=providers, settings=settings)
+    subs = subs_of(["r0", "r1", "r2"], "c")
+    await intake.submit(
+        [
+            intake.prepare(request_from_pb(submission_to_pb(s), request_id=s.request_id))
+            for s in subs
+        ]
+    )
+    running = asyncio.create_task(processor.run())
+    ended: list[str] = []
+    cursor = ""
+    try:
+        async with asyncio.timeout(20):  # with the wake lost: two minutes
+            while len(ended) < 3:
+                entries = await inner.read_channel("c", cursor=cursor, timeout=5)
+                ended += [e.result.request_id for e in entries]
+                cursor = entries[-1].cursor if entries else cursor
+    finally:
+        processor.stop()
+        await running
+    assert sorted(ended) == ["r0", "r1", "r2"]
+    assert busy.calls == [["r0"], ["r1"], ["r2"]]
+    assert idle.calls == []
 
 
 async def test_health_is_not_serving_while_redis_is_down_and_serving_once_back(

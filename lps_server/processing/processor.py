@@ -171,6 +171,9 @@ class Processor:
         """Lease what providers with room can take, fill it, and start it; until stopped."""
         failures = 0
         while not self._stopping.is_set():
+            # Cleared before the state is read: room that opens during the lease below (a call
+            # ending) wakes the wait that follows it instead of being lost for IDLE_WAIT_S.
+            self._wake.clear()
             exclude = self._excluded()
             if self._capacity.all_full() or exclude >= self._providers:
                 await self._wait_for_work_or_stop(timeout=self._room_wait(), queue=False)
@@ -296,6 +299,7 @@ class Processor:
         deadline = self._clock() + wait_s
         try:
             while len(lease.items) < limit and not (self._stopping.is_set() or self._draining):
+                self._wake.clear()  # before the reads below, as in _dispatch
                 more = await self._queue.lease(
                     now=self._clock(),
                     group=lease.group,
@@ -322,7 +326,9 @@ class Processor:
             log.warning("stopped filling a bundle, the queue is unavailable: %s", exc)
 
     async def _wait_for_work_or_stop(self, *, timeout: float, queue: bool = True) -> None:
-        self._wake.clear()
+        """Until work is queued (`queue`), `_wake` is set, the processor stops, or `timeout`.
+        The caller clears `_wake` before it reads the state it waits on, never here: a wake set
+        while it read (during an await) must end this wait."""
         futures: list[asyncio.Future[object]] = [
             asyncio.ensure_future(self._stopping.wait()),
             asyncio.ensure_future(self._wake.wait()),
