@@ -14,10 +14,16 @@ The store also listens to the provider (`settle`): once a call is answered its g
 provider's own count of it (its usage, in place of the estimate); limits announced by the
 rate-limit headers are learned (the budget in force is the tighter of the configured and the
 announced one, and the announced one alone without configuration); when the provider reports
-more use than the window held when the call was granted (a count higher than ours, other clients
-on the same key) the provider's count wins: the budget learns the ratio of its count to ours and
-grants only the limit divided by it, until the provider tells anew or `RATIO_WINDOWS` windows pass
-without news (a key that others fill would otherwise never be tried again). As a ratio the
+more use than the budget's window holds as the answer is settled (a count higher than ours,
+other clients on the same key) the provider's count wins: the budget learns the ratio of its
+count to ours and grants only the limit divided by it, until the provider tells anew or
+`RATIO_WINDOWS` windows pass without news (a key that others fill would otherwise never be tried
+again). Ours is taken at the answer, not at the grant: a provider may count its window when it
+answers, and then holds every call that arrived while this one was under way; measured against
+the window at the grant, the calls sent beside it at the start of a run read as a ratio of up to
+the number of calls in flight, and the budget held back for windows. Measured at the answer, a
+provider that counts at arrival reads a little low while a window fills, never high; in a full
+window, where a correction matters, the two agree, since grants replace what leaves. As a ratio the
 correction converges for both causes: a count that is higher in proportion is matched exactly,
 and with another client spending X of a limit L the budget settles at L - X (granting U of L/r,
 r = (U + X) / U, has its fixed point there). A 429's Retry-After blocks the budget until then.
@@ -64,13 +70,11 @@ class BudgetState:
 
 @dataclass(frozen=True, slots=True)
 class Grant:
-    """A granted call: the entry in the log that holds what it asked for, and what the window
-    held with it (`seen`), to compare with what the provider will say it held."""
+    """A granted call: the entry in the log that holds what it asked for."""
 
     scope: str
     grant_id: str
     need: RateCounts
-    seen: RateCounts = field(default_factory=RateCounts)
 
     @property
     def member(self) -> str:
@@ -128,8 +132,9 @@ class Settlement:
         return values
 
     def ratios(self, seen: RateCounts) -> list[float] | None:
-        """Per kind the provider's count of its window ÷ this budget's (`seen`, the window when
-        the call was granted), 0 where unknown; None when the headers said nothing of the use."""
+        """Per kind the provider's count of its window ÷ this budget's (`seen`, what the log
+        holds of the provider's window as the answer is settled), 0 where unknown; None when the
+        headers said nothing of the use."""
         theirs = self.provider_used()
         pairs = list(zip(theirs, seen.values(), strict=True))
         if not any(t >= 0 and s > 0 for t, s in pairs):

@@ -78,7 +78,7 @@ class LocalBudgetStore:
         self, scope: str, *, need: RateCounts, limits: RateCounts, window_s: float
     ) -> Decision:
         """See BudgetStore.acquire."""
-        exact, window_s = window_s, span(window_s)
+        window_s = span(window_s)
         now = self._clock()
         w = self._windows.setdefault(scope, _Window())
         w.prune(now - window_s)
@@ -93,13 +93,7 @@ class LocalBudgetStore:
         if not (w.used + need).exceeds(room):
             grant_id = uuid.uuid4().hex
             w.add(now, member(grant_id, need))
-            # What the provider's own window holds of ours: the log less its margin's entries.
-            seen = RateCounts()
-            for stamp, name in w.entries:
-                if stamp > now - exact:
-                    seen += counts_of(name)
-            grant = Grant(scope, grant_id, need, seen=seen)
-            return Decision(BudgetState(w.used, in_force), grant=grant)
+            return Decision(BudgetState(w.used, in_force), grant=Grant(scope, grant_id, need))
         wait = self._wait(w, need, room, now, window_s)
         if fresh_until > now:  # the ratio is forgotten then, and a call can tell anew
             wait = min(wait, fresh_until - now)
@@ -128,16 +122,21 @@ class LocalBudgetStore:
         self, grant: Grant, settlement: Settlement, *, limits: RateCounts, window_s: float
     ) -> BudgetState:
         """See BudgetStore.settle."""
-        window_s = span(window_s)
+        exact, window_s = window_s, span(window_s)
         now = self._clock()
         w = self._windows.setdefault(grant.scope, _Window())
         w.prune(now - window_s)
         w.replace(grant.member, member(grant.grant_id, settlement.counted))
+        # What the provider's own window holds of ours now: the log less its margin's entries.
+        seen = RateCounts()
+        for stamp, name in w.entries:
+            if stamp > now - exact:
+                seen += counts_of(name)
         learned = settlement.learned()
         w.learned = RateCounts.of(
             [new or old for new, old in zip(learned.values(), w.learned.values(), strict=True)]
         )
-        if (ratios := settlement.ratios(grant.seen)) is not None:
+        if (ratios := settlement.ratios(seen)) is not None:
             fresh = w.ratios_at + RATIO_WINDOWS * window_s > now
             w.ratios = blend(w.ratios if fresh else [0.0] * 4, ratios)
             w.ratios_at = now

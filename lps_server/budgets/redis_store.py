@@ -87,6 +87,16 @@ local function limits()
   return v
 end
 
+-- What the provider's own window (`exact` ms) holds of ours: the log less its margin's entries.
+local function holdings(exact)
+  local v = used()
+  for _, name in ipairs(redis.call('ZRANGEBYSCORE', log, '-inf', now - exact)) do
+    local c = counts(name)
+    for k = 1, 4 do v[k] = v[k] - c[k] end
+  end
+  return v
+end
+
 local function add(name)
   redis.call('ZADD', log, now, name)
   bump(counts(name), 1)
@@ -102,12 +112,11 @@ local function reply(code, wait, u, lim)
 end
 """
 
-# ARGV: span_ms, limits[4], need[4], grant id, walk, window_ms. Answers reply(code, wait_ms):
-# code 1 granted (followed by what the provider's exact window holds of ours, with the grant),
-# 0 wait, 2 never (the call asks more than a limit).
+# ARGV: span_ms, limits[4], need[4], grant id, walk. Answers reply(code, wait_ms): code 1
+# granted, 0 wait, 2 never (the call asks more than a limit).
 _ACQUIRE = """
 local need = {tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])}
-local grant, walk, exact = ARGV[10], tonumber(ARGV[11]), tonumber(ARGV[12])
+local grant, walk = ARGV[10], tonumber(ARGV[11])
 prune()
 local u, lim = used(), limits()
 local blocked = tonumber(redis.call('HGET', state, 'blocked_until')) or 0
@@ -150,19 +159,11 @@ if wait > 0 then
 end
 add(grant .. '|' .. need[1] .. '|' .. need[2] .. '|' .. need[3] .. '|' .. need[4])
 keep()
--- What the provider's own window holds of ours: the log less its margin's entries.
-local seen = used()
-for _, name in ipairs(redis.call('ZRANGEBYSCORE', log, '-inf', now - exact)) do
-  local v = counts(name)
-  for k = 1, 4 do seen[k] = seen[k] - v[k] end
-end
-local out = reply(1, 0, used(), lim)
-for k = 1, 4 do out[#out + 1] = seen[k] end
-return out
+return reply(1, 0, used(), lim)
 """
 
-# ARGV: window_ms, limits[4], grant's entry, its new entry, learned[4] (0 none), news of the
-# ratios (1 or 0), ratios[4] (0 unknown), block_ms.
+# ARGV: span_ms, limits[4], grant's entry, its new entry, learned[4] (0 none), the provider's
+# count of its window[4] (-1 unknown), block_ms, window_ms.
 _SETTLE = """
 local old, new = ARGV[6], ARGV[7]
 prune()
@@ -178,13 +179,23 @@ for k = 1, 4 do
   local learned = tonumber(ARGV[7 + k])
   if learned > 0 then redis.call('HSET', state, 'l' .. K[k], learned) end
 end
-if ARGV[12] == '1' then
+-- The provider's count against what its window holds of ours now, when it answered (see base.py).
+local seen, ratios, told = holdings(tonumber(ARGV[17])), {}, false
+for k = 1, 4 do
+  local theirs = tonumber(ARGV[11 + k])
+  ratios[k] = 0
+  if theirs >= 0 and seen[k] > 0 then
+    ratios[k] = theirs / seen[k]
+    told = true
+  end
+end
+if told then
   local r_at = tonumber(redis.call('HGET', state, 'r_at'))
   local fresh = r_at ~= nil and r_at + $ratio_windows * window > now
   local old = redis.call('HMGET', state, 'rr', 'rt', 'ri', 'ro')
   for k = 1, 4 do
     local before = fresh and (tonumber(old[k]) or 0) or 0
-    local news = tonumber(ARGV[12 + k])
+    local news = ratios[k]
     local value = before
     if news > 0 then
       value = news
@@ -197,7 +208,7 @@ if ARGV[12] == '1' then
   end
   redis.call('HSET', state, 'r_at', now)
 end
-local block = tonumber(ARGV[17])
+local block = tonumber(ARGV[16])
 if block > 0 then
   local blocked = tonumber(redis.call('HGET', state, 'blocked_until')) or 0
   redis.call('HSET', state, 'blocked_until', math.max(blocked, now + block))
@@ -268,13 +279,11 @@ class RedisBudgetStore:
             *need.values(),
             grant_id,
             WAIT_WALK,
-            _ms(window_s),
         ]
         reply = await self._call(lambda: self._acquire(keys=self.keys(scope), args=args))
         code, wait_ms, state = int(reply[0]), int(reply[1]), _state(reply)
         if code == 1:
-            seen = RateCounts.of([int(v) for v in reply[10:14]])
-            return Decision(state, grant=Grant(scope, grant_id, need, seen=seen))
+            return Decision(state, grant=Grant(scope, grant_id, need))
         if code == 2:
             return Decision(state, never=tuple(need.exceeds(state.limits)))
         return Decision(state, wait_s=max(MIN_WAIT_S, wait_ms / 1000))
@@ -285,16 +294,15 @@ class RedisBudgetStore:
         """See BudgetStore.settle."""
         new = Grant(grant.scope, grant.grant_id, settlement.counted).member
         block = settlement.block_s()
-        ratios = settlement.ratios(grant.seen)
-        args: list[str | int | float] = [
+        args: list[str | int] = [
             _ms(span(window_s)),
             *limits.values(),
             grant.member,
             new,
             *settlement.learned().values(),
-            0 if ratios is None else 1,
-            *(ratios or [0.0] * 4),
+            *settlement.provider_used(),
             _ms(block) if block > 0 else 0,
+            _ms(window_s),
         ]
         reply = await self._call(lambda: self._settle(keys=self.keys(grant.scope), args=args))
         return _state(reply)
