@@ -1,10 +1,10 @@
 """The processor: leases bundles from the queue and hands them to the bundle runner.
 
 Loops run under supervision: the dispatcher (lease, fill, start a bundle) and the sweeper
-(reclaim lapsed leases, end expired requests, publish depth). Either is restarted with backoff
-after any exception, logged with its cause, and health reads NOT_SERVING while the dispatcher
-cannot run or the queue backend cannot be reached (a third loop pings it every second, so that
-this holds while the dispatcher is not leasing). Each bundle's leases are kept alive by a
+(`processing/sweeper.py`: reclaim lapsed leases, end expired requests). Either is restarted with
+backoff after any exception, logged with its cause, and health reads NOT_SERVING while the
+dispatcher cannot run or the queue backend cannot be reached (a third loop pings it every second,
+so that this holds while the dispatcher is not leasing). Each bundle's leases are kept alive by a
 `LeaseKeeper` from the moment they are taken; each provider's room (`ProviderCapacity`) decides
 what may be leased, so one provider's slowness never delays another's work. A leased bundle is
 granted rate budget before it starts (`BudgetGate`): while its provider waits for budget, the
@@ -14,6 +14,7 @@ bundle is back in the queue and the provider is left out of leases.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 import time
@@ -35,9 +36,10 @@ from lps_server.processing.batch_processing import BatchProcessing
 from lps_server.processing.budget_wait import Admission, BudgetGate
 from lps_server.processing.bundle_runner import BundleRunner
 from lps_server.processing.capacity import ProviderCapacity
-from lps_server.processing.endings import RequestEndings
+from lps_server.processing.endings import RequestEndings, take_out_expired
 from lps_server.processing.leases import LeaseKeeper
 from lps_server.processing.supervision import Health, ServingListener, ping_forever, supervise
+from lps_server.processing.sweeper import sweep_forever
 from lps_server.providers import ProviderRegistry
 from lps_server.queue.base import Lease, QueueBackend
 
@@ -114,10 +116,16 @@ class Processor:
 
     async def run(self) -> None:
         """Dispatch bundles until `stop()`; then wait for the bundles in flight to finish."""
+        sweep = functools.partial(
+            sweep_forever,
+            queue=self._queue,
+            endings=self.endings,
+            interval_s=self._settings.queue_sweep_interval_seconds,
+            clock=self._clock,
+            stopping=self._stopping,
+        )
         sweeper = asyncio.create_task(
-            supervise(
-                "sweep", self._sweep_forever, stopping=self._stopping, on_failure=self._sweep_failed
-            )
+            supervise("sweep", sweep, stopping=self._stopping, on_failure=self._sweep_failed)
         )
         pinger = asyncio.create_task(
             supervise(
@@ -232,7 +240,7 @@ class Processor:
             self._capacity.take(provider)
         try:
             await self._fill(lease, keeper)
-            self._take_out_expired(lease)
+            take_out_expired(lease, now=self._clock())
             # Batch jobs are not sent into the synchronous rate limits: they have their own.
             admission = (
                 Admission(list(lease.items))
@@ -265,19 +273,6 @@ class Processor:
         except QueueUnavailableError as exc:
             log.warning("could not give back %d request(s); they lapse: %s", len(ids), exc)
         keeper.let_go(ids)
-
-    def _take_out_expired(self, lease: Lease) -> None:
-        """Move the items whose TTL passed while their bundle filled to `expired`: they end
-        EXPIRED instead of being sent. A retried item has cost a call and is sent however late."""
-        now = self._clock()
-        late = {
-            q.request_id
-            for q in lease.items
-            if q.is_expired(now) and not lease.attempts.get(q.request_id)
-        }
-        if late:
-            lease.expired.extend(q for q in lease.items if q.request_id in late)
-            lease.items[:] = [q for q in lease.items if q.request_id not in late]
 
     async def _give_back(self, lease: Lease) -> None:
         try:
@@ -349,22 +344,6 @@ class Processor:
             await asyncio.wait_for(self._stopping.wait(), delay)
         except TimeoutError:
             return
-
-    async def _sweep_forever(self) -> None:
-        while not self._stopping.is_set():
-            try:
-                found = await self._queue.sweep(now=self._clock())
-                if found.reclaimed:
-                    log.warning("reclaimed %d requests whose lease lapsed", found.reclaimed)
-                await self.endings.end_unreadable(found.unreadable, token=found.token)
-                await self.endings.expire(found.expired, reason="cleanup", token=found.token)
-            except QueueUnavailableError as exc:
-                log.warning("sweep skipped: %s", exc)
-            try:
-                interval = self._settings.queue_sweep_interval_seconds
-                await asyncio.wait_for(self._stopping.wait(), interval)
-            except TimeoutError:
-                continue
 
     async def _release_unfinished(self, keeper: LeaseKeeper) -> None:
         """Give the requests this bundle still holds back to the queue, for other replicas."""
