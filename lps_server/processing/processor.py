@@ -8,7 +8,9 @@ so that this holds while the dispatcher is not leasing). Each bundle's leases ar
 `LeaseKeeper` from the moment they are taken; each provider's room (`ProviderCapacity`) decides
 what may be leased, so one provider's slowness never delays another's work. A leased bundle is
 granted rate budget before it starts (`BudgetGate`): while its provider waits for budget, the
-bundle is back in the queue and the provider is left out of leases.
+bundle is back in the queue and the provider is left out of leases. Its requests are then marked
+`called` before the call; a bundle whose mark cannot be written is not sent (nothing is paid for
+while the queue cannot record it): it goes back to the queue and the dispatcher backs off.
 """
 
 from __future__ import annotations
@@ -193,22 +195,27 @@ class Processor:
                 )
             except QueueUnavailableError as exc:
                 failures += 1
-                await self._health.report_queue(False)
                 await self._backoff_unavailable(exc, failures)
                 continue
-            failures = 0
             await self._health.report(True)
             if self._stopping.is_set():
                 # Stopped while this lease was on its way: it must not start.
                 await self._give_back(lease)
                 return
             if not lease.request_ids:
+                failures = 0
                 idle = not self._in_flight and not self._gate.paused()
                 if self._draining and idle and lease.next_retry_at is None:
                     return
                 await self._wait_for_work_or_stop(timeout=self._idle_wait(lease, now))
                 continue
-            await self._start(lease, taken_at=now)
+            try:
+                await self._start(lease, taken_at=now)
+                failures = 0
+            except QueueUnavailableError as exc:
+                # Its `called` mark could not be written: the bundle went back unsent.
+                failures += 1
+                await self._backoff_unavailable(exc, failures)
 
     def _idle_wait(self, lease: Lease, now: float) -> float:
         wait = self._room_wait()
@@ -247,13 +254,13 @@ class Processor:
                 if is_batch_group(lease.group)
                 else await self._gate.admit(lease.items)
             )
-            await self._put_back(admission, lease, keeper)
+            # Only the admitted items stay in the bundle; what waits goes back to the queue.
+            lease.items[:] = admission.items
+            await keeper.give_back([q.request_id for q in admission.put_back])
             if lease.items and not is_batch_group(lease.group):
-                # Here, in lease order, so that the mark lands before the call and calls keep
-                # the order of their leases (docs/queue.md, "Retries wait in the queue").
-                await keeper.mark_called([q.request_id for q in lease.items])
+                await self._mark_called(lease, keeper, admission)
         except BaseException:
-            await self._give_back(lease)
+            await keeper.give_back()
             await keeper.stop()
             if provider is not None:
                 self._capacity.give_back(provider)
@@ -262,17 +269,31 @@ class Processor:
         self._in_flight.add(task)
         task.add_done_callback(self._in_flight.discard)
 
-    async def _put_back(self, admission: Admission, lease: Lease, keeper: LeaseKeeper) -> None:
-        """Keep only the admitted items in the bundle; give what waits back to the queue."""
-        ids = [q.request_id for q in admission.put_back]
-        lease.items[:] = admission.items
-        if not ids:
-            return
+    async def _mark_called(self, lease: Lease, keeper: LeaseKeeper, admission: Admission) -> None:
+        """Mark the bundle's requests `called`: here, in lease order, so that the mark lands
+        before the call and calls keep the order of their leases (docs/queue.md, "Retries wait
+        in the queue"). A mark that cannot be written withdraws the bundle's rate budget grant
+        and raises: nothing is paid for while the queue cannot record it (the caller gives the
+        requests back)."""
+        ids = [q.request_id for q in lease.items]
         try:
-            await self._queue.release(ids, token=lease.token)
+            await keeper.mark_called(ids)
         except QueueUnavailableError as exc:
-            log.warning("could not give back %d request(s); they lapse: %s", len(ids), exc)
-        keeper.let_go(ids)
+            provider = lease.items[0].route.provider.value
+            log.warning(
+                "not calling %s for %d request(s): their called mark could not be written, "
+                "they go back to the queue: %s",
+                provider,
+                len(ids),
+                exc,
+                extra={"lease_token": lease.token},
+            )
+            self._metrics.requests_withheld.labels(provider=provider, reason="unmarked").inc(
+                len(ids)
+            )
+            if admission.call is not None:
+                await admission.call.withdraw()
+            raise
 
     async def _give_back(self, lease: Lease) -> None:
         try:
@@ -337,6 +358,7 @@ class Processor:
                 future.cancel()
 
     async def _backoff_unavailable(self, exc: Exception, failures: int) -> None:
+        await self._health.report_queue(False)
         low, high = UNAVAILABLE_BACKOFF_S
         delay = min(high, low * 2**failures)
         log.warning("queue unavailable, retrying in %.2fs: %s", delay, exc)
@@ -344,14 +366,6 @@ class Processor:
             await asyncio.wait_for(self._stopping.wait(), delay)
         except TimeoutError:
             return
-
-    async def _release_unfinished(self, keeper: LeaseKeeper) -> None:
-        """Give the requests this bundle still holds back to the queue, for other replicas."""
-        held = keeper.held
-        try:
-            await self._queue.release(held, token=keeper.token)
-        except QueueUnavailableError:
-            log.error("could not release %d leases; they will lapse and be reclaimed", len(held))
 
     async def _run_lease(
         self,
@@ -377,7 +391,7 @@ class Processor:
                         lease.items, keeper=keeper, attempts=lease.attempts, call=admission.call
                     )
         except asyncio.CancelledError:
-            await self._release_unfinished(keeper)
+            await keeper.give_back()  # for other replicas
             raise
         except QueueUnavailableError as exc:
             # Ending expired or unreadable requests failed: their leases lapse, and a later
