@@ -17,6 +17,10 @@ LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 1
 #: Where a bundle found that it had lost a lease: before its provider call, or after it (the
 #: provider's answer was dropped).
 LEASE_LOST_STAGES = ("before_call", "after_call")
+#: Why leased, admitted requests were not sent to their provider: their `called` mark could not
+#: be written (`unmarked`, they go back to the queue), or their leases could not be confirmed
+#: before the call (`unconfirmed`, they lapse and are reclaimed). Either way nothing was spent.
+WITHHELD_REASONS = ("unmarked", "unconfirmed")
 UNREADABLE_REASONS = ("undecodable", "unroutable")
 PROCESSOR_LOOPS = ("dispatch", "sweep", "batch")
 # Queued work can wait as long as its TTL (an hour by default), far past any call's latency.
@@ -152,6 +156,13 @@ class LpsMetrics:
             ["provider", "stage"],
             registry=registry,
         )
+        self.requests_withheld = Counter(
+            "llm_provider_requests_withheld_total",
+            "Leased requests not sent to their provider because the queue could not record the "
+            "call (unmarked) or confirm their leases (unconfirmed); nothing was spent on them",
+            ["provider", "reason"],
+            registry=registry,
+        )
         self.unreadable_requests = Counter(
             "llm_provider_unreadable_requests_total",
             "Queued requests ended FAILED because their stored payload cannot be decoded "
@@ -195,6 +206,8 @@ class LpsMetrics:
         for provider in ProviderName:
             for stage in LEASE_LOST_STAGES:
                 self.lease_lost.labels(provider=provider.value, stage=stage)
+            for reason in WITHHELD_REASONS:
+                self.requests_withheld.labels(provider=provider.value, reason=reason)
         for reason in UNREADABLE_REASONS:
             self.unreadable_requests.labels(reason=reason)
         for loop in PROCESSOR_LOOPS:

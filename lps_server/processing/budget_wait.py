@@ -13,7 +13,8 @@ pause takes them again, from their place at the head of the queue.
 The granted call is wrapped (`BudgetedCall`): once the provider answered and its results are stored,
 the grant is settled with
 the provider's count and headers (`BudgetStore.settle`), 429s are counted, and this replica's
-estimate is calibrated against the provider's count of the prompt.
+estimate is calibrated against the provider's count of the prompt. A granted call that is not sent
+after all (its `called` mark could not be written) is withdrawn: settled as costing nothing.
 """
 
 from __future__ import annotations
@@ -94,6 +95,12 @@ class BudgetedCall:
         report, self._report = self._report, None
         if report is not None:
             await self._gate.settle(self._scope, self._grant, report)
+
+    async def withdraw(self) -> None:
+        """The call was not sent (its requests went back to the queue unsent): the grant counts
+        nothing from now on, instead of its estimate for a window."""
+        self._report = None
+        await self._gate.withdraw(self._scope, self._grant)
 
     async def aclose(self) -> None:
         """The provider is closed by its registry."""
@@ -306,6 +313,25 @@ class BudgetGate:
         self._observe(scope, state)
         if (block := settlement.block_s()) > 0:
             self._pause(scope.route.provider, block)
+
+    async def withdraw(self, scope: Scope, grant: Grant) -> None:
+        """A granted call that was never sent: its grant is settled as costing nothing."""
+        try:
+            state = await self._store.settle(
+                grant,
+                Settlement(RateCounts()),
+                limits=scope.budget.limits,
+                window_s=scope.budget.window_s,
+            )
+        except BudgetUnavailableError as exc:
+            # Conservative: the provider's budget has less room than it could for one window.
+            log.warning(
+                "could not withdraw the rate budget grant of a call not sent; it counts for "
+                "one window: %s",
+                exc,
+            )
+            return
+        self._observe(scope, state)
 
 
 def _never(

@@ -111,6 +111,8 @@ class BundleRunner:
                 "the provider for them, they will be reclaimed",
                 len(items),
             )
+            withheld = self._metrics.requests_withheld
+            withheld.labels(provider=route.provider.value, reason="unconfirmed").inc(len(items))
             return
         items = self._still_held(items, keeper, route.provider, stage="before_call")
         if not items:

@@ -19,9 +19,23 @@ from lps_server.core.domain import (
 )
 from lps_server.observability.metrics import LpsMetrics
 from lps_server.processing.results import expired, failed, unreadable
-from lps_server.queue.base import QueueBackend, UnreadableRequest
+from lps_server.queue.base import Lease, QueueBackend, UnreadableRequest
 
 log = logging.getLogger(__name__)
+
+
+def take_out_expired(lease: Lease, *, now: float) -> None:
+    """Move the items of `lease` whose TTL passed by `now` (while their bundle filled) to its
+    `expired`: they end EXPIRED instead of being sent. A retried item has cost a call and is sent
+    however late."""
+    late = {
+        q.request_id
+        for q in lease.items
+        if q.is_expired(now) and not lease.attempts.get(q.request_id)
+    }
+    if late:
+        lease.expired.extend(q for q in lease.items if q.request_id in late)
+        lease.items[:] = [q for q in lease.items if q.request_id not in late]
 
 
 class RequestEndings:

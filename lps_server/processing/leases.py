@@ -110,20 +110,39 @@ class LeaseKeeper:
     async def mark_called(self, request_ids: Sequence[str]) -> None:
         """Before their provider call: extend the leases of `request_ids` and mark them as
         called, so that a holder dying mid-call leaves them with one attempt counted (a request
-        past its TTL that already cost a call is then never ended EXPIRED). A failure is logged
-        and the call still goes out: the next beat extends again, without the mark."""
+        past its TTL that already cost a call is then never ended EXPIRED).
+
+        Raises:
+            QueueUnavailableError: the mark could not be written; the call must not go out,
+                since the queue could not record it (docs/queue.md).
+        """
         ids = [rid for rid in request_ids if rid in self._held]
         if not ids:
             return
         sent_at = self.clock()
-        try:
-            lost = await self._queue.extend(ids, token=self.token, now=sent_at, calling=True)
-        except QueueUnavailableError as exc:
-            log.warning("could not mark %d request(s) as called: %s", len(ids), exc)
-            return
+        lost = await self._queue.extend(ids, token=self.token, now=sent_at, calling=True)
         if len(ids) == len(self._held):
             self._valid_until = sent_at + self.lease_s
         await self.lose(lost)
+
+    async def give_back(self, request_ids: Sequence[str] | None = None) -> None:
+        """Return requests to the queue (by default every one still held) and stop keeping them.
+        When the queue cannot be reached, they stay leased until their leases lapse and a sweep
+        reclaims them: logged, never raised."""
+        ids = self.held if request_ids is None else list(request_ids)
+        if not ids:
+            return
+        try:
+            await self._queue.release(ids, token=self.token)
+        except QueueUnavailableError as exc:
+            log.warning(
+                "could not give back %d request(s); their leases lapse and a sweep reclaims "
+                "them: %s",
+                len(ids),
+                exc,
+                extra={"lease_token": self.token},
+            )
+        self.let_go(ids)
 
     def is_gone(self, request_id: str) -> bool:
         """True when the request was lost because the queue no longer knows it at all (its

@@ -1,19 +1,22 @@
 """The processor: leases bundles from the queue and hands them to the bundle runner.
 
 Loops run under supervision: the dispatcher (lease, fill, start a bundle) and the sweeper
-(reclaim lapsed leases, end expired requests, publish depth). Either is restarted with backoff
-after any exception, logged with its cause, and health reads NOT_SERVING while the dispatcher
-cannot run or the queue backend cannot be reached (a third loop pings it every second, so that
-this holds while the dispatcher is not leasing). Each bundle's leases are kept alive by a
+(`processing/sweeper.py`: reclaim lapsed leases, end expired requests). Either is restarted with
+backoff after any exception, logged with its cause, and health reads NOT_SERVING while the
+dispatcher cannot run or the queue backend cannot be reached (a third loop pings it every second,
+so that this holds while the dispatcher is not leasing). Each bundle's leases are kept alive by a
 `LeaseKeeper` from the moment they are taken; each provider's room (`ProviderCapacity`) decides
 what may be leased, so one provider's slowness never delays another's work. A leased bundle is
 granted rate budget before it starts (`BudgetGate`): while its provider waits for budget, the
-bundle is back in the queue and the provider is left out of leases.
+bundle is back in the queue and the provider is left out of leases. Its requests are then marked
+`called` before the call; a bundle whose mark cannot be written is not sent (nothing is paid for
+while the queue cannot record it): it goes back to the queue and the dispatcher backs off.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 import time
@@ -35,9 +38,10 @@ from lps_server.processing.batch_processing import BatchProcessing
 from lps_server.processing.budget_wait import Admission, BudgetGate
 from lps_server.processing.bundle_runner import BundleRunner
 from lps_server.processing.capacity import ProviderCapacity
-from lps_server.processing.endings import RequestEndings
+from lps_server.processing.endings import RequestEndings, take_out_expired
 from lps_server.processing.leases import LeaseKeeper
 from lps_server.processing.supervision import Health, ServingListener, ping_forever, supervise
+from lps_server.processing.sweeper import sweep_forever
 from lps_server.providers import ProviderRegistry
 from lps_server.queue.base import Lease, QueueBackend
 
@@ -114,10 +118,16 @@ class Processor:
 
     async def run(self) -> None:
         """Dispatch bundles until `stop()`; then wait for the bundles in flight to finish."""
+        sweep = functools.partial(
+            sweep_forever,
+            queue=self._queue,
+            endings=self.endings,
+            interval_s=self._settings.queue_sweep_interval_seconds,
+            clock=self._clock,
+            stopping=self._stopping,
+        )
         sweeper = asyncio.create_task(
-            supervise(
-                "sweep", self._sweep_forever, stopping=self._stopping, on_failure=self._sweep_failed
-            )
+            supervise("sweep", sweep, stopping=self._stopping, on_failure=self._sweep_failed)
         )
         pinger = asyncio.create_task(
             supervise(
@@ -185,22 +195,27 @@ class Processor:
                 )
             except QueueUnavailableError as exc:
                 failures += 1
-                await self._health.report_queue(False)
                 await self._backoff_unavailable(exc, failures)
                 continue
-            failures = 0
             await self._health.report(True)
             if self._stopping.is_set():
                 # Stopped while this lease was on its way: it must not start.
                 await self._give_back(lease)
                 return
             if not lease.request_ids:
+                failures = 0
                 idle = not self._in_flight and not self._gate.paused()
                 if self._draining and idle and lease.next_retry_at is None:
                     return
                 await self._wait_for_work_or_stop(timeout=self._idle_wait(lease, now))
                 continue
-            await self._start(lease, taken_at=now)
+            try:
+                await self._start(lease, taken_at=now)
+                failures = 0
+            except QueueUnavailableError as exc:
+                # Its `called` mark could not be written: the bundle went back unsent.
+                failures += 1
+                await self._backoff_unavailable(exc, failures)
 
     def _idle_wait(self, lease: Lease, now: float) -> float:
         wait = self._room_wait()
@@ -232,20 +247,20 @@ class Processor:
             self._capacity.take(provider)
         try:
             await self._fill(lease, keeper)
-            self._take_out_expired(lease)
+            take_out_expired(lease, now=self._clock())
             # Batch jobs are not sent into the synchronous rate limits: they have their own.
             admission = (
                 Admission(list(lease.items))
                 if is_batch_group(lease.group)
                 else await self._gate.admit(lease.items)
             )
-            await self._put_back(admission, lease, keeper)
+            # Only the admitted items stay in the bundle; what waits goes back to the queue.
+            lease.items[:] = admission.items
+            await keeper.give_back([q.request_id for q in admission.put_back])
             if lease.items and not is_batch_group(lease.group):
-                # Here, in lease order, so that the mark lands before the call and calls keep
-                # the order of their leases (docs/queue.md, "Retries wait in the queue").
-                await keeper.mark_called([q.request_id for q in lease.items])
+                await self._mark_called(lease, keeper, admission)
         except BaseException:
-            await self._give_back(lease)
+            await keeper.give_back()
             await keeper.stop()
             if provider is not None:
                 self._capacity.give_back(provider)
@@ -254,30 +269,31 @@ class Processor:
         self._in_flight.add(task)
         task.add_done_callback(self._in_flight.discard)
 
-    async def _put_back(self, admission: Admission, lease: Lease, keeper: LeaseKeeper) -> None:
-        """Keep only the admitted items in the bundle; give what waits back to the queue."""
-        ids = [q.request_id for q in admission.put_back]
-        lease.items[:] = admission.items
-        if not ids:
-            return
+    async def _mark_called(self, lease: Lease, keeper: LeaseKeeper, admission: Admission) -> None:
+        """Mark the bundle's requests `called`: here, in lease order, so that the mark lands
+        before the call and calls keep the order of their leases (docs/queue.md, "Retries wait
+        in the queue"). A mark that cannot be written withdraws the bundle's rate budget grant
+        and raises: nothing is paid for while the queue cannot record it (the caller gives the
+        requests back)."""
+        ids = [q.request_id for q in lease.items]
         try:
-            await self._queue.release(ids, token=lease.token)
+            await keeper.mark_called(ids)
         except QueueUnavailableError as exc:
-            log.warning("could not give back %d request(s); they lapse: %s", len(ids), exc)
-        keeper.let_go(ids)
-
-    def _take_out_expired(self, lease: Lease) -> None:
-        """Move the items whose TTL passed while their bundle filled to `expired`: they end
-        EXPIRED instead of being sent. A retried item has cost a call and is sent however late."""
-        now = self._clock()
-        late = {
-            q.request_id
-            for q in lease.items
-            if q.is_expired(now) and not lease.attempts.get(q.request_id)
-        }
-        if late:
-            lease.expired.extend(q for q in lease.items if q.request_id in late)
-            lease.items[:] = [q for q in lease.items if q.request_id not in late]
+            provider = lease.items[0].route.provider.value
+            log.warning(
+                "not calling %s for %d request(s): their called mark could not be written, "
+                "they go back to the queue: %s",
+                provider,
+                len(ids),
+                exc,
+                extra={"lease_token": lease.token},
+            )
+            self._metrics.requests_withheld.labels(provider=provider, reason="unmarked").inc(
+                len(ids)
+            )
+            if admission.call is not None:
+                await admission.call.withdraw()
+            raise
 
     async def _give_back(self, lease: Lease) -> None:
         try:
@@ -342,6 +358,7 @@ class Processor:
                 future.cancel()
 
     async def _backoff_unavailable(self, exc: Exception, failures: int) -> None:
+        await self._health.report_queue(False)
         low, high = UNAVAILABLE_BACKOFF_S
         delay = min(high, low * 2**failures)
         log.warning("queue unavailable, retrying in %.2fs: %s", delay, exc)
@@ -349,30 +366,6 @@ class Processor:
             await asyncio.wait_for(self._stopping.wait(), delay)
         except TimeoutError:
             return
-
-    async def _sweep_forever(self) -> None:
-        while not self._stopping.is_set():
-            try:
-                found = await self._queue.sweep(now=self._clock())
-                if found.reclaimed:
-                    log.warning("reclaimed %d requests whose lease lapsed", found.reclaimed)
-                await self.endings.end_unreadable(found.unreadable, token=found.token)
-                await self.endings.expire(found.expired, reason="cleanup", token=found.token)
-            except QueueUnavailableError as exc:
-                log.warning("sweep skipped: %s", exc)
-            try:
-                interval = self._settings.queue_sweep_interval_seconds
-                await asyncio.wait_for(self._stopping.wait(), interval)
-            except TimeoutError:
-                continue
-
-    async def _release_unfinished(self, keeper: LeaseKeeper) -> None:
-        """Give the requests this bundle still holds back to the queue, for other replicas."""
-        held = keeper.held
-        try:
-            await self._queue.release(held, token=keeper.token)
-        except QueueUnavailableError:
-            log.error("could not release %d leases; they will lapse and be reclaimed", len(held))
 
     async def _run_lease(
         self,
@@ -398,7 +391,7 @@ class Processor:
                         lease.items, keeper=keeper, attempts=lease.attempts, call=admission.call
                     )
         except asyncio.CancelledError:
-            await self._release_unfinished(keeper)
+            await keeper.give_back()  # for other replicas
             raise
         except QueueUnavailableError as exc:
             # Ending expired or unreadable requests failed: their leases lapse, and a later
