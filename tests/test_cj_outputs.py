@@ -167,6 +167,28 @@ async def test_a_journal_and_files_on_a_full_disk_end_in_lines_not_a_traceback(
     _paid_once(provider, out, 48)
 
 
+async def test_a_disk_too_full_for_the_journals_header_is_not_offered_a_resume(
+    small_disk: SmallDisk, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = small_disk.path / "run"
+    out.mkdir()
+    filler = small_disk.path / "filler"
+    filler.write_bytes(b"\0" * small_disk.free_bytes())
+    async with serving(CountingProvider()) as app:
+        code, _, err = await _cj(capsys, *_assess(out, app, "--budget", "8"))
+        _no_traceback(err)
+        assert code == 6, err
+        lines = err.strip().splitlines()
+        assert lines[0].endswith(
+            "journal.jsonl: cannot write the run journal: No space left on device (make room, "
+            "or lift the quota or file-size limit)"
+        )
+        assert "--resume" not in err  # nothing was journaled: there is nothing to continue
+        filler.unlink()
+        code, _, err = await _cj(capsys, *_assess(out, app, "--budget", "8"))
+        assert code == 0, err
+
+
 def _file_size_limit() -> None:
     # In the child, before exec: large enough for the journal, not for the plot.
     resource.setrlimit(resource.RLIMIT_FSIZE, (30_000, 30_000))

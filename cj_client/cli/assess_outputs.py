@@ -17,7 +17,7 @@ from pathlib import Path
 from cj_client.cli import exit_codes
 from cj_client.cli.common import say, stdout_may_close
 from cj_client.errors import AssessmentError, InputError, OutputWriteError
-from cj_client.journal import JOURNAL_NAME, journal_path
+from cj_client.journal import JOURNAL_NAME, journal_path, journal_started
 from cj_client.outputs import ranking_rows, summary, write_outputs
 from cj_client.run_options import AssessmentReport
 
@@ -134,7 +134,7 @@ def report_and_exit(
             f"cj assess: the run's results are in {journal_path(args.out)}; once its files can "
             f"be written, write them with: {command}"
         )
-    elif resumable:
+    elif resumable and journal_started(args.out):  # not when its header could not be written
         say(f"cj assess: continue the run with: {command}")
     return code
 
