@@ -64,6 +64,10 @@ class Assessment:
         tracer_provider: where the run's spans go (the global provider by default): one trace
             per run, `cj.assess` with a `cj.wave` child per wave, which LPS's spans join.
         on_wave: called after every wave (e.g. to push metrics).
+        before_end: called with the report of a run that has ended (by its stopping rule, or
+            with too many failures) before its journal records the end: `cj assess` writes its
+            files there, so that a run whose files could not be written (`before_end` raised)
+            stays resumable.
 
     Raises:
         ValueError: fewer than two essays, a duplicated essay id or one too long for LPS.
@@ -86,6 +90,7 @@ class Assessment:
         source: str = "",
         tracer_provider: trace.TracerProvider | None = None,
         on_wave: Callable[[], None] = lambda: None,
+        before_end: Callable[[AssessmentReport], None] | None = None,
     ) -> None:
         seen: set[str] = set()
         for essay in essays:
@@ -111,6 +116,7 @@ class Assessment:
         self.cj_batch_id = opts.cj_batch_id or new_cj_batch_id()
         self._tracer = (tracer_provider or trace.get_tracer_provider()).get_tracer("cj_client")
         self._on_wave = on_wave
+        self._before_end = before_end
         self.budget = opts.budget_for(len(essays))
         self._journal_dir = journal_dir
         self._resume = resume
@@ -166,6 +172,8 @@ class Assessment:
             ServerLostError, RunRefusedError: the server was lost, or refused the run.
             TooManyFailuresError: more than `max_failed_share` of the comparisons failed.
             JournalError: `resume` does not belong to these essays and options.
+            JournalWriteError: the journal could not be written.
+            Whatever `before_end` raises (the journal then records no end).
         """
         attributes = {"cj.batch_id": self.cj_batch_id, "cj.batching_mode": self.mode.value}
         with self._tracer.start_as_current_span("cj.assess", attributes=attributes) as span:
@@ -183,10 +191,15 @@ class Assessment:
                 self._check_failed_share(final=True)
             except TooManyFailuresError as exc:
                 # A verdict, not an accident: resuming would only reach it again.
+                if self._before_end is not None:
+                    self._before_end(self.report(exc.reason))
                 self._end(exc.reason)
                 raise
+            report = self.report(stop)
+            if self._before_end is not None:
+                self._before_end(report)
             self._end(stop)
-            return self.report(stop)
+            return report
         finally:
             if self._journal is not None:
                 self._journal.close()

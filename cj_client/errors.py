@@ -111,6 +111,16 @@ class JournalWriteError(AssessmentError):
         super().__init__(message, reason="journal_unwritable")
 
 
+class OutputWriteError(Exception):
+    """An output of a run (ranking.csv, ranking.json, summary.json, scores.png, or the report on
+    stdout) could not be written; `path` names it and `reason` is the system's reason."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(f"{path}: cannot write it: {reason}")
+
+
 class JournalError(Exception):
     """A run journal cannot be read or does not fit the run it should continue."""
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import json
 import os
 from dataclasses import dataclass, field
@@ -63,6 +64,18 @@ class JournalContents:
 def journal_path(directory: Path) -> Path:
     """Where the journal of a run writing to `directory` lives."""
     return directory / JOURNAL_NAME
+
+
+def journal_started(directory: Path) -> bool:
+    """True when the journal in `directory` begins with a whole run header (so that `--resume`
+    can continue it); False when there is none, or its header could not be written."""
+    try:
+        with journal_path(directory).open("rb") as handle:
+            first = handle.readline()
+        record = json.loads(first)
+    except (OSError, ValueError):
+        return False
+    return isinstance(record, dict) and record.get("kind") == "run"
 
 
 def read_journal(directory: Path) -> JournalContents:
@@ -146,8 +159,12 @@ class RunJournal:
         except OSError as exc:
             raise _unwritable(path, exc) from None
         journal = cls(handle, path)
-        journal._write({"kind": "run", "version": FORMAT_VERSION, **header})
-        journal.sync()
+        try:
+            journal._write({"kind": "run", "version": FORMAT_VERSION, **header})
+            journal.sync()
+        except JournalWriteError:
+            handle.close()  # no journal is returned to close it
+            raise
         return journal
 
     @classmethod
@@ -220,10 +237,10 @@ class RunJournal:
 
 
 def _unwritable(path: Path, exc: OSError) -> JournalWriteError:
-    return JournalWriteError(
-        f"{path}: cannot write the run journal: {exc.strerror or exc} (make room, or lift the "
-        "quota or file-size limit)"
-    )
+    # The hint only where it is the cure: a read-only directory is not cured by making room.
+    room = exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+    hint = " (make room, or lift the quota or file-size limit)" if room else ""
+    return JournalWriteError(f"{path}: cannot write the run journal: {exc.strerror or exc}{hint}")
 
 
 def _outcome(record: dict[str, Any]) -> ComparisonOutcome:

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 from pathlib import Path
 from typing import Any
 
+from cj_client.errors import OutputWriteError
 from cj_client.essay_files import load_essays as load_essays  # where callers found it
 from cj_client.report_fields import essay_fit_fields, statistics_fields
 from cj_client.run_options import AssessmentReport
-from cj_client.scale_plot import plot_scale
+from cj_client.scale_plot import scale_png
+from cj_client.whole_files import write_whole
 
 RANKING_FIELDS = ("id", "rank", "score", "se", "comparisons", "infit", "outfit", "flags")
 
@@ -55,16 +58,32 @@ def summary(report: AssessmentReport) -> dict[str, Any]:
 
 
 def write_outputs(report: AssessmentReport, out: Path, *, plot: bool = False) -> list[Path]:
-    """Write ranking.csv, ranking.json, summary.json (and scores.png); returns the paths."""
-    out.mkdir(parents=True, exist_ok=True)
+    """Write ranking.csv, ranking.json, summary.json (and scores.png); returns the paths.
+
+    The files are written all or none (cj_client.whole_files): a failure leaves every one of them
+    as it was, none cut short.
+
+    Raises:
+        OutputWriteError: a file, or `out` itself, could not be written (named, with the reason).
+    """
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputWriteError(str(out), exc.strerror or str(exc)) from None
     rows = ranking_rows(report)
-    with (out / "ranking.csv").open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=RANKING_FIELDS)
-        writer.writeheader()
-        writer.writerows(rows)
-    (out / "ranking.json").write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
-    (out / "summary.json").write_text(json.dumps(summary(report), indent=2) + "\n")
-    written = [out / "ranking.csv", out / "ranking.json", out / "summary.json"]
+    csv_text = io.StringIO(newline="")
+    writer = csv.DictWriter(csv_text, fieldnames=RANKING_FIELDS)
+    writer.writeheader()
+    writer.writerows(rows)
+    files = [
+        (out / "ranking.csv", csv_text.getvalue().encode("utf-8")),
+        (out / "ranking.json", _json(rows)),
+        (out / "summary.json", _json(summary(report))),
+    ]
     if plot:
-        written.append(plot_scale(rows, out / "scores.png"))
-    return written
+        files.append((out / "scores.png", scale_png(rows)))
+    return write_whole(files)
+
+
+def _json(value: Any) -> bytes:
+    return (json.dumps(value, indent=2) + "\n").encode("utf-8")

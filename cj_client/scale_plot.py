@@ -7,8 +7,8 @@ only for the best and weakest few and the flagged essays, wherever a label has r
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 LABELLED_ROWS = 40
@@ -17,17 +17,23 @@ MAX_FLAG_LABELS = 15
 _COLOURS = {"": "tab:blue", "misfit": "tab:red", "anchor": "tab:green"}
 
 
-def plot_scale(rows: Sequence[dict[str, Any]], path: Path) -> Path:
-    """Draw ranking rows (best first, with score, se and flags) to `path`; returns `path`."""
+def scale_png(rows: Sequence[dict[str, Any]]) -> bytes:
+    """Ranking rows (best first, with score, se and flags) drawn as a PNG image.
+
+    The image is returned, not written: the caller writes it with the run's other files, whole.
+    """
     import matplotlib
 
-    matplotlib.use("Agg")  # no display here: render straight to a file
+    matplotlib.use("Agg")  # no display here: render to an image in memory
     import matplotlib.pyplot as plt
 
     fig = _rows(plt, rows) if len(rows) <= LABELLED_ROWS else _caterpillar(plt, rows)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    image = io.BytesIO()
+    try:
+        fig.savefig(image, format="png", dpi=120)
+    finally:
+        plt.close(fig)
+    return image.getvalue()
 
 
 def _kind(row: dict[str, Any]) -> str:

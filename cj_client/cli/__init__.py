@@ -8,7 +8,7 @@ from importlib.metadata import version
 
 from cj_client.cli import assess, exit_codes, submit
 from cj_client.cli.common import Handler, OneLineParser
-from cj_client.errors import InputError, LpsClientError
+from cj_client.errors import InputError, LpsClientError, OutputWriteError
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Handler]]:
@@ -42,5 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     except LpsClientError as exc:
         print(f"cj {args.command}: {exc.code}: {exc}", file=sys.stderr)
         return exit_codes.for_error(exc)
+    except OutputWriteError as exc:  # `cj submit > file` on a full disk
+        print(f"cj {args.command}: {exc}", file=sys.stderr)
+        return exit_codes.OUTPUTS_UNWRITABLE
     except KeyboardInterrupt:
         return exit_codes.INTERRUPTED

@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import dataclasses
 import signal
-import sys
 import threading
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -24,6 +23,7 @@ from cj_client.batching import (
     resolve_batching_mode,
 )
 from cj_client.cli import exit_codes
+from cj_client.cli.assess_outputs import RunFiles, check_output_paths, report_and_exit
 from cj_client.cli.common import (
     Handler,
     add_connection_flags,
@@ -34,7 +34,6 @@ from cj_client.cli.common import (
     say,
     seconds,
     share,
-    stdout_may_close,
 )
 from cj_client.cli.embedded_lps import (
     embedded_settings,
@@ -45,12 +44,12 @@ from cj_client.cli.metrics_export import MetricsExport, MetricsExportError, add_
 from cj_client.cli.progress_display import make_display
 from cj_client.cli.tracing import TracingConfigError, tracing_from_env
 from cj_client.collector import CollectorLimits
-from cj_client.errors import AssessmentError, InputError, JournalError
+from cj_client.errors import AssessmentError, InputError, JournalError, OutputWriteError
 from cj_client.journal import JournalContents, journal_path, read_journal
 from cj_client.judges import Judge
 from cj_client.metrics import CjMetrics
 from cj_client.models import PROVIDER_NAMES
-from cj_client.outputs import load_essays, ranking_rows, summary, write_outputs
+from cj_client.outputs import load_essays
 from cj_client.request_ids import MAX_BATCH_ID_CHARS, MAX_REQUEST_ID_CHARS
 from cj_client.run_options import (
     AssessmentOptions,
@@ -167,6 +166,7 @@ def _plan(args: argparse.Namespace) -> tuple[Path, AssessmentOptions, JournalCon
                 f"must fit LPS's {MAX_REQUEST_ID_CHARS}), got {len(args.batch_id)}"
             )
         out_directory(out)
+        check_output_paths(out)
         _refuse_unfinished(out)
         try:
             options = AssessmentOptions(
@@ -194,6 +194,8 @@ def _plan(args: argparse.Namespace) -> tuple[Path, AssessmentOptions, JournalCon
     if contents.finished:
         reason = contents.end.get("stop_reason") if contents.end else ""
         raise InputError(f"--out {out}: its run has finished ({reason}); nothing to resume")
+    out_directory(out)  # its files are written there at the end
+    check_output_paths(out)
     if args.max_failed_share is not None:
         options = dataclasses.replace(options, max_failed_share=args.max_failed_share)
     path = args.path or Path(str(contents.header.get("source", "")))
@@ -276,6 +278,7 @@ async def _assess(args: argparse.Namespace) -> int:
                 traced=tracing is not None,
             )
         client = await stack.enter_async_context(connect(args, target))
+        files = RunFiles(args.out, plot=args.plot)
         try:
             assessment = Assessment(
                 essays,
@@ -290,6 +293,7 @@ async def _assess(args: argparse.Namespace) -> int:
                 source=str(path.resolve()),
                 tracer_provider=tracing,
                 on_wave=export.wave_done,
+                before_end=files.at_end,
             )
         except ValueError as exc:
             raise InputError(f"{path}: {exc}") from None
@@ -297,17 +301,14 @@ async def _assess(args: argparse.Namespace) -> int:
             report, code, cause = await _run(assessment)
         except JournalError as exc:  # found before anything was sent: the outputs stay as they are
             raise InputError(str(exc)) from None
+        except OutputWriteError as exc:  # the run ended; its journal records no end, to resume
+            report, code, cause = files.unwritten_at_end(exc)
         outcome.append(report)
     display.close()
     # The files first: a reader of stdout that has gone (`| head -1`) must not cost them.
-    written = write_outputs(report, args.out, plot=args.plot)
-    with stdout_may_close():
-        _print_report(report, args, written=written, essays=len(essays))
-    if cause:
-        say(f"cj assess: {cause}")
-        if code != exit_codes.TOO_MANY_FAILURES:
-            say(f"cj assess: continue the run with: cj assess --resume --out {args.out}")
-    return code
+    if not files.unwritten_end:
+        report = files.after_run(report)
+    return report_and_exit(report, args, code=code, cause=cause, files=files, essays=len(essays))
 
 
 async def _run(assessment: Assessment) -> tuple[AssessmentReport, int, str]:
@@ -340,54 +341,6 @@ async def _run(assessment: Assessment) -> tuple[AssessmentReport, int, str]:
         if in_main and not stopped_by:
             for sig in handled:
                 loop.remove_signal_handler(sig)
-
-
-def _print_report(
-    report: AssessmentReport, args: argparse.Namespace, *, written: list[Path], essays: int
-) -> None:
-    if args.show_results:
-        for outcome in report.outcomes:
-            meta = outcome.metadata
-            verdict = outcome.winner or f"{outcome.status}: {outcome.error_message}"
-            print(
-                f"  {meta.get('essay_a_id', '?'):>10} vs {meta.get('essay_b_id', '?'):<10} "
-                f"-> {verdict:<8} confidence {outcome.confidence}  "
-                f"bundle {outcome.bundle_index + 1}/{outcome.bundle_size}"
-            )
-    facts = summary(report)
-    if report.complete:
-        print(f"ranked {essays} essays (best first):")
-        for row in ranking_rows(report)[:5]:
-            print(
-                f"  {row['rank']:>2}. {row['id']:<12} score {row['score']:+.2f} ± {row['se']:.2f}"
-            )
-    else:
-        print(f"partial ranking of {essays} essays: the run stopped ({report.stop_reason})")
-    print("summary:")
-    for key in (
-        "effective_batching_mode",
-        "comparisons_requested",
-        "comparisons_completed",
-        "comparisons_failed",
-        "provider_calls",
-        "tokens",
-        "ssr",
-        "split_half_reliability",
-        "position_bias_logit",
-        "stop_reason",
-        "elapsed_seconds",
-    ):
-        print(f"  {key:<24} {facts.get(key)}")
-    print(f"  {'misfit_essays':<24} {len(facts.get('misfit_essays', []))} (flags in ranking.csv)")
-    if len(facts.get("judges", [])) > 1:
-        for judge in facts["judges"]:
-            print(
-                f"  judge {judge['judge']:<18} infit {judge['infit']}  agreement "
-                f"{judge['agreement_with_consensus']}  position bias {judge['position_bias_logit']}"
-            )
-    for path in [*written, journal_path(args.out)]:
-        print(f"wrote {path}")
-    sys.stdout.flush()  # before any line on stderr, so that the cause of a failure comes last
 
 
 def _given(value: float | None, default: float) -> float:

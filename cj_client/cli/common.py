@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from cj_client.client import LpsClient
-from cj_client.errors import InputError
+from cj_client.errors import InputError, OutputWriteError
+from cj_client.whole_files import write_whole
 
 Handler = Callable[[argparse.Namespace], int]
 #: The longest wait a flag may ask for (30 days): `inf` or `1e300` would be no deadline at all.
@@ -175,9 +176,9 @@ def write_text(flag: str, path: Path, text: str) -> None:
         InputError: it cannot be written (the message names the flag and the file).
     """
     try:
-        output_file(flag, path).write_text(text, encoding="utf-8")
-    except OSError as exc:
-        raise InputError(f"{flag} {path}: cannot write it: {exc.strerror}") from None
+        write_whole([(output_file(flag, path), text.encode("utf-8"))])
+    except OutputWriteError as exc:  # written whole or not at all, never cut short
+        raise InputError(f"{flag} {exc}") from None
 
 
 def _blocking_file(path: Path) -> Path:
@@ -193,18 +194,29 @@ def stdout_may_close() -> Iterator[None]:
 
     Whatever the command does after (files, its exit code) is unchanged. The closed pipe is
     replaced by /dev/null, so that nothing still buffered for it fails again at exit.
+
+    Raises:
+        OutputWriteError: stdout could not be written for another reason (a full disk under
+            `> file`); it too is replaced by /dev/null.
     """
     try:
         yield
         sys.stdout.flush()  # a pipe's buffer: its error is found here, not at exit
     except BrokenPipeError:
-        try:
-            fd = sys.stdout.fileno()
-        except (AttributeError, OSError, ValueError):
-            return  # not a file descriptor (stdout captured in a library's caller)
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, fd)
-        os.close(devnull)
+        _stdout_to_devnull()
+    except OSError as exc:
+        _stdout_to_devnull()
+        raise OutputWriteError("stdout", exc.strerror or str(exc)) from None
+
+
+def _stdout_to_devnull() -> None:
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):
+        return  # not a file descriptor (stdout captured in a library's caller)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
 
 
 def run(coro: Coroutine[Any, Any, int]) -> int:

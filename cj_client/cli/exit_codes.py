@@ -27,6 +27,11 @@ TOO_MANY_FAILURES = 5
 #: The run's journal in --out could not be written (a full disk, a quota). The run is resumable
 #: once there is room.
 JOURNAL_UNWRITABLE = 6
+#: A file of a run that had ended (ranking.csv, ranking.json, summary.json, scores.png) could not
+#: be written: the run is resumable, and `--resume` writes the files once they can be. Also the
+#: report on stdout, when it could not be written (the files are written). A run that ended
+#: unfinished keeps its own code (3, 4, 6, 130).
+OUTPUTS_UNWRITABLE = 7
 #: Ctrl-C (SIGINT); SIGTERM gives 143. The run is resumable.
 INTERRUPTED = 130
 
@@ -50,5 +55,5 @@ def for_error(exc: AssessmentError | LpsClientError) -> int:
 SUMMARY = (
     "exit codes: 0 done, 1 no verdict (cj submit), 2 input mistake, 3 refused by the server, "
     "4 server lost, 5 too many failed comparisons, 6 journal unwritable (resumable), "
-    "130 interrupted (resumable)"
+    "7 output files unwritable (resumable), 130 interrupted (resumable)"
 )
