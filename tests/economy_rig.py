@@ -62,10 +62,12 @@ async def replicas(
     *,
     env: dict[str, str],
     budgets: Callable[[], BudgetStore] | None = None,
+    grace: float = 5.0,
     **settings: Any,
 ) -> AsyncIterator[list[LpsApp]]:
     """`count` started replicas (each its own registry) with the providers `env` configures;
-    with `budgets`, each its own budget store built by it (else the one settings choose)."""
+    with `budgets`, each its own budget store built by it (else the one settings choose); each
+    is stopped with `grace` seconds to drain."""
     async with AsyncExitStack() as stack:
         apps = []
         for _ in range(count):
@@ -79,7 +81,7 @@ async def replicas(
                 budgets=budgets() if budgets is not None else None,
             )
             await app.start(serve_metrics=False)
-            stack.push_async_callback(app.stop, 5)
+            stack.push_async_callback(app.stop, grace)
             apps.append(app)
         yield apps
 
