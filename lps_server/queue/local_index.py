@@ -106,6 +106,9 @@ class QueuedIndex:
         heapq.heappush(self._retries, (retry_at, record.token, rid))
         heapq.heappush(self._enqueue_times, (record.queued.enqueued_at, record.token, rid))
         self.waiting_retry += 1
+        # An idle dispatcher's next lease learns when the retry is due; without this wake it
+        # would sleep its idle timeout past a retry due at once (Retry-After: 0).
+        self.work.set()
 
     def unqueue(self, record: Record) -> None:
         """Take a queued request out of the counts (its heap entries die with its token)."""

@@ -210,7 +210,9 @@ for i = 7, #ARGV do
     n = n + 1
   end
 end
-if retry_at == '' then wake_up(n) end
+-- A retry wakes one dispatcher too: its next lease learns when the retry is due, where an
+-- idle one would sleep its idle timeout past a retry due at once (Retry-After: 0).
+if retry_at == '' then wake_up(n) elseif n > 0 then wake_up(1) end
 return n
 """
 
