@@ -125,14 +125,12 @@ async def test_a_provider_limit_below_one_bundle_is_learned_and_bundles_split() 
 
 
 @pytest.mark.redis
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a limit learned from headers never expires; work over it fails unsent, so no "
-    "call ever learns that the limit went back up (a day in Redis, for every replica)",
-)
 async def test_a_limit_lowered_below_one_comparison_and_restored_is_forgotten(
     redis_url: str,
 ) -> None:
+    """A limit learned from headers binds for three windows after the provider last announced
+    one, and only a configured limit fails a comparison unsent. It once bound for a day (for
+    every replica): work over it failed unsent, so no call ever learned the limit was raised."""
     window = 0.5
     economy = limited(window, tokens=TOKENS)
     assert economy.limits is not None
@@ -147,21 +145,16 @@ async def test_a_limit_lowered_below_one_comparison_and_restored_is_forgotten(
             }
             economy.limits.tokens = 300  # the provider lowers the limit (one 429 tells)...
             low = await run_all(apps, marked(4, provider="openai", tag="low"))
-            assert statuses(low) == {"failed": 4}  # right: nothing fits for now
+            assert statuses(low) == {"failed": 4}  # right: refused until out of retries
         economy.limits.tokens = TOKENS  # ...and raises it again
         await asyncio.sleep(4 * window)  # longer than any correction is kept
         async with replicas(1, env=env, grace=1, **redis, **BUNDLED) as fresh:
             later = marked(8, provider="openai", tag="later")
             results = await run_all(fresh, later, timeout=10)
     once_each(results, later)
-    assert statuses(results) == {"completed": 8}  # fails: FAILED, never sent
+    assert statuses(results) == {"completed": 8}  # were FAILED, never sent
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a 429's Retry-After (or an exhausted limit's reset) blocks the budget uncapped; "
-    "LPS_RETRY_AFTER_MAX_SECONDS caps the retry, not the block",
-)
 @pytest.mark.parametrize(
     ("flavour", "headers"),
     [
@@ -187,16 +180,11 @@ async def test_a_huge_retry_after_holds_work_no_longer_than_the_retry_cap(
         env = provider_env(server, flavour, rate_limit_window_seconds=WINDOW_S)
         subs = marked(4, provider=flavour)
         async with replicas(1, env=env, grace=1, retry_after_max_seconds=1.0, **BUNDLED) as apps:
-            results = await run_all(apps, subs, timeout=3)  # fails: TimeoutError
+            results = await run_all(apps, subs, timeout=3)  # was a TimeoutError: a day-long block
     assert statuses(results) == {"completed": 4}
 
 
 @pytest.mark.redis
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: `Retry-After: inf` parses to infinity; RedisBudgetStore.settle's _ms() raises "
-    "OverflowError, which escapes BudgetGate.settle and fails the bundle as an internal error",
-)
 async def test_an_infinite_retry_after_is_not_an_internal_error(redis_url: str) -> None:
     async with LedgerOpenAI(api_key=KEY, economy=FakeEconomy()) as server:
         server.script(Reply(status=429, headers={"retry-after": "inf"}))
@@ -208,7 +196,7 @@ async def test_an_infinite_retry_after_is_not_an_internal_error(redis_url: str) 
         ) as a:
             results = await run_all(a, subs, timeout=5)
     once_each(results, subs)
-    assert statuses(results) == {"completed": 4}  # fails: 4 FAILED `internal`
+    assert statuses(results) == {"completed": 4}  # were 4 FAILED `internal`
 
 
 async def test_retry_after_of_zero_garbage_or_past_ends_failed_after_the_retries() -> None:
@@ -233,11 +221,6 @@ async def test_retry_after_of_zero_garbage_or_past_ends_failed_after_the_retries
     assert counted == server.refused == len(server.calls) == 3
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a retry scheduled while the dispatcher idles wakes nobody: each `Retry-After: 0` "
-    "retry waits out the dispatcher's 1 s IDLE_WAIT_S (with the local queue)",
-)
 async def test_a_retry_after_of_zero_is_retried_at_once() -> None:
     # With the Redis queue only the first retry waits (about 1 s), and not in every run.
     async with LedgerOpenAI(api_key=KEY, economy=FakeEconomy()) as server:
@@ -276,11 +259,6 @@ async def test_malformed_limit_headers_are_ignored(redis_url: str) -> None:
 
 
 @pytest.mark.redis
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: the budget scripts return limits as Lua numbers; Redis turns a learned limit "
-    ">= 2**63 into -2**63, and every comparison then fails as larger than the budget",
-)
 async def test_an_int64_max_limit_header_does_not_fail_every_comparison(redis_url: str) -> None:
     # "No limit" as some gateways spell it: INT64_MAX, which parses (as a float) to 2**63.
     huge = {
@@ -296,7 +274,7 @@ async def test_an_int64_max_limit_header_does_not_fail_every_comparison(redis_ur
             later = marked(8, provider="openai", tag="later")
             results = await run_all(apps, later, timeout=5)
     once_each(results, later)
-    assert statuses(results) == {"completed": 8}  # fails: "... a budget of -9223372036854775808"
+    assert statuses(results) == {"completed": 8}  # were FAILED: "a budget of -9223372036854775808"
 
 
 # --- 2. and 3. no 429 storm, nothing paid twice --------------------------------------------------
@@ -472,21 +450,19 @@ async def test_a_replica_frozen_and_thawed_holding_grants_pays_nothing_twice(
     assert not server.duplicates()
     assert counted == server.refused
     # Not "at most 1 %": a freeze between a grant and its call sends that call late, into a
-    # window the other replica filled (the bug test_a_grant_used_late_... pins; 3 of 4 runs
-    # here). At most the calls the frozen replica held granted can be refused so.
+    # window the other replica filled (3 of 4 runs here; docs/providers.md). At most the calls
+    # the frozen replica held granted can be refused so.
     assert server.refused <= FREEZES * 4
 
 
 @pytest.mark.redis
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a grant's age is not checked before its call: a replica held up between grant "
-    "and call (here 2 s) sends a call the shared budget forgot into a window others filled",
-)
 async def test_a_grant_used_late_is_not_sent_into_a_full_window(redis_url: str) -> None:
-    # Replica A reaches the queue through a proxy that loses the reply to its next lease extend:
-    # the mark before a call (`mark_called`), which waits out the 2 s command timeout and then
-    # lets the call go. A frozen process (GC, SIGSTOP) between grant and call does the same.
+    """Replica A reaches the queue through a proxy that loses the reply to its next lease
+    extend: the mark before a call (`mark_called`), which waits out the 2 s command timeout. The
+    call once went out then, on a grant the shared budget had forgotten, into a window the other
+    replica filled; now a bundle whose mark failed is not sent and its grant is withdrawn. A
+    process frozen between grant and call (SIGSTOP) can still send late: see the frozen-replica
+    test's bound."""
     probe = Redis.from_url(redis_url)
     extend = QueueScripts.register(probe).extend.sha.encode()
     await probe.aclose()
@@ -515,7 +491,7 @@ async def test_a_grant_used_late_is_not_sent_into_a_full_window(redis_url: str) 
             counted = rate_limited([a, b])
     once_each(results, subs)
     assert statuses(results) == {"completed": 160}
-    no_storm(server, counted)  # fails: a refusal for each late call
+    no_storm(server, counted)  # was a refusal for each late call
 
 
 @pytest.mark.redis

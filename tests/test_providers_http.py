@@ -127,6 +127,9 @@ def test_retry_after_parsing_edge_cases() -> None:
     assert parse_retry_after(httpx.Headers({"Retry-After": "soon"})) is None
     past = email.utils.formatdate(time.time() - 60, usegmt=True)
     assert parse_retry_after(httpx.Headers({"Retry-After": past})) == 0.0
+    # Not a delay at all: infinity once blocked a budget for ever (or overflowed in Redis).
+    assert parse_retry_after(httpx.Headers({"Retry-After": "inf"})) is None
+    assert parse_retry_after(httpx.Headers({"retry-after-ms": "nan", "Retry-After": "2"})) == 2.0
 
 
 @pytest.mark.parametrize(("flavour", "status"), [("openai", 500), ("anthropic", 529)])

@@ -23,7 +23,7 @@ def test_openai_reset_durations(raw: str, seconds: float) -> None:
     assert parse_duration(raw) == pytest.approx(seconds)
 
 
-@pytest.mark.parametrize("raw", ["", "soon", "6m0", "1x", "-"])
+@pytest.mark.parametrize("raw", ["", "soon", "6m0", "1x", "-", "inf", "nan"])
 def test_a_duration_that_does_not_parse_is_none(raw: str) -> None:
     assert parse_duration(raw) is None
 
@@ -104,3 +104,13 @@ def test_no_headers_is_no_reading_and_garbage_is_ignored() -> None:
     assert reading is not None
     assert reading.kinds == {"tokens": LimitReading(None, 5, None)}
     assert reading.used().tokens == 0  # no limit known: nothing can be said of the use
+
+
+@pytest.mark.parametrize("raw", ["9223372036854775807", "1e300", "inf", "nan"])
+def test_counts_past_exact_floats_or_not_finite_are_no_figure(raw: str) -> None:
+    """INT64_MAX is how some gateways say "no limit"; read as a limit it overflowed Redis's Lua
+    numbers to -2**63 and failed every comparison as larger than the budget."""
+    reading = read_rate_limits(
+        {"x-ratelimit-limit-tokens": raw, "x-ratelimit-remaining-tokens": raw}, now=NOW
+    )
+    assert reading is None

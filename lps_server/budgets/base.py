@@ -13,17 +13,14 @@ budget's window before the call leaves the provider's.
 The store also listens to the provider (`settle`): once a call is answered its grant takes the
 provider's own count of it (its usage, in place of the estimate); limits announced by the
 rate-limit headers are learned (the budget in force is the tighter of the configured and the
-announced one, and the announced one alone without configuration); when the provider reports
-more use than the budget's window holds as the answer is settled (a count higher than ours,
-other clients on the same key) the provider's count wins: the budget learns the ratio of its
-count to ours and grants only the limit divided by it, until the provider tells anew or
+announced one, and the announced one alone without configuration, for `RATIO_WINDOWS` windows
+after the provider last announced one: a limit lowered for a while must not bind for ever); when
+the provider reports more use than the window held when the call was granted (a count higher
+than ours, other clients on the same key) the provider's count wins: the budget learns the ratio
+of its count to ours and grants only the limit divided by it, until the provider tells anew or
 `RATIO_WINDOWS` windows pass without news (a key that others fill would otherwise never be tried
-again). Ours is taken at the answer, not at the grant: a provider may count its window when it
-answers, and then holds every call that arrived while this one was under way; measured against
-the window at the grant, the calls sent beside it at the start of a run read as a ratio of up to
-the number of calls in flight, and the budget held back for windows. Measured at the answer, a
-provider that counts at arrival reads a little low while a window fills, never high; in a full
-window, where a correction matters, the two agree, since grants replace what leaves. As a ratio the
+again). The comparison is made so that calls still in flight do not read as a higher count
+(`Settlement.ratios`). As a ratio the
 correction converges for both causes: a count that is higher in proportion is matched exactly,
 and with another client spending X of a limit L the budget settles at L - X (granting U of L/r,
 r = (U + X) / U, has its fixed point there). A 429's Retry-After blocks the budget until then.
@@ -33,6 +30,7 @@ grants are logged all the same, so that the first headers find the log complete.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -70,11 +68,13 @@ class BudgetState:
 
 @dataclass(frozen=True, slots=True)
 class Grant:
-    """A granted call: the entry in the log that holds what it asked for."""
+    """A granted call: the entry in the log that holds what it asked for, and what the window
+    held with it (`seen`), to compare with what the provider will say it held."""
 
     scope: str
     grant_id: str
     need: RateCounts
+    seen: RateCounts = field(default_factory=RateCounts)
 
     @property
     def member(self) -> str:
@@ -106,11 +106,14 @@ class Settlement:
         readings: the rate-limit headers of the call's responses, in order.
         rate_limited: a response was 429: its Retry-After (or the reset of an exhausted limit)
             blocks the budget.
+        max_block_s: the longest a 429 may block it (LPS_RETRY_AFTER_MAX_SECONDS, which caps
+            the retry too): a provider asking for a day does not stop the fleet for a day.
     """
 
     counted: RateCounts
     readings: Sequence[RateLimitReading] = field(default_factory=list)
     rate_limited: bool = False
+    max_block_s: float = math.inf
 
     def learned(self) -> RateCounts:
         """The limits the latest headers announced (0 where none)."""
@@ -131,15 +134,28 @@ class Settlement:
                     values[i] = used[i]
         return values
 
-    def ratios(self, seen: RateCounts) -> list[float] | None:
-        """Per kind the provider's count of its window ÷ this budget's (`seen`, what the log
-        holds of the provider's window as the answer is settled), 0 where unknown; None when the
-        headers said nothing of the use."""
+    def ratios(self, granted: RateCounts, now: RateCounts) -> list[float] | None:
+        """Per kind the provider's count of its window as a ratio to ours (0 where unknown;
+        None when the headers said nothing of the use): to `granted`, what the budget's window
+        held with the call's grant, once the provider holds more than `now`, the whole log as the
+        answer is settled (every grant up to now, margins too); else 1, it counts no more.
+
+        A provider may count its window when it answers: it then holds every call that arrived
+        while this one was under way, granted after it. Against the window at the grant alone,
+        those calls read as a higher count (eight calls sent together at a run's start read as 8
+        and paused a replica for most of a window); against the window at the answer alone, the
+        calls granted but not arrived yet read as a lower one (a loaded fleet under-corrected and
+        was refused). A count beyond everything granted up to now is more than calls in flight
+        can explain, and the window at the grant then gives the conservative ratio."""
         theirs = self.provider_used()
-        pairs = list(zip(theirs, seen.values(), strict=True))
-        if not any(t >= 0 and s > 0 for t, s in pairs):
-            return None
-        return [t / s if t >= 0 and s > 0 else 0.0 for t, s in pairs]
+        out, told = [], False
+        for t, g, n in zip(theirs, granted.values(), now.values(), strict=True):
+            if t < 0 or g <= 0:
+                out.append(0.0)
+                continue
+            told = True
+            out.append(t / g if t > max(g, n) else 1.0)
+        return out if told else None
 
     def block_s(self) -> float:
         """How long the budget is closed after this answer: a 429's Retry-After, else the reset
@@ -148,9 +164,9 @@ class Settlement:
             return 0.0
         for reading in reversed(self.readings):
             if reading.retry_after_s is not None:
-                return reading.retry_after_s
+                return min(reading.retry_after_s, self.max_block_s)
             if (reset := reading.exhausted_reset_s()) is not None:
-                return reset
+                return min(reset, self.max_block_s)
         return 0.0
 
 

@@ -34,9 +34,17 @@ class _Window:
     entries: list[tuple[float, str]] = field(default_factory=list)
     used: RateCounts = field(default_factory=RateCounts)
     learned: RateCounts = field(default_factory=RateCounts)
+    learned_at: float = -math.inf
     blocked_until: float = 0.0
     ratios: list[float] = field(default_factory=lambda: [0.0] * 4)
     ratios_at: float = -math.inf
+
+    def in_force(self, configured: RateCounts, now: float, window_s: float) -> RateCounts:
+        """The limits in force: the tighter of the configured and the learned ones, a learned
+        one only for RATIO_WINDOWS windows after the provider last announced a limit."""
+        if self.learned_at + RATIO_WINDOWS * window_s > now:
+            return configured.tightest(self.learned)
+        return configured
 
     def prune(self, cutoff: float) -> None:
         keep = 0
@@ -78,22 +86,31 @@ class LocalBudgetStore:
         self, scope: str, *, need: RateCounts, limits: RateCounts, window_s: float
     ) -> Decision:
         """See BudgetStore.acquire."""
-        window_s = span(window_s)
+        exact, window_s = window_s, span(window_s)
         now = self._clock()
         w = self._windows.setdefault(scope, _Window())
         w.prune(now - window_s)
-        in_force = limits.tightest(w.learned)
+        learned_until = w.learned_at + RATIO_WINDOWS * window_s
+        in_force = w.in_force(limits, now, window_s)
         state = BudgetState(w.used, in_force)
         if w.blocked_until > now:
             return Decision(state, wait_s=w.blocked_until - now)
-        if never := need.exceeds(in_force):
+        if never := need.exceeds(limits):
             return Decision(state, never=tuple(never))
+        if need.exceeds(in_force):  # only a learned limit: wait until it is forgotten
+            return Decision(state, wait_s=max(MIN_WAIT_S, learned_until - now))
         fresh_until = w.ratios_at + RATIO_WINDOWS * window_s
         room = scaled(in_force, w.ratios) if fresh_until > now else in_force
         if not (w.used + need).exceeds(room):
             grant_id = uuid.uuid4().hex
             w.add(now, member(grant_id, need))
-            return Decision(BudgetState(w.used, in_force), grant=Grant(scope, grant_id, need))
+            # What the provider's own window holds of ours: the log less its margin's entries.
+            seen = RateCounts()
+            for stamp, name in w.entries:
+                if stamp > now - exact:
+                    seen += counts_of(name)
+            grant = Grant(scope, grant_id, need, seen=seen)
+            return Decision(BudgetState(w.used, in_force), grant=grant)
         wait = self._wait(w, need, room, now, window_s)
         if fresh_until > now:  # the ratio is forgotten then, and a call can tell anew
             wait = min(wait, fresh_until - now)
@@ -122,27 +139,25 @@ class LocalBudgetStore:
         self, grant: Grant, settlement: Settlement, *, limits: RateCounts, window_s: float
     ) -> BudgetState:
         """See BudgetStore.settle."""
-        exact, window_s = window_s, span(window_s)
+        window_s = span(window_s)
         now = self._clock()
         w = self._windows.setdefault(grant.scope, _Window())
         w.prune(now - window_s)
         w.replace(grant.member, member(grant.grant_id, settlement.counted))
-        # What the provider's own window holds of ours now: the log less its margin's entries.
-        seen = RateCounts()
-        for stamp, name in w.entries:
-            if stamp > now - exact:
-                seen += counts_of(name)
         learned = settlement.learned()
+        if any(learned.values()):
+            w.learned_at = now
         w.learned = RateCounts.of(
             [new or old for new, old in zip(learned.values(), w.learned.values(), strict=True)]
         )
-        if (ratios := settlement.ratios(seen)) is not None:
+        # Against the whole log: everything granted up to now, margins too (Settlement.ratios).
+        if (ratios := settlement.ratios(grant.seen, w.used)) is not None:
             fresh = w.ratios_at + RATIO_WINDOWS * window_s > now
             w.ratios = blend(w.ratios if fresh else [0.0] * 4, ratios)
             w.ratios_at = now
         if (block := settlement.block_s()) > 0:
             w.blocked_until = max(w.blocked_until, now + block)
-        return BudgetState(w.used, limits.tightest(w.learned))
+        return BudgetState(w.used, w.in_force(limits, now, window_s))
 
     async def close(self) -> None:
         """Nothing to release."""

@@ -5,7 +5,8 @@ Redis Cluster keeps them in the queue's slot. The scripts read the time from Red
 every replica's grants are stamped by one clock. See `budgets/base.py` for the rules.
 
 * `{p}:budget:<scope>`     hash: `ur ut ui uo` (what the log holds, per kind), `lr lt li lo`
-                            (limits learned from the provider), `rr rt ri ro` and `r_at` (the
+                            (limits learned from the provider) and `l_at` (when last
+                            announced), `rr rt ri ro` and `r_at` (the
                             ratios of the provider's count to ours, and when they were told),
                             `blocked_until` (ms of Redis time)
 * `{p}:budget:<scope>:log` zset of entries `<id>|<requests>|<tokens>|<input>|<output>` by the
@@ -76,9 +77,16 @@ local function used()
   return v
 end
 
+-- Until when the limits learned from the provider are in force: RATIO_WINDOWS windows after
+-- it last announced one (a limit lowered for a while must not bind for ever).
+local function learned_until()
+  return (tonumber(redis.call('HGET', state, 'l_at')) or 0) + $ratio_windows * window
+end
+
 -- The tighter of the configured limit (ARGV[2..5]) and the learned one, per kind; 0 = none.
 local function limits()
-  local learned = redis.call('HMGET', state, 'lr', 'lt', 'li', 'lo')
+  local learned = {0, 0, 0, 0}
+  if learned_until() > now then learned = redis.call('HMGET', state, 'lr', 'lt', 'li', 'lo') end
   local v = {}
   for k = 1, 4 do
     local a, b = tonumber(ARGV[1 + k]) or 0, tonumber(learned[k]) or 0
@@ -112,17 +120,25 @@ local function reply(code, wait, u, lim)
 end
 """
 
-# ARGV: span_ms, limits[4], need[4], grant id, walk. Answers reply(code, wait_ms): code 1
-# granted, 0 wait, 2 never (the call asks more than a limit).
+# ARGV: span_ms, limits[4], need[4], grant id, walk, window_ms. Answers reply(code, wait_ms):
+# code 1 granted (followed by what the provider's exact window holds of ours, with the grant),
+# 0 wait, 2 never (the call asks more than a configured limit).
 _ACQUIRE = """
 local need = {tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])}
-local grant, walk = ARGV[10], tonumber(ARGV[11])
+local grant, walk, exact = ARGV[10], tonumber(ARGV[11]), tonumber(ARGV[12])
 prune()
 local u, lim = used(), limits()
 local blocked = tonumber(redis.call('HGET', state, 'blocked_until')) or 0
 if blocked > now then return reply(0, blocked - now, u, lim) end
 for k = 1, 4 do
-  if lim[k] > 0 and need[k] > lim[k] then return reply(2, 0, u, lim) end
+  local configured = tonumber(ARGV[1 + k]) or 0
+  if configured > 0 and need[k] > configured then return reply(2, 0, u, lim) end
+end
+-- More than only a learned limit: the call waits until that limit is forgotten, then tries.
+for k = 1, 4 do
+  if lim[k] > 0 and need[k] > lim[k] then
+    return reply(0, math.max(1, learned_until() - now), u, lim)
+  end
 end
 -- While the provider counts more than we do, only the limit divided by the ratio is granted.
 local r_at = tonumber(redis.call('HGET', state, 'r_at'))
@@ -159,11 +175,14 @@ if wait > 0 then
 end
 add(grant .. '|' .. need[1] .. '|' .. need[2] .. '|' .. need[3] .. '|' .. need[4])
 keep()
-return reply(1, 0, used(), lim)
+local seen = holdings(exact)
+local out = reply(1, 0, used(), lim)
+for k = 1, 4 do out[#out + 1] = seen[k] end
+return out
 """
 
 # ARGV: span_ms, limits[4], grant's entry, its new entry, learned[4] (0 none), the provider's
-# count of its window[4] (-1 unknown), block_ms, window_ms.
+# count of its window[4] (-1 unknown), what the window held with the grant[4], block_ms.
 _SETTLE = """
 local old, new = ARGV[6], ARGV[7]
 prune()
@@ -177,16 +196,19 @@ if stamp then
 end
 for k = 1, 4 do
   local learned = tonumber(ARGV[7 + k])
-  if learned > 0 then redis.call('HSET', state, 'l' .. K[k], learned) end
+  if learned > 0 then redis.call('HSET', state, 'l' .. K[k], learned, 'l_at', now) end
 end
--- The provider's count against what its window holds of ours now, when it answered (see base.py).
-local seen, ratios, told = holdings(tonumber(ARGV[17])), {}, false
+-- The provider's count as a ratio to ours (`ratio_news` in base.py says why): to the window at
+-- the grant, once it holds more than the whole log (everything granted up to now, margins too);
+-- else 1 (it counts no more than we granted).
+local now_seen, ratios, told = used(), {}, false
 for k = 1, 4 do
-  local theirs = tonumber(ARGV[11 + k])
+  local theirs, granted = tonumber(ARGV[11 + k]), tonumber(ARGV[15 + k])
   ratios[k] = 0
-  if theirs >= 0 and seen[k] > 0 then
-    ratios[k] = theirs / seen[k]
+  if theirs >= 0 and granted > 0 then
     told = true
+    ratios[k] = 1
+    if theirs > math.max(granted, now_seen[k]) then ratios[k] = theirs / granted end
   end
 end
 if told then
@@ -208,7 +230,7 @@ if told then
   end
   redis.call('HSET', state, 'r_at', now)
 end
-local block = tonumber(ARGV[16])
+local block = tonumber(ARGV[20])
 if block > 0 then
   local blocked = tonumber(redis.call('HGET', state, 'blocked_until')) or 0
   redis.call('HSET', state, 'blocked_until', math.max(blocked, now + block))
@@ -279,11 +301,13 @@ class RedisBudgetStore:
             *need.values(),
             grant_id,
             WAIT_WALK,
+            _ms(window_s),
         ]
         reply = await self._call(lambda: self._acquire(keys=self.keys(scope), args=args))
         code, wait_ms, state = int(reply[0]), int(reply[1]), _state(reply)
         if code == 1:
-            return Decision(state, grant=Grant(scope, grant_id, need))
+            seen = RateCounts.of([int(v) for v in reply[10:14]])
+            return Decision(state, grant=Grant(scope, grant_id, need, seen=seen))
         if code == 2:
             return Decision(state, never=tuple(need.exceeds(state.limits)))
         return Decision(state, wait_s=max(MIN_WAIT_S, wait_ms / 1000))
@@ -301,8 +325,8 @@ class RedisBudgetStore:
             new,
             *settlement.learned().values(),
             *settlement.provider_used(),
+            *grant.seen.values(),
             _ms(block) if block > 0 else 0,
-            _ms(window_s),
         ]
         reply = await self._call(lambda: self._settle(keys=self.keys(grant.scope), args=args))
         return _state(reply)

@@ -127,6 +127,7 @@ class BudgetGate:
         providers: the registry (only HTTP providers have budgets).
         metrics: where budget use, waits and 429s are recorded.
         on_open: called when a paused provider may be leased again (wakes the dispatcher).
+        max_block_s: the longest a 429 closes a budget (LPS_RETRY_AFTER_MAX_SECONDS).
         clock: monotonic seconds.
     """
 
@@ -137,9 +138,11 @@ class BudgetGate:
         providers: ProviderRegistry,
         metrics: LpsMetrics,
         on_open: Callable[[], None],
+        max_block_s: float = math.inf,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._store = store
+        self._max_block_s = max_block_s
         self._providers = providers
         self._metrics = metrics
         self._on_open = on_open
@@ -222,15 +225,20 @@ class BudgetGate:
         items: list[QueuedRequest],
         overrides: Overrides,
     ) -> tuple[list[QueuedRequest], str]:
-        """The longest prefix of `items` that one call may carry and the budget can grant."""
+        """The longest prefix of `items` that one call may carry and the budget can grant.
 
-        def problem(k: int) -> str:
+        A comparison too large only for a limit the provider announced goes alone: the store
+        makes it wait until that limit is forgotten (the provider may have raised it since), so
+        that only a configured limit or the call's own size ever fails a comparison unsent."""
+        in_force = scope.budget.limits.tightest(scope.limits_seen)
+
+        def problem(k: int, limits: RateCounts = in_force) -> str:
             """Why a call of the first k items cannot be sent; "" when it can."""
             sizes = [
                 self._scaled(s, scope.scale)
                 for s in provider.call_sizes(comparison_items(items[:k]), overrides=overrides)
             ]
-            return self._too_large(scope, sizes)
+            return self._too_large(scope, sizes, limits)
 
         if not problem(len(items)):
             return items, ""
@@ -241,12 +249,14 @@ class BudgetGate:
                 failing = middle
             else:
                 fitting = middle
-        return items[:fitting], problem(1) if fitting == 0 else ""
+        if fitting:
+            return items[:fitting], ""
+        alone = problem(1, scope.budget.limits)
+        return ([], alone) if alone else (items[:1], "")
 
-    def _too_large(self, scope: Scope, sizes: list[RateCounts]) -> str:
-        """Why calls of these sizes cannot be sent ("" when they can)."""
+    def _too_large(self, scope: Scope, sizes: list[RateCounts], limits: RateCounts) -> str:
+        """Why calls of these sizes cannot be sent under `limits` ("" when they can)."""
         budget = scope.budget
-        limits = budget.limits.tightest(scope.limits_seen)
         for size in sizes:
             if budget.max_input_tokens and size.input_tokens > budget.max_input_tokens:
                 return (
@@ -302,13 +312,22 @@ class BudgetGate:
             scale = (1 - CALIBRATION_WEIGHT) * scope.scale + CALIBRATION_WEIGHT * ratio
             scope.scale = min(max(scale, CALIBRATION_RANGE[0]), CALIBRATION_RANGE[1])
         counted = report.counted if report.calls else grant.need
-        settlement = Settlement(counted, report.readings, report.rate_limited > 0)
+        settlement = Settlement(
+            counted,
+            report.readings,
+            report.rate_limited > 0,
+            max_block_s=self._max_block_s,
+        )
         try:
             state = await self._store.settle(
                 grant, settlement, limits=scope.budget.limits, window_s=scope.budget.window_s
             )
         except BudgetUnavailableError as exc:
             log.warning("could not settle a rate budget grant; its estimate stands: %s", exc)
+            return
+        except Exception:
+            # The results are stored: bookkeeping must never fail them; the estimate stands.
+            log.exception("settling a rate budget grant failed; its estimate stands")
             return
         self._observe(scope, state)
         if (block := settlement.block_s()) > 0:

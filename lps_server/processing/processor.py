@@ -105,6 +105,7 @@ class Processor:
             providers=providers,
             metrics=metrics,
             on_open=self._queue_changed,
+            max_block_s=settings.retry_after_max_seconds,
         )
         self._health = Health(on_serving)
         # How requests that never reach a provider end (also the shutdown's way, in app.py).

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import email.utils
 import json
+import math
 import time
 
 import httpx
@@ -22,25 +23,29 @@ MAX_MESSAGE_CHARS = 300
 MASK = "[redacted]"
 
 
+def _seconds(raw: str) -> float | None:
+    """A finite delay in `raw` (at least 0), or None: `inf` or `nan` say no delay at all."""
+    try:
+        value = float(raw)
+    except ValueError:
+        return None
+    return max(0.0, value) if math.isfinite(value) else None
+
+
 def parse_retry_after(headers: httpx.Headers, *, now: float | None = None) -> float | None:
     """The delay a response asks for, in seconds, or None.
 
     Reads `retry-after-ms` (sent by OpenAI) and `Retry-After` as delta-seconds or an HTTP date.
     """
     raw_ms = headers.get("retry-after-ms")
-    if raw_ms is not None:
-        try:
-            return max(0.0, float(raw_ms) / 1000.0)
-        except ValueError:
-            pass
+    if raw_ms is not None and (ms := _seconds(raw_ms)) is not None:
+        return ms / 1000.0
     raw = headers.get("retry-after")
     if raw is None:
         return None
     raw = raw.strip()
-    try:
-        return max(0.0, float(raw))
-    except ValueError:
-        pass
+    if (seconds := _seconds(raw)) is not None:
+        return seconds
     try:
         when = email.utils.parsedate_to_datetime(raw)
     except (TypeError, ValueError):

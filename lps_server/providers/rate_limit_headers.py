@@ -14,6 +14,7 @@ A header that does not parse is ignored, never an error: a quirky header must no
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from collections.abc import Mapping
@@ -24,6 +25,9 @@ import httpx
 from lps_server.core.rates import LimitReading, RateLimitReading
 from lps_server.providers.http_errors import parse_retry_after
 
+# The largest count a header may carry: 2**53, where floats stop counting exactly (and far
+# below where Redis's Lua numbers stop: 2**63).
+MAX_COUNT = 2**53
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
 _UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
 # Header family -> the kinds it reports (header word -> RateCounts field).
@@ -40,9 +44,11 @@ def parse_duration(raw: str) -> float | None:
     """Seconds in an OpenAI reset duration (`6m0s`, `1s`, `20ms`, `1h2m3.5s`, or plain seconds)."""
     raw = raw.strip()
     try:
-        return max(0.0, float(raw))
+        value = float(raw)
     except ValueError:
         pass
+    else:
+        return max(0.0, value) if math.isfinite(value) else None
     parts = _DURATION.findall(raw)
     if not parts or "".join(n + u for n, u in parts) != raw:
         return None
@@ -61,12 +67,17 @@ def parse_reset_time(raw: str, *, now: float) -> float | None:
 
 
 def _int(raw: str | None) -> int | None:
+    """A count in a header, or None. Counts past MAX_COUNT are how some gateways say "no limit"
+    (INT64_MAX): they are read as no figure at all, never as a limit."""
     if raw is None:
         return None
     try:
-        return max(0, int(float(raw.strip())))
+        value = float(raw.strip())
     except ValueError:
         return None
+    if not math.isfinite(value) or value > MAX_COUNT:
+        return None
+    return max(0, int(value))
 
 
 def read_rate_limits(
