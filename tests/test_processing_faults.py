@@ -11,7 +11,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -97,28 +97,39 @@ async def test_an_item_waiting_for_its_retry_holds_no_call_slot(make_app: AppFac
 # --- supervised loops and health --------------------------------------------------------------
 
 
-class FailingLeases:
-    """A real LocalQueue whose first `failures` leases raise, as a bug in dispatch would."""
+class HookedLeases:
+    """A real LocalQueue whose every lease first awaits `before()`: one that raises fails the
+    lease (as a bug in dispatch would), one that sleeps slows it (as a Redis a long way off)."""
 
-    def __init__(self, inner: LocalQueue, failures: int) -> None:
+    def __init__(self, inner: LocalQueue, before: Callable[[], Awaitable[None]]) -> None:
         self._inner = inner
-        self.failures = failures
+        self._before = before
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
 
     async def lease(self, **kwargs: Any) -> Lease:
-        if self.failures > 0:
-            self.failures -= 1
-            raise RuntimeError("a bug in dispatch")
+        await self._before()
         return await self._inner.lease(**kwargs)
+
+
+def failing_first(n: int) -> Callable[[], Awaitable[None]]:
+    """A lease hook that raises the first `n` times."""
+    left = [n]
+
+    async def before() -> None:
+        if left[0] > 0:
+            left[0] -= 1
+            raise RuntimeError("a bug in dispatch")
+
+    return before
 
 
 async def test_a_failing_dispatch_loop_is_restarted_and_health_follows(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     inner = LocalQueue()
-    queue = FailingLeases(inner, failures=2)
+    queue = HookedLeases(inner, failing_first(2))
     registry = CollectorRegistry()
     settings = Settings(queue_sweep_interval_seconds=3600.0)
     provider = RecordingProvider()
@@ -175,21 +186,6 @@ async def watch_until(
                 return
 
 
-class SlowLeases:
-    """A real LocalQueue whose leases take `delay_s`, as over a Redis a long way off."""
-
-    def __init__(self, inner: LocalQueue, delay_s: float) -> None:
-        self._inner = inner
-        self._delay_s = delay_s
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
-
-    async def lease(self, **kwargs: Any) -> Lease:
-        await asyncio.sleep(self._delay_s)
-        return await self._inner.lease(**kwargs)
-
-
 async def test_room_that_opens_while_a_lease_is_on_its_way_is_not_missed(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -210,7 +206,7 @@ async def test_room_that_opens_while_a_lease_is_on_its_way_is_not_missed(
         queue_processing_mode=ProcessingMode.PER_REQUEST,
     )
     processor = Processor(
-        queue=SlowLeases(inner, delay_s=0.2),  # type: ignore[arg-type]
+        queue=HookedLeases(inner, lambda: asyncio.sleep(0.2)),  # type: ignore[arg-type]
         providers=providers,
         settings=settings,
         metrics=LpsMetrics(CollectorRegistry()),
