@@ -131,6 +131,7 @@ async def test_a_replica_frozen_past_its_lease_has_its_late_answer_dropped(
                 assert time.monotonic() < deadline, f"a found {lost} of its 4 leases lost"
                 await asyncio.sleep(0.1)  # a's state, read from its /metrics: nothing to await
             dropped = await a.metric("llm_provider_lease_lost_total", stage="after_call")
+            billed = await a.metric("llm_provider_tokens_used_total", type="output")
             stored = {rid: await client.get(rid) for rid in ids}
         log_a = a.log()
     asked_by_a = provider.asked("key-a")
@@ -143,6 +144,9 @@ async def test_a_replica_frozen_past_its_lease_has_its_late_answer_dropped(
     assert len(asked_by_a) == 4
     assert set(asked_by_a.values()) == {1}
     assert dropped == 4, "every late answer of a was dropped and counted"
+    # The provider billed a's call all the same: its tokens count, though nothing was stored.
+    calls_by_a = sum(1 for c in provider.calls if c.key == "key-a")
+    assert billed == calls_by_a * provider.usage[1], "a's dropped call counts its tokens once"
     assert "lost the lease" in log_a
     assert "reclaimed" in b.log()
 

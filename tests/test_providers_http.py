@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
 import logging
 import socket
@@ -11,8 +12,16 @@ import time
 import httpx
 import pytest
 
-from lps_server.core.domain import CircuitState, ErrorCode, Overrides, ProviderName, Winner
+from lps_server.core.domain import (
+    CircuitState,
+    ErrorCode,
+    Overrides,
+    ProviderName,
+    TokenUsage,
+    Winner,
+)
 from lps_server.providers.base import ItemFailure, ItemSuccess, ProviderCallError
+from lps_server.providers.call_report import CallReport
 from lps_server.providers.circuit_breaker import CircuitBreaker
 from lps_server.providers.http_errors import parse_retry_after
 from lps_server.providers.http_settings import BundleCalls, PriceTable, Secret
@@ -162,6 +171,37 @@ async def test_malformed_answers_fail_every_item_retryably(flavour: str, reply: 
     assert error.failure.code == ErrorCode.INVALID_RESPONSE
     assert error.failure.retryable
     assert r.provider.circuit_state == CircuitState.CLOSED, "the provider did answer"
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+@pytest.mark.parametrize(
+    ("reply", "billed"),
+    [
+        (Reply(), True),
+        (Reply(answer=["not", "an", "object"]), True),
+        (Reply(answer={"comparisons": []}), True),
+        (Reply(raw=b"<html>502 Bad Gateway</html>"), False),
+        (Reply(status=500, error="server hiccup"), False),
+    ],
+    ids=["usable", "answer-wrong-shape", "every-item-missing", "body-not-json", "http-500"],
+)
+async def test_every_answered_call_is_billed_in_the_report_whatever_its_answer(
+    flavour: str, reply: Reply, billed: bool
+) -> None:
+    """The report carries the whole usage of a call the provider answered, once, usable or not
+    (the provider billed it); a call it did not answer reports nothing. Would fail if an
+    unusable answer's usage were dropped, or a usable one's counted twice."""
+    async with rig(flavour) as r:
+        r.server.script(reply)
+        report = CallReport()
+        model = r.settings.default_model
+        with contextlib.suppress(ProviderCallError):
+            await r.provider.compare(items(3), model=model, overrides=Overrides(), report=report)
+    expected = TokenUsage(1003, 250) if billed else TokenUsage()
+    assert report.billed == expected
+    price = r.settings.prices.cost(model, expected, rule=r.provider.cache_rule)
+    assert report.cost_usd == pytest.approx(price, rel=1e-12)
+    assert (report.cost_usd > 0) is billed
 
 
 @pytest.mark.parametrize("flavour", FLAVOURS)

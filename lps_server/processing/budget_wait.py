@@ -64,6 +64,9 @@ class Admission:
 class BudgetedCall:
     """A provider, for one granted bundle: calls it with a report, then settles the grant."""
 
+    #: The provider's report reaches the caller too (`ReportingProvider`).
+    reports_calls = True
+
     def __init__(self, gate: BudgetGate, provider: HttpProvider, grant: Grant, scope: Scope):
         self._gate = gate
         self._provider = provider
@@ -78,11 +81,16 @@ class BudgetedCall:
         return self._provider.known_models()
 
     async def compare(
-        self, items: Sequence[ComparisonItem], *, model: str, overrides: Overrides
+        self,
+        items: Sequence[ComparisonItem],
+        *,
+        model: str,
+        overrides: Overrides,
+        report: CallReport | None = None,
     ) -> list[ItemOutcome]:
         """The provider's answer; `settle_grant` then settles the grant with what the provider
-        said."""
-        report = CallReport()
+        said (`report`, when given, is the one the provider fills)."""
+        report = report if report is not None else CallReport()
         self._report = report
         return await self._provider.compare(items, model=model, overrides=overrides, report=report)
 

@@ -7,6 +7,10 @@ LPS_RETRY_AFTER_MAX_SECONDS) and one more failed attempt counted, so an item wai
 holds no lease, no call slot and no task; it leads or joins a later bundle when due. Results are
 stored under the bundle's lease token: answers for requests whose lease was lost meanwhile are
 dropped and counted (`llm_provider_lease_lost_total`), never stored.
+
+Tokens and cost are counted per provider call, from what the provider billed (`CallReport.bill`),
+whatever becomes of the answers: an answer unusable as a whole or for one item, or dropped because
+its lease was lost, was paid for all the same.
 """
 
 from __future__ import annotations
@@ -45,7 +49,13 @@ from lps_server.providers import (
     Provider,
     ProviderRegistry,
 )
-from lps_server.providers.base import ItemSuccess, ProviderCallError, comparison_items
+from lps_server.providers.base import (
+    ItemSuccess,
+    ProviderCallError,
+    ReportingProvider,
+    comparison_items,
+)
+from lps_server.providers.call_report import CallReport
 from lps_server.providers.registry import UnknownProviderError
 from lps_server.queue.base import QueueBackend
 
@@ -54,11 +64,13 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class _Call:
-    """What one provider call returned for its items."""
+    """What one provider call returned for its items, and what the provider billed for it."""
 
     outcomes: list[ItemOutcome]
     duration_s: float
     answered: bool
+    billed: TokenUsage
+    cost_usd: float
 
 
 class BundleRunner:
@@ -167,6 +179,7 @@ class BundleRunner:
         number = {q.request_id: attempts.get(q.request_id, 0) + 1 for q in items}
         call = await self._call(provider, items, max(number.values()))
         self._metrics.response_duration.labels(**labels).observe(call.duration_s)
+        self._record_billed(labels, call)
         if call.answered and self._mode == ProcessingMode.SERIAL_BUNDLE:
             self._metrics.record_bundle_call(size=len(items), **labels)
         # Answers for requests another holder took over meanwhile are dropped here.
@@ -250,10 +263,19 @@ class BundleRunner:
             items=len(items),
         ) as span:
             started = time.monotonic()
+            overrides = pending[0].request.overrides
+            report = CallReport()
             try:
-                outcomes = await provider.compare(
-                    items, model=route.model, overrides=pending[0].request.overrides
-                )
+                if isinstance(provider, ReportingProvider):
+                    outcomes = await provider.compare(
+                        items, model=route.model, overrides=overrides, report=report
+                    )
+                else:
+                    outcomes = await provider.compare(items, model=route.model, overrides=overrides)
+                    # Such a provider bills exactly what its answers carry (the mock).
+                    for outcome in outcomes:
+                        if isinstance(outcome, ItemSuccess):
+                            report.bill(outcome.usage, outcome.cost_usd)
                 answered = True
             except ProviderCallError as exc:
                 outcomes, answered = [exc.failure] * len(items), False
@@ -278,7 +300,20 @@ class BundleRunner:
                 if whole_call_failed and isinstance(first, ItemFailure)
                 else None,
             )
-        return _Call(outcomes, duration, answered)
+        return _Call(outcomes, duration, answered, report.billed, report.cost_usd)
+
+    def _record_billed(self, labels: dict[str, str], call: _Call) -> None:
+        """Count the tokens and cost of one provider call, stored or not."""
+        usage = call.billed
+        # Each kind once: `input` is the prompt less what the cache read or wrote.
+        self._metrics.record_tokens(
+            labels,
+            input=usage.uncached_input_tokens,
+            output=usage.completion_tokens,
+            cache_read=usage.cache_read_tokens,
+            cache_write=usage.cache_write_tokens,
+        )
+        self._metrics.cost.labels(**labels).inc(call.cost_usd)
 
     async def _store(
         self,
@@ -328,23 +363,10 @@ class BundleRunner:
             )
             for status in by_status
         }
-        usage = TokenUsage()
-        cost = 0.0
         for queued, result in ended:
             waits[result.status.value].observe(max(0.0, result.completed_at - queued.enqueued_at))
-            usage = _plus(usage, result.token_usage)
-            cost += result.cost_usd
         if ended:
             _log_stored(ended, by_status)
-        # Each kind once: `input` is the prompt less what the cache read or wrote.
-        self._metrics.record_tokens(
-            labels,
-            input=usage.uncached_input_tokens,
-            output=usage.completion_tokens,
-            cache_read=usage.cache_read_tokens,
-            cache_write=usage.cache_write_tokens,
-        )
-        self._metrics.cost.labels(**labels).inc(cost)
 
     def _backoff(self, attempt: int, failures: Sequence[ItemFailure]) -> float:
         """Exponential backoff with full jitter, never shorter than a provider's Retry-After,
@@ -368,15 +390,6 @@ class _Granted(Protocol):
 async def _settle_grant(provider: Provider) -> None:
     if isinstance(provider, _Granted):
         await provider.settle_grant()
-
-
-def _plus(a: TokenUsage, b: TokenUsage) -> TokenUsage:
-    return TokenUsage(
-        a.prompt_tokens + b.prompt_tokens,
-        a.completion_tokens + b.completion_tokens,
-        a.cache_read_tokens + b.cache_read_tokens,
-        a.cache_write_tokens + b.cache_write_tokens,
-    )
 
 
 def _final_failure(outcome: ItemFailure, attempts: int) -> Failure:

@@ -16,11 +16,18 @@ reports `input_tokens` (after the last cache breakpoint), `cache_creation_input_
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from lps_server.core.domain import TokenUsage
 from lps_server.core.rates import RateCounts
 from lps_server.providers.call_report import MESSAGE_OVERHEAD_TOKENS, estimate_tokens
-from lps_server.providers.http_provider import HttpCall, HttpProvider, ProviderReply, usage_field
+from lps_server.providers.http_provider import (
+    HttpCall,
+    HttpProvider,
+    ProviderReply,
+    UnusableAnswer,
+    usage_field,
+)
 from lps_server.providers.model_limits import cache_min_tokens
 from lps_server.providers.pricing import ANTHROPIC_CACHE_RULE
 from lps_server.providers.prompting import ANSWER_NAME, Prompt, answer_schema
@@ -67,11 +74,27 @@ class AnthropicProvider(HttpProvider):
             body["temperature"] = temperature
         return HttpCall("/v1/messages", headers, body)
 
-    def _reply(self, body: object) -> ProviderReply:
-        if not isinstance(body, dict) or not isinstance(body.get("content"), list):
-            raise self.invalid("response has no content list")
+    def _usage(self, body: dict[str, Any]) -> tuple[TokenUsage, int]:
+        usage = body.get("usage")
+        # input_tokens excludes the cached tokens: the prompt is the sum of the three kinds.
+        uncached = usage_field(usage, "input_tokens")
+        written = usage_field(usage, "cache_creation_input_tokens")
+        read = usage_field(usage, "cache_read_input_tokens")
+        tokens = TokenUsage(
+            prompt_tokens=uncached + written + read,
+            completion_tokens=usage_field(usage, "output_tokens"),
+            cache_read_tokens=read,
+            cache_write_tokens=written,
+        )
+        # Cache reads do not count towards the input-token limit of current models.
+        return tokens, uncached + written
+
+    def _answer(self, body: dict[str, Any]) -> object:
+        content = body.get("content")
+        if not isinstance(content, list):
+            raise UnusableAnswer("response has no content list")
         answer = None
-        for block in body["content"]:
+        for block in content:
             if (
                 isinstance(block, dict)
                 and block.get("type") == "tool_use"
@@ -79,26 +102,11 @@ class AnthropicProvider(HttpProvider):
             ):
                 answer = block.get("input")
                 break
-        if answer is None:
-            truncated = body.get("stop_reason") == "max_tokens"
-            reason = "answer was cut off at the token limit" if truncated else "no tool_use answer"
-            raise self.invalid(reason)
-        usage = body.get("usage")
-        # input_tokens excludes the cached tokens: the prompt is the sum of the three kinds.
-        uncached = usage_field(usage, "input_tokens")
-        written = usage_field(usage, "cache_creation_input_tokens")
-        read = usage_field(usage, "cache_read_input_tokens")
-        return ProviderReply(
-            answer=answer,
-            usage=TokenUsage(
-                prompt_tokens=uncached + written + read,
-                completion_tokens=usage_field(usage, "output_tokens"),
-                cache_read_tokens=read,
-                cache_write_tokens=written,
-            ),
-            # Cache reads do not count towards the input-token limit of current models.
-            rate_input_tokens=uncached + written,
-        )
+        if answer is not None:
+            return answer
+        truncated = body.get("stop_reason") == "max_tokens"
+        reason = "answer was cut off at the token limit" if truncated else "no tool_use answer"
+        raise UnusableAnswer(reason)
 
     def _counted(self, reply: ProviderReply, allowance: int) -> RateCounts:
         # Anthropic counts the output actually produced (it adjusts its estimate at the end).

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from lps_server.core.domain import (
     ErrorCode,
@@ -15,6 +15,7 @@ from lps_server.core.domain import (
     QueuedRequest,
     TokenUsage,
 )
+from lps_server.providers.call_report import CallReport
 
 #: Failure codes that a later attempt may cure.
 RETRYABLE_CODES = frozenset(
@@ -77,10 +78,22 @@ ItemOutcome = ItemSuccess | ItemFailure
 
 
 class ProviderCallError(Exception):
-    """The whole call failed; every item of it shares this failure."""
+    """The whole call failed; every item of it shares this failure.
 
-    def __init__(self, code: ErrorCode, message: str, *, retry_after: float | None = None) -> None:
+    `usage` is what the provider reported for a call it answered unusably (it billed it), None
+    when it did not answer.
+    """
+
+    def __init__(
+        self,
+        code: ErrorCode,
+        message: str,
+        *,
+        retry_after: float | None = None,
+        usage: TokenUsage | None = None,
+    ) -> None:
         self.failure = ItemFailure(code, message, retry_after)
+        self.usage = usage
         super().__init__(message)
 
 
@@ -113,4 +126,29 @@ class Provider(Protocol):
 
     async def aclose(self) -> None:
         """Release connections."""
+        ...
+
+
+@runtime_checkable
+class ReportingProvider(Provider, Protocol):
+    """A provider that tells a `CallReport` what each of its calls was billed (`CallReport.bill`),
+    whether the answer was usable or not; its outcomes' usage is only each item's share of what
+    was answered. The usage of the outcomes of any other provider is exactly what it billed."""
+
+    #: True; marks a reporting provider (a runtime protocol check sees names, not signatures).
+    reports_calls: bool
+
+    async def compare(
+        self,
+        items: Sequence[ComparisonItem],
+        *,
+        model: str,
+        overrides: Overrides,
+        report: CallReport | None = None,
+    ) -> list[ItemOutcome]:
+        """Judge every item, telling `report` what every call cost.
+
+        Raises:
+            ProviderCallError: the call as a whole failed.
+        """
         ...

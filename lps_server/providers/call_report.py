@@ -1,4 +1,5 @@
-"""How large a call is before it is sent, and what its provider said about rate limits after.
+"""How large a call is before it is sent, and what its provider said about rate limits and billed
+after.
 
 The estimate is the usual rule of thumb, about four characters per token, over everything the
 call sends (system prompt, user message, answer schema), plus the answer allowance (max tokens).
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from lps_server.core.domain import TokenUsage
 from lps_server.core.rates import RateCounts, RateLimitReading
 
 # Role markers and message framing the providers count on top of the text.
@@ -35,7 +37,8 @@ def call_cost(input_tokens: int, allowance: int, *, calls: int = 1) -> RateCount
 @dataclass
 class CallReport:
     """Filled in by an HTTP provider during one `compare`: every HTTP call it made and what each
-    response said. Read by the budget once the calls are done.
+    response said. Read by the budget once the calls are done, and by the runner for the token
+    and cost metrics.
 
     Attributes:
         calls: HTTP calls sent.
@@ -45,6 +48,9 @@ class CallReport:
             estimate of those it did not (whether they counted is unknown: assume they did).
         estimated_input: our estimate of the prompts of the answered calls...
         reported_input: ...and the provider's count of the same prompts (calibrates estimates).
+        billed: the usage the provider reported for every call it answered, its answer usable or
+            not (the provider bills both), each call once.
+        cost_usd: the price of `billed`.
     """
 
     calls: int = 0
@@ -53,3 +59,16 @@ class CallReport:
     counted: RateCounts = field(default_factory=RateCounts)
     estimated_input: int = 0
     reported_input: int = 0
+    billed: TokenUsage = field(default_factory=TokenUsage)
+    cost_usd: float = 0.0
+
+    def bill(self, usage: TokenUsage, cost_usd: float) -> None:
+        """Add the usage of one answered call, and its price."""
+        b = self.billed
+        self.billed = TokenUsage(
+            b.prompt_tokens + usage.prompt_tokens,
+            b.completion_tokens + usage.completion_tokens,
+            b.cache_read_tokens + usage.cache_read_tokens,
+            b.cache_write_tokens + usage.cache_write_tokens,
+        )
+        self.cost_usd += cost_usd

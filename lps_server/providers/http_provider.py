@@ -7,7 +7,8 @@ items that failed retryably, with backoff that honours `retry_after`, and limits
 per provider (LPS_MAX_CONCURRENT_CALLS), so an adapter makes exactly one attempt per call.
 
 For the rate budget a provider also says how large a call will be (`size`) and which budget it
-draws from (`budget`), and reports, per `compare`, what its responses said (`CallReport`).
+draws from (`budget`), and reports, per `compare`, what its responses said (`CallReport`) and what
+each call was billed: the usage of every answered call, whether or not its answer was usable.
 """
 
 from __future__ import annotations
@@ -69,6 +70,10 @@ class HttpCall:
     body: Mapping[str, Any]
 
 
+class UnusableAnswer(Exception):
+    """A response body holds no usable answer; the message says why."""
+
+
 @dataclass(frozen=True, slots=True)
 class ProviderReply:
     """What an adapter found in a successful response: the structured answer, the token usage
@@ -92,6 +97,8 @@ class HttpProvider(ABC):
     """
 
     cache_rule: CacheRule = NO_CACHE_DISCOUNT
+    #: Every call's billed usage goes to the `CallReport` (`ReportingProvider`).
+    reports_calls = True
 
     def __init__(
         self,
@@ -176,8 +183,8 @@ class HttpProvider(ABC):
     ) -> list[ItemOutcome]:
         """Judge every item: one HTTP call for all, or one per item in `sequential` mode.
 
-        `report`, when given, is told what every HTTP call cost and what its response said about
-        rate limits.
+        `report`, when given, is told what every HTTP call cost, what the provider billed for it
+        and what its response said about rate limits.
 
         Raises:
             ProviderCallError: the (single) call failed as a whole.
@@ -223,6 +230,8 @@ class HttpProvider(ABC):
         except ProviderCallError as exc:
             # Whether the provider counted a call it did not answer is unknown: assume it did.
             report.counted += call_cost(estimate, allowance)
+            if exc.usage is not None:  # answered unusably, and billed all the same
+                self._bill(report, model, exc.usage)
             log.warning(
                 "%s call failed: %s",
                 self.name.value,
@@ -231,6 +240,8 @@ class HttpProvider(ABC):
             )
             raise
         usage = reply.usage
+        # Billed before the answer is read: an answer that fails in part or as a whole is paid.
+        self._bill(report, model, usage)
         report.counted += self._counted(reply, allowance)
         report.estimated_input += estimate
         report.reported_input += usage.prompt_tokens
@@ -260,6 +271,9 @@ class HttpProvider(ABC):
             },
         )
         return outcomes
+
+    def _bill(self, report: CallReport, model: str, usage: TokenUsage) -> None:
+        report.bill(usage, self._settings.prices.cost(model, usage, rule=self.cache_rule))
 
     def _counted(self, reply: ProviderReply, allowance: int) -> RateCounts:
         """What the provider counted against its limits for an answered call: the prompt as it
@@ -301,9 +315,12 @@ class HttpProvider(ABC):
         except ValueError:
             raise self.invalid(f"HTTP {response.status_code} body is not JSON") from None
 
-    def invalid(self, reason: str) -> ProviderCallError:
-        """A whole-call INVALID_RESPONSE failure naming this provider."""
-        return ProviderCallError(ErrorCode.INVALID_RESPONSE, f"{self.name.value}: {reason}")
+    def invalid(self, reason: str, *, usage: TokenUsage | None = None) -> ProviderCallError:
+        """A whole-call INVALID_RESPONSE failure naming this provider; `usage` is what the
+        provider reported for the call when it answered it (unusably)."""
+        return ProviderCallError(
+            ErrorCode.INVALID_RESPONSE, f"{self.name.value}: {reason}", usage=usage
+        )
 
     @abstractmethod
     def _request(
@@ -311,12 +328,33 @@ class HttpProvider(ABC):
     ) -> HttpCall:
         """The HTTP request that asks `model` for a structured answer to `prompt`."""
 
-    @abstractmethod
     def _reply(self, body: object) -> ProviderReply:
         """The structured answer and usage in a response body.
 
         Raises:
-            ProviderCallError: INVALID_RESPONSE when the body has no usable answer.
+            ProviderCallError: INVALID_RESPONSE when the body has no usable answer, carrying the
+                usage it reports (the provider billed the call) when it is a JSON object.
+        """
+        if not isinstance(body, dict):
+            raise self.invalid("response is not a JSON object")
+        usage, rate_input_tokens = self._usage(body)
+        try:
+            answer = self._answer(body)
+        except UnusableAnswer as exc:
+            raise self.invalid(str(exc), usage=usage) from None
+        return ProviderReply(answer, usage, rate_input_tokens)
+
+    @abstractmethod
+    def _usage(self, body: dict[str, Any]) -> tuple[TokenUsage, int]:
+        """The token usage a response body reports by kind (zeros where it says nothing), and
+        the input tokens the provider's input rate limit counts for the call."""
+
+    @abstractmethod
+    def _answer(self, body: dict[str, Any]) -> object:
+        """The structured answer in a response body.
+
+        Raises:
+            UnusableAnswer: the body has no usable answer.
         """
 
     async def aclose(self) -> None:

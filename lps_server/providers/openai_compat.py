@@ -12,9 +12,10 @@ share first and byte-identical (system message, then the task and instructions),
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from lps_server.core.domain import ProviderName, TokenUsage
-from lps_server.providers.http_provider import HttpCall, HttpProvider, ProviderReply, usage_field
+from lps_server.providers.http_provider import HttpCall, HttpProvider, UnusableAnswer, usage_field
 from lps_server.providers.prompting import ANSWER_NAME, Prompt, answer_schema
 
 
@@ -50,39 +51,36 @@ class OpenAICompatibleProvider(HttpProvider):
             body["temperature"] = temperature
         return HttpCall("/chat/completions", headers, body)
 
-    def _reply(self, body: object) -> ProviderReply:
-        if not isinstance(body, dict):
-            raise self.invalid("response is not a JSON object")
-        choices = body.get("choices")
-        if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
-            raise self.invalid("response has no choices")
-        choice = choices[0]
-        message = choice.get("message")
-        if not isinstance(message, dict):
-            raise self.invalid("response choice has no message")
-        refusal = message.get("refusal")
-        if isinstance(refusal, str) and refusal:
-            raise self.invalid(f"the model refused: {refusal[:200]}")
-        content = message.get("content")
-        if not isinstance(content, str):
-            raise self.invalid("response message has no text content")
-        try:
-            answer = json.loads(content)
-        except ValueError:
-            truncated = choice.get("finish_reason") == "length"
-            reason = "answer was cut off at the token limit" if truncated else "answer is not JSON"
-            raise self.invalid(reason) from None
+    def _usage(self, body: dict[str, Any]) -> tuple[TokenUsage, int]:
         usage = body.get("usage")
         details = usage.get("prompt_tokens_details") if isinstance(usage, dict) else None
         prompt_tokens = usage_field(usage, "prompt_tokens")
         # prompt_tokens includes the cached tokens: they are a part of it, never added to it.
         cached = min(prompt_tokens, usage_field(details, "cached_tokens"))
-        return ProviderReply(
-            answer=answer,
-            usage=TokenUsage(
-                prompt_tokens=prompt_tokens,
-                completion_tokens=usage_field(usage, "completion_tokens"),
-                cache_read_tokens=cached,
-            ),
-            rate_input_tokens=prompt_tokens,
+        tokens = TokenUsage(
+            prompt_tokens=prompt_tokens,
+            completion_tokens=usage_field(usage, "completion_tokens"),
+            cache_read_tokens=cached,
         )
+        return tokens, prompt_tokens
+
+    def _answer(self, body: dict[str, Any]) -> object:
+        choices = body.get("choices")
+        if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+            raise UnusableAnswer("response has no choices")
+        choice = choices[0]
+        message = choice.get("message")
+        if not isinstance(message, dict):
+            raise UnusableAnswer("response choice has no message")
+        refusal = message.get("refusal")
+        if isinstance(refusal, str) and refusal:
+            raise UnusableAnswer(f"the model refused: {refusal[:200]}")
+        content = message.get("content")
+        if not isinstance(content, str):
+            raise UnusableAnswer("response message has no text content")
+        try:
+            return json.loads(content)
+        except ValueError:
+            truncated = choice.get("finish_reason") == "length"
+            reason = "answer was cut off at the token limit" if truncated else "answer is not JSON"
+            raise UnusableAnswer(reason) from None
