@@ -20,6 +20,8 @@ from tests.fake_http import FakeHttpServer, Request, Response
 _BLOCK = re.compile(r"^Comparison (\d+):$", re.MULTILINE)
 _ITEM = re.compile(r"\[item:([A-Za-z0-9_.:-]+)\]")
 USAGE = (900, 120)
+# Of USAGE's prompt tokens, those the OpenAI fake reports as read from the cache.
+USAGE_CACHED = 300
 
 
 def marked_ids(prompt: str) -> list[str]:

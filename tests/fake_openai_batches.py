@@ -10,7 +10,7 @@ import time
 from collections.abc import Collection
 from typing import Any
 
-from tests.fake_batch_common import USAGE, Batch, FakeBatches, advance, jsonl
+from tests.fake_batch_common import USAGE, USAGE_CACHED, Batch, FakeBatches, advance, jsonl
 from tests.fake_http import Handler, Request, Response
 from tests.fake_llm_servers import FakeOpenAI
 
@@ -222,7 +222,12 @@ class FakeOpenAIBatches(FakeBatches):
                             "message": {"role": "assistant", "content": content, "refusal": None},
                         }
                     ],
-                    "usage": {"prompt_tokens": USAGE[0], "completion_tokens": USAGE[1]},
+                    "usage": {
+                        "prompt_tokens": USAGE[0],
+                        "completion_tokens": USAGE[1],
+                        # Part of the prompt served from the cache, as OpenAI's batches report.
+                        "prompt_tokens_details": {"cached_tokens": USAGE_CACHED},
+                    },
                 }
                 output.append(
                     {

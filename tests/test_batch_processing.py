@@ -174,10 +174,17 @@ async def test_partial_failures_are_retried_in_a_later_batch_then_fail_with_the_
         result = results[rid]
         assert result.status == "completed"
         assert result.winner == ("essay_a" if expected_winner(rid) == "A" else "essay_b")
-        # 450 prompt and 60 completion tokens each; gpt-4o-mini at 0.15 / 0.60 per Mtok, halved.
-        assert result.cost_usd == pytest.approx(0.5 * (450 * 0.15 + 60 * 0.60) / 1e6)
+        # 450 prompt tokens each (150 of them cached) and 60 completion tokens; gpt-4o-mini at
+        # 0.15 in, 0.075 cached, 0.60 out per Mtok, halved for the batch.
+        assert result.cost_usd == pytest.approx(0.5 * (300 * 0.15 + 150 * 0.075 + 60 * 0.60) / 1e6)
     cost = metric(registry, "llm_provider_cost_dollars_total", provider="openai")
     assert cost == pytest.approx(sum(results[rid].cost_usd for rid in first[2]))
+    # Each token counted once, by kind: 150 of each line's 450 prompt tokens were cached reads.
+    tokens = {
+        kind: metric(registry, "llm_provider_tokens_used_total", provider="openai", type=kind)
+        for kind in ("input", "cache_read", "output")
+    }
+    assert tokens == {"input": 2 * 300, "cache_read": 2 * 150, "output": 2 * 60}
     assert metric(registry, "llm_provider_retries_total", provider="openai") == 2
 
 

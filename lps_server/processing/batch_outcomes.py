@@ -166,10 +166,13 @@ class JobResults:
                 if result.status.value == status:
                     wait.observe(max(0.0, result.completed_at - queued.enqueued_at))
         usage = [result.token_usage for _, result in ended]
+        # Each kind once, as for calls: `input` is the prompt less what the cache read or wrote.
         self._metrics.record_tokens(
             labels,
-            input=sum(u.prompt_tokens for u in usage),
+            input=sum(u.uncached_input_tokens for u in usage),
             output=sum(u.completion_tokens for u in usage),
+            cache_read=sum(u.cache_read_tokens for u in usage),
+            cache_write=sum(u.cache_write_tokens for u in usage),
         )
         self._metrics.cost.labels(**labels).inc(sum(result.cost_usd for _, result in ended))
         if ended:
