@@ -198,7 +198,7 @@ for k = 1, 4 do
   local learned = tonumber(ARGV[7 + k])
   if learned > 0 then redis.call('HSET', state, 'l' .. K[k], learned, 'l_at', now) end
 end
--- The provider's count as a ratio to ours (`ratio_news` in base.py says why): to the window at
+-- The provider's count as a ratio to ours (`Settlement.ratios` says why): to the window at
 -- the grant, once it holds more than the whole log (everything granted up to now, margins too);
 -- else 1 (it counts no more than we granted).
 local now_seen, ratios, told = used(), {}, false
