@@ -449,9 +449,10 @@ async def test_a_replica_frozen_and_thawed_holding_grants_pays_nothing_twice(
     assert server.problems == []
     assert not server.duplicates()
     assert counted == server.refused
-    # Not "at most 1 %": a freeze between a grant and its call sends that call late, into a
-    # window the other replica filled (3 of 4 runs here; docs/providers.md). At most the calls
-    # the frozen replica held granted can be refused so.
+    # Not "at most 1 %": a call granted just before the freeze, already sent when it began,
+    # can be refused by a provider whose window the other replica filled meanwhile (a call held
+    # between grant and send is granted afresh: tests/test_late_grant.py). At most the calls the
+    # frozen replica held granted can be refused so.
     assert server.refused <= FREEZES * 4
 
 

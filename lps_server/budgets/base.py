@@ -195,9 +195,15 @@ def scaled(limits: RateCounts, ratios: Sequence[float]) -> RateCounts:
     )
 
 
+def margin(window_s: float) -> float:
+    """How long a granted call may take to reach the provider: a grant counts this much longer
+    than the provider's window."""
+    return window_s * SPAN_MARGIN_SHARE + SPAN_MARGIN_S
+
+
 def span(window_s: float) -> float:
     """How long a grant counts: the provider's window and a margin for the call to reach it."""
-    return window_s * (1 + SPAN_MARGIN_SHARE) + SPAN_MARGIN_S
+    return window_s + margin(window_s)
 
 
 def member(grant_id: str, counts: RateCounts) -> str:

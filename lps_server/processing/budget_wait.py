@@ -27,7 +27,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from lps_server.budgets import BudgetStore
-from lps_server.budgets.base import BudgetState, BudgetUnavailableError, Grant, Settlement
+from lps_server.budgets.base import (
+    BudgetState,
+    BudgetUnavailableError,
+    Grant,
+    Settlement,
+    margin,
+)
 from lps_server.core.domain import Overrides, ProviderName, QueuedRequest, Route
 from lps_server.core.rates import RateBudget, RateCounts
 from lps_server.observability.metrics import LpsMetrics
@@ -39,6 +45,8 @@ from lps_server.providers.http_provider import HttpProvider
 log = logging.getLogger(__name__)
 # While the budget store cannot be reached, a provider's work waits this long between tries.
 UNAVAILABLE_PAUSE_S = 0.5
+# A call held up past its grant's margin waits at most this many windows for a fresh grant.
+REGRANT_WAIT_WINDOWS = 2
 # How far one call's prompt count may move this replica's estimate scale, and its bounds.
 CALIBRATION_WEIGHT = 0.3
 CALIBRATION_RANGE = (0.5, 2.0)
@@ -71,6 +79,7 @@ class BudgetedCall:
         self._gate = gate
         self._provider = provider
         self._grant = grant
+        self._granted_at = gate.now()
         self._scope = scope
         self._report: CallReport | None = None
         self.name = provider.name
@@ -90,6 +99,10 @@ class BudgetedCall:
     ) -> list[ItemOutcome]:
         """The provider's answer; `settle_grant` then settles the grant with what the provider
         said (`report`, when given, is the one the provider fills)."""
+        if self._gate.now() - self._granted_at > margin(self._scope.budget.window_s):
+            # Held up since its grant (a frozen process, a stalled queue): the budget may have
+            # forgotten the grant while the provider has not yet seen the call.
+            self._grant = await self._gate.regrant(self._scope, self._grant)
         report = report if report is not None else CallReport()
         self._report = report
         return await self._provider.compare(items, model=model, overrides=overrides, report=report)
@@ -340,6 +353,36 @@ class BudgetGate:
         self._observe(scope, state)
         if (block := settlement.block_s()) > 0:
             self._pause(scope.route.provider, block)
+
+    def now(self) -> float:
+        """The gate's clock (monotonic seconds)."""
+        return self._clock()
+
+    async def regrant(self, scope: Scope, grant: Grant) -> Grant:
+        """A fresh grant for a call held up past its margin since `grant` (which is withdrawn):
+        granted now, it counts from now, as the provider will. Waits for room as a granted call
+        would have, at most REGRANT_WAIT_WINDOWS windows; past that, or when the store cannot
+        be reached, the call goes on its old grant (its 429, if any, is retried as any)."""
+        await self.withdraw(scope, grant)
+        deadline = self._clock() + REGRANT_WAIT_WINDOWS * scope.budget.window_s
+        while True:
+            try:
+                decision = await self._store.acquire(
+                    scope.key,
+                    need=grant.need,
+                    limits=scope.budget.limits,
+                    window_s=scope.budget.window_s,
+                )
+            except BudgetUnavailableError as exc:
+                log.warning("could not renew a late rate budget grant: %s", exc)
+                return grant
+            self._observe(scope, decision.state)
+            if decision.grant is not None:
+                return decision.grant
+            left = deadline - self._clock()
+            if decision.never or left <= 0:
+                return grant
+            await asyncio.sleep(min(decision.wait_s, left))
 
     async def withdraw(self, scope: Scope, grant: Grant) -> None:
         """A granted call that was never sent: its grant is settled as costing nothing."""
