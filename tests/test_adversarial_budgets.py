@@ -449,10 +449,10 @@ async def test_a_replica_frozen_and_thawed_holding_grants_pays_nothing_twice(
     assert server.problems == []
     assert not server.duplicates()
     assert counted == server.refused
-    # Not "at most 1 %": a call granted just before the freeze, already sent when it began,
-    # can be refused by a provider whose window the other replica filled meanwhile (a call held
-    # between grant and send is granted afresh: tests/test_late_grant.py). At most the calls the
-    # frozen replica held granted can be refused so.
+    # Not "at most 1 %": a freeze that falls after a call's last look at its grant's age and
+    # before its request leaves the process still sends it late, into a window the other
+    # replica may have filled (a call held up before that look is granted afresh:
+    # tests/test_late_grant.py). At most the calls the frozen replica held granted.
     assert server.refused <= FREEZES * 4
 
 
