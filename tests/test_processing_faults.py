@@ -19,6 +19,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import CollectorRegistry
 
+from cj_client import ComparisonSubmission
 from cj_client.transport import submission_to_pb
 from lps_server.app import LpsApp
 from lps_server.core.config import Settings
@@ -97,6 +98,27 @@ async def test_an_item_waiting_for_its_retry_holds_no_call_slot(make_app: AppFac
 # --- supervised loops and health --------------------------------------------------------------
 
 
+async def submit_all(intake: Intake, subs: list[ComparisonSubmission]) -> None:
+    """Queue `subs` as the gRPC edge would."""
+    await intake.submit(
+        [
+            intake.prepare(request_from_pb(submission_to_pb(s), request_id=s.request_id))
+            for s in subs
+        ]
+    )
+
+
+async def read_ended(queue: LocalQueue, channel: str, n: int) -> list[str]:
+    """The ids of the first `n` results published on `channel`, in order."""
+    ended: list[str] = []
+    cursor = ""
+    while len(ended) < n:
+        entries = await queue.read_channel(channel, cursor=cursor, timeout=5)
+        ended += [e.result.request_id for e in entries]
+        cursor = entries[-1].cursor if entries else cursor
+    return ended
+
+
 class HookedLeases:
     """A real LocalQueue whose every lease first awaits `before()`: one that raises fails the
     lease (as a bug in dispatch would), one that sleeps slows it (as a Redis a long way off)."""
@@ -150,22 +172,12 @@ async def test_a_failing_dispatch_loop_is_restarted_and_health_follows(
     )
     intake = Intake(queue=inner, providers=ProviderRegistry([provider]), settings=settings)
     subs = subs_of(["r0", "r1"], "c")
-    await intake.submit(
-        [
-            intake.prepare(request_from_pb(submission_to_pb(s), request_id=s.request_id))
-            for s in subs
-        ]
-    )
+    await submit_all(intake, subs)
     running = asyncio.create_task(processor.run())
-    ended: list[str] = []
-    cursor = ""
     try:
         async with asyncio.timeout(10):
             await done.wait()
-            while len(ended) < 2:
-                entries = await inner.read_channel("c", cursor=cursor, timeout=5)
-                ended += [e.result.request_id for e in entries]
-                cursor = entries[-1].cursor if entries else cursor
+            ended = await read_ended(inner, "c", 2)
     finally:
         processor.stop()
         await running
@@ -213,21 +225,11 @@ async def test_room_that_opens_while_a_lease_is_on_its_way_is_not_missed(
     )
     intake = Intake(queue=inner, providers=providers, settings=settings)
     subs = subs_of(["r0", "r1", "r2"], "c")
-    await intake.submit(
-        [
-            intake.prepare(request_from_pb(submission_to_pb(s), request_id=s.request_id))
-            for s in subs
-        ]
-    )
+    await submit_all(intake, subs)
     running = asyncio.create_task(processor.run())
-    ended: list[str] = []
-    cursor = ""
     try:
         async with asyncio.timeout(20):  # with the wake lost: two minutes
-            while len(ended) < 3:
-                entries = await inner.read_channel("c", cursor=cursor, timeout=5)
-                ended += [e.result.request_id for e in entries]
-                cursor = entries[-1].cursor if entries else cursor
+            ended = await read_ended(inner, "c", 3)
     finally:
         processor.stop()
         await running
