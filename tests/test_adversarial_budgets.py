@@ -553,14 +553,12 @@ async def test_a_provider_waiting_for_budget_does_not_delay_another(blocked_by: 
 
 
 @pytest.mark.redis
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: the dispatcher awaits each bundle's budget acquire inline; a budget reply lost "
-    "for one provider stops leasing for every provider until the 2 s command timeout",
-)
 async def test_a_lost_budget_reply_does_not_stall_another_provider(
     redis_proc: RedisProcess,
 ) -> None:
+    """The dispatcher asks the budget store inline; a reply lost for one provider's acquire
+    once held every provider's work for the store's 2 s command timeout. The dispatcher now
+    waits at most 0.5 s for a budget's answer (ACQUIRE_TIMEOUT_S), then pauses that provider."""
     async with (
         ReplyDroppingProxy(redis_proc.port) as proxy,
         LedgerOpenAI(api_key=KEY, economy=FakeEconomy()) as openai,
@@ -581,7 +579,7 @@ async def test_a_lost_budget_reply_does_not_stall_another_provider(
             await results_for(app, waiting + others, {s.request_id for s in others}, timeout=10)
             took = time.monotonic() - started
     assert proxy.dropped.is_set()
-    assert took < 1.0  # fails: 2.0 s, the budget store's command timeout
+    assert took < 1.0  # was 2.0 s, the budget store's command timeout
 
 
 # --- 5. metrics are true -------------------------------------------------------------------------

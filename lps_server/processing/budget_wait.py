@@ -45,6 +45,10 @@ from lps_server.providers.http_provider import HttpProvider
 log = logging.getLogger(__name__)
 # While the budget store cannot be reached, a provider's work waits this long between tries.
 UNAVAILABLE_PAUSE_S = 0.5
+# The longest the dispatcher waits for a budget's answer (a script of a few milliseconds): past
+# it the store counts as unreachable for now. A grant it made meanwhile stays counted for a
+# window, on the safe side.
+ACQUIRE_TIMEOUT_S = 0.5
 # A call held up past its grant's margin waits at most this many windows for a fresh grant.
 REGRANT_WAIT_WINDOWS = 2
 # How far one call's prompt count may move this replica's estimate scale, and its bounds.
@@ -215,14 +219,18 @@ class BudgetGate:
                 return Admission([], put_back=items[1:], too_large=[(items[0], reason)])
             need = self._need(provider, scope, fitted, overrides)
             try:
-                decision = await self._store.acquire(
-                    scope.key,
-                    need=need,
-                    limits=scope.budget.limits,
-                    window_s=scope.budget.window_s,
-                )
-            except BudgetUnavailableError as exc:
-                log.warning("rate budget unavailable, %s waits: %s", route.provider.value, exc)
+                # Bounded well below the store's command timeout: the dispatcher waits for
+                # this answer, and every provider's work waits with it.
+                async with asyncio.timeout(ACQUIRE_TIMEOUT_S):
+                    decision = await self._store.acquire(
+                        scope.key,
+                        need=need,
+                        limits=scope.budget.limits,
+                        window_s=scope.budget.window_s,
+                    )
+            except (BudgetUnavailableError, TimeoutError) as exc:
+                cause = str(exc) or f"no answer in {ACQUIRE_TIMEOUT_S} s"
+                log.warning("rate budget unavailable, %s waits: %s", route.provider.value, cause)
                 self._pause(route.provider, UNAVAILABLE_PAUSE_S)
                 return Admission([], put_back=items)
             self._observe(scope, decision.state)
