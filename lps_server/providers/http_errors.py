@@ -23,7 +23,7 @@ MAX_MESSAGE_CHARS = 300
 MASK = "[redacted]"
 
 
-def _seconds(raw: str) -> float | None:
+def parse_seconds(raw: str) -> float | None:
     """A finite delay in `raw` (at least 0), or None: `inf` or `nan` say no delay at all."""
     try:
         value = float(raw)
@@ -38,13 +38,13 @@ def parse_retry_after(headers: httpx.Headers, *, now: float | None = None) -> fl
     Reads `retry-after-ms` (sent by OpenAI) and `Retry-After` as delta-seconds or an HTTP date.
     """
     raw_ms = headers.get("retry-after-ms")
-    if raw_ms is not None and (ms := _seconds(raw_ms)) is not None:
+    if raw_ms is not None and (ms := parse_seconds(raw_ms)) is not None:
         return ms / 1000.0
     raw = headers.get("retry-after")
     if raw is None:
         return None
     raw = raw.strip()
-    if (seconds := _seconds(raw)) is not None:
+    if (seconds := parse_seconds(raw)) is not None:
         return seconds
     try:
         when = email.utils.parsedate_to_datetime(raw)

@@ -23,7 +23,7 @@ from datetime import datetime
 import httpx
 
 from lps_server.core.rates import LimitReading, RateLimitReading
-from lps_server.providers.http_errors import parse_retry_after
+from lps_server.providers.http_errors import parse_retry_after, parse_seconds
 
 # The largest count a header may carry: 2**53, where floats stop counting exactly (and far
 # below where Redis's Lua numbers stop: 2**63).
@@ -43,12 +43,8 @@ _ANTHROPIC = {
 def parse_duration(raw: str) -> float | None:
     """Seconds in an OpenAI reset duration (`6m0s`, `1s`, `20ms`, `1h2m3.5s`, or plain seconds)."""
     raw = raw.strip()
-    try:
-        value = float(raw)
-    except ValueError:
-        pass
-    else:
-        return max(0.0, value) if math.isfinite(value) else None
+    if (seconds := parse_seconds(raw)) is not None:
+        return seconds
     parts = _DURATION.findall(raw)
     if not parts or "".join(n + u for n, u in parts) != raw:
         return None
