@@ -39,10 +39,15 @@ class _Window:
     ratios: list[float] = field(default_factory=lambda: [0.0] * 4)
     ratios_at: float = -math.inf
 
+    def learned_until(self, window_s: float) -> float:
+        """Until when the learned limits bind: RATIO_WINDOWS windows after the provider last
+        announced one."""
+        return self.learned_at + RATIO_WINDOWS * window_s
+
     def in_force(self, configured: RateCounts, now: float, window_s: float) -> RateCounts:
-        """The limits in force: the tighter of the configured and the learned ones, a learned
-        one only for RATIO_WINDOWS windows after the provider last announced a limit."""
-        if self.learned_at + RATIO_WINDOWS * window_s > now:
+        """The limits in force: the tighter of the configured and the learned ones, the
+        learned ones only until `learned_until`."""
+        if self.learned_until(window_s) > now:
             return configured.tightest(self.learned)
         return configured
 
@@ -90,7 +95,6 @@ class LocalBudgetStore:
         now = self._clock()
         w = self._windows.setdefault(scope, _Window())
         w.prune(now - window_s)
-        learned_until = w.learned_at + RATIO_WINDOWS * window_s
         in_force = w.in_force(limits, now, window_s)
         state = BudgetState(w.used, in_force)
         if w.blocked_until > now:
@@ -98,7 +102,7 @@ class LocalBudgetStore:
         if never := need.exceeds(limits):
             return Decision(state, never=tuple(never))
         if need.exceeds(in_force):  # only a learned limit: wait until it is forgotten
-            return Decision(state, wait_s=max(MIN_WAIT_S, learned_until - now))
+            return Decision(state, wait_s=max(MIN_WAIT_S, w.learned_until(window_s) - now))
         fresh_until = w.ratios_at + RATIO_WINDOWS * window_s
         room = scaled(in_force, w.ratios) if fresh_until > now else in_force
         if not (w.used + need).exceeds(room):

@@ -95,16 +95,6 @@ local function limits()
   return v
 end
 
--- What the provider's own window (`exact` ms) holds of ours: the log less its margin's entries.
-local function holdings(exact)
-  local v = used()
-  for _, name in ipairs(redis.call('ZRANGEBYSCORE', log, '-inf', now - exact)) do
-    local c = counts(name)
-    for k = 1, 4 do v[k] = v[k] - c[k] end
-  end
-  return v
-end
-
 local function add(name)
   redis.call('ZADD', log, now, name)
   bump(counts(name), 1)
@@ -175,7 +165,12 @@ if wait > 0 then
 end
 add(grant .. '|' .. need[1] .. '|' .. need[2] .. '|' .. need[3] .. '|' .. need[4])
 keep()
-local seen = holdings(exact)
+-- What the provider's own window holds of ours: the log less its margin's entries.
+local seen = used()
+for _, name in ipairs(redis.call('ZRANGEBYSCORE', log, '-inf', now - exact)) do
+  local v = counts(name)
+  for k = 1, 4 do seen[k] = seen[k] - v[k] end
+end
 local out = reply(1, 0, used(), lim)
 for k = 1, 4 do out[#out + 1] = seen[k] end
 return out
