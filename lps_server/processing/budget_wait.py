@@ -30,14 +30,15 @@ from lps_server.budgets import BudgetStore
 from lps_server.budgets.base import (
     BudgetState,
     BudgetUnavailableError,
+    Decision,
     Grant,
     Settlement,
-    margin,
 )
 from lps_server.core.domain import Overrides, ProviderName, QueuedRequest, Route
-from lps_server.core.rates import RateBudget, RateCounts
+from lps_server.core.rates import RateCounts
 from lps_server.observability.metrics import LpsMetrics
-from lps_server.providers import ComparisonItem, ItemOutcome, ProviderRegistry
+from lps_server.processing.budgeted_call import BudgetedCall, Scope
+from lps_server.providers import ProviderRegistry
 from lps_server.providers.base import comparison_items
 from lps_server.providers.call_report import CallReport
 from lps_server.providers.http_provider import HttpProvider
@@ -71,77 +72,6 @@ class Admission:
     put_back: list[QueuedRequest] = field(default_factory=list)
     too_large: list[tuple[QueuedRequest, str]] = field(default_factory=list)
     call: BudgetedCall | None = None
-
-
-class BudgetedCall:
-    """A provider, for one granted bundle: calls it with a report, then settles the grant."""
-
-    #: The provider's report reaches the caller too (`ReportingProvider`).
-    reports_calls = True
-
-    def __init__(self, gate: BudgetGate, provider: HttpProvider, grant: Grant, scope: Scope):
-        self._gate = gate
-        self._provider = provider
-        self._grant = grant
-        self._granted_at = gate.now()
-        self._scope = scope
-        self._report: CallReport | None = None
-        self.name = provider.name
-        self.default_model = provider.default_model
-
-    def known_models(self) -> frozenset[str]:
-        """The provider's known models."""
-        return self._provider.known_models()
-
-    async def compare(
-        self,
-        items: Sequence[ComparisonItem],
-        *,
-        model: str,
-        overrides: Overrides,
-        report: CallReport | None = None,
-    ) -> list[ItemOutcome]:
-        """The provider's answer; `settle_grant` then settles the grant with what the provider
-        said (`report`, when given, is the one the provider fills)."""
-        if self._gate.now() - self._granted_at > margin(self._scope.budget.window_s):
-            # Held up since its grant (a frozen process, a stalled queue): the budget may have
-            # forgotten the grant while the provider has not yet seen the call.
-            self._grant = await self._gate.regrant(self._scope, self._grant)
-        report = report if report is not None else CallReport()
-        self._report = report
-        return await self._provider.compare(items, model=model, overrides=overrides, report=report)
-
-    async def settle_grant(self) -> None:
-        """Settle the grant with the provider's count and headers, once, after `compare`.
-
-        The runner calls it once the results are stored: budget bookkeeping must not hold the
-        results back (during a Redis stall it would cost them a command timeout first).
-        """
-        report, self._report = self._report, None
-        if report is not None:
-            await self._gate.settle(self._scope, self._grant, report)
-
-    async def withdraw(self) -> None:
-        """The call was not sent (its requests went back to the queue unsent): the grant counts
-        nothing from now on, instead of its estimate for a window."""
-        self._report = None
-        await self._gate.withdraw(self._scope, self._grant)
-
-    async def aclose(self) -> None:
-        """The provider is closed by its registry."""
-
-
-@dataclass
-class Scope:
-    """One budget: a provider's model, its budget settings and what this replica learned."""
-
-    key: str
-    route: Route
-    budget: RateBudget
-    labels: dict[str, str]
-    limits_seen: RateCounts = field(default_factory=RateCounts)
-    scale: float = 1.0
-    waiting_since: float | None = None
 
 
 class BudgetGate:
@@ -222,12 +152,7 @@ class BudgetGate:
                 # Bounded well below the store's command timeout: the dispatcher waits for
                 # this answer, and every provider's work waits with it.
                 async with asyncio.timeout(ACQUIRE_TIMEOUT_S):
-                    decision = await self._store.acquire(
-                        scope.key,
-                        need=need,
-                        limits=scope.budget.limits,
-                        window_s=scope.budget.window_s,
-                    )
+                    decision = await self._acquire(scope, need)
             except (BudgetUnavailableError, TimeoutError) as exc:
                 cause = str(exc) or f"no answer in {ACQUIRE_TIMEOUT_S} s"
                 log.warning("rate budget unavailable, %s waits: %s", route.provider.value, cause)
@@ -326,6 +251,16 @@ class BudgetGate:
             size.requests, size.tokens - size.input_tokens + prompt, prompt, size.output_tokens
         )
 
+    async def _acquire(self, scope: Scope, need: RateCounts) -> Decision:
+        return await self._store.acquire(
+            scope.key, need=need, limits=scope.budget.limits, window_s=scope.budget.window_s
+        )
+
+    async def _settle(self, scope: Scope, grant: Grant, settlement: Settlement) -> BudgetState:
+        return await self._store.settle(
+            grant, settlement, limits=scope.budget.limits, window_s=scope.budget.window_s
+        )
+
     def _observe(self, scope: Scope, state: BudgetState) -> None:
         scope.limits_seen = state.limits
         self._metrics.record_budget(
@@ -348,9 +283,7 @@ class BudgetGate:
             max_block_s=self._max_block_s,
         )
         try:
-            state = await self._store.settle(
-                grant, settlement, limits=scope.budget.limits, window_s=scope.budget.window_s
-            )
+            state = await self._settle(scope, grant, settlement)
         except BudgetUnavailableError as exc:
             log.warning("could not settle a rate budget grant; its estimate stands: %s", exc)
             return
@@ -375,12 +308,7 @@ class BudgetGate:
         deadline = self._clock() + REGRANT_WAIT_WINDOWS * scope.budget.window_s
         while True:
             try:
-                decision = await self._store.acquire(
-                    scope.key,
-                    need=grant.need,
-                    limits=scope.budget.limits,
-                    window_s=scope.budget.window_s,
-                )
+                decision = await self._acquire(scope, grant.need)
             except BudgetUnavailableError as exc:
                 log.warning("could not renew a late rate budget grant: %s", exc)
                 return grant
@@ -395,12 +323,7 @@ class BudgetGate:
     async def withdraw(self, scope: Scope, grant: Grant) -> None:
         """A granted call that was never sent: its grant is settled as costing nothing."""
         try:
-            state = await self._store.settle(
-                grant,
-                Settlement(RateCounts()),
-                limits=scope.budget.limits,
-                window_s=scope.budget.window_s,
-            )
+            state = await self._settle(scope, grant, Settlement(RateCounts()))
         except BudgetUnavailableError as exc:
             # Conservative: the provider's budget has less room than it could for one window.
             log.warning(
