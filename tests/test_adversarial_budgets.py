@@ -9,7 +9,8 @@ faults; (3) no request is paid for twice; (4) a provider waiting for budget hold
 provider needs; (5) `llm_provider_rate_limited_total` counts the provider's 429s and the token and
 cost metrics what the provider reported. An attack the code withstands stays as a regression test
 (its docstring says how it would fail); one that breaks a guarantee is `xfail(strict=True)` with
-the bug in one line, so that the fix turns it into a regression test.
+the bug in one line, so that the fix turns it into a regression test (not strict where the break
+depends on timing, so that a run it misses does not fail the suite).
 """
 
 from __future__ import annotations
@@ -343,11 +344,14 @@ async def test_anthropic_input_and_output_limits_apart_get_no_429(
 
 
 @pytest.mark.redis
+# Not strict: whether the burst after the restart meets the provider's still-full window
+# depends on where in the window the restart falls (refused in 4 of 5 runs on 2026-12-01; a
+# strict xfail failed CI whenever it fell where the window had room).
 @pytest.mark.xfail(
-    strict=True,
+    strict=False,
     reason="bug: a budget store that restarts empty reads as an empty window: the replicas grant "
     "a whole window at once while the provider still counts the last one (measured 2-4 of ~27 "
-    "calls refused)",
+    "calls refused, in most runs)",
 )
 async def test_a_budget_redis_restarting_empty_mid_run_causes_no_429_burst(
     redis_url: str,
